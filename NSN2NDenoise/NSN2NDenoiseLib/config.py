@@ -1,0 +1,310 @@
+"""The one configuration object of NSN2N.
+
+Every choice that ``METHOD.md`` leaves open is a field here, with a bounded value and a one-line reason for its
+default. The object is frozen and validated when it is built; unknown keys are an error. It is plain
+``dataclasses`` rather than pydantic because the engine must import inside 3D Slicer's Python, which ships
+numpy, SimpleITK and vtk but not pydantic.
+
+Build one with :func:`make_config` (a preset plus overrides), or ``NSN2NConfig.from_dict(d)`` to reload the
+``config`` stored in a run report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+PRESETS = ("fast", "default", "best")
+SLICE_AXES = ("auto", "k", "j", "i")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _check_range(section: str, name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise ConfigError(f"{section}.{name} = {value!r} is out of range: it must lie in [{low}, {high}].")
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{name} = {value!r} is not one of {', '.join(map(repr, choices))}.")
+
+
+def _check_bool(section: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{section}.{name} = {value!r} must be true or false.")
+
+
+def _check_int(section: str, name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{section}.{name} = {value!r} must be an integer.")
+    _check_range(section, name, value, low, high)
+
+
+def _check_float(section: str, name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{section}.{name} = {value!r} must be a number.")
+    _check_range(section, name, float(value), low, high)
+
+
+@dataclass(frozen=True)
+class WeightConfig:
+    """How the weight map W_i of a neighbouring pair is built (METHOD.md section 2).
+
+    Intensities are in normalised units (robust 0..1), distances in pixels of the slice.
+    """
+
+    lowpass: str = "gaussian"
+    """Low-pass filter before the residual test: 'gaussian', 'gaussian_median' or 'none' (test disabled)."""
+    lowpass_sigma: float = 2.0
+    """Gaussian sigma in pixels; 2 px removes most per-pixel noise while keeping organ-scale mismatch."""
+    tau: float = 0.015
+    """Threshold on |LPF(x_i) - LPF(x_i+1)| in normalised units; 0.015 is the re-implementation's value."""
+    adaptive_tau: bool = True
+    """Raise tau to 3x the low-passed noise level of the pair when noise is strong (a fixed tau fails there)."""
+    soft: bool = False
+    """Soft weights exp(-r^2 / (2 tau^2)) instead of the binary test."""
+    energy_test: bool = True
+    """Second test on the unfiltered difference (METHOD.md section 2, measured lead): removes fine mismatch."""
+    energy_window: int = 5
+    """Side in pixels of the box mean of the squared unfiltered difference."""
+    energy_factor: float = 2.0
+    """A pixel matches when its local difference energy is at most this times the body median."""
+
+    def validate(self) -> None:
+        s = "weights"
+        _check_choice(s, "lowpass", self.lowpass, ("gaussian", "gaussian_median", "none"))
+        _check_float(s, "lowpass_sigma", self.lowpass_sigma, 0.1, 20.0)
+        _check_float(s, "tau", self.tau, 1e-4, 1.0)
+        _check_bool(s, "adaptive_tau", self.adaptive_tau)
+        _check_bool(s, "soft", self.soft)
+        _check_bool(s, "energy_test", self.energy_test)
+        _check_int(s, "energy_window", self.energy_window, 1, 31)
+        if self.energy_window % 2 == 0:
+            raise ConfigError(f"weights.energy_window = {self.energy_window} must be odd (a centred window).")
+        _check_float(s, "energy_factor", self.energy_factor, 0.5, 100.0)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss terms of one pair (METHOD.md section 3): L = L_Recon + lambda_rc L_RC + lambda_ic L_IC."""
+
+    lambda_rc: float = 0.5
+    """Weight of the regional consistency term; 0.5 in both re-implementations."""
+    lambda_ic: float = 1.0
+    """Weight of the inter-slice continuity term; 1.0 in both re-implementations."""
+    symmetric: bool = True
+    """Also reconstruct x_i from x_i+1, so that every pair trains in both directions."""
+    normalization: str = "matched"
+    """Masked mean divides by the summed weights ('matched') or by all pixels ('all')."""
+    target: str = "pair"
+    """'pair': the neighbour x_i+1 is the target; 'three_slice': (x_i-1 + x_i+1)/2 with W_i-1 * W_i."""
+
+    def validate(self) -> None:
+        s = "loss"
+        _check_float(s, "lambda_rc", self.lambda_rc, 0.0, 100.0)
+        _check_float(s, "lambda_ic", self.lambda_ic, 0.0, 100.0)
+        _check_bool(s, "symmetric", self.symmetric)
+        _check_choice(s, "normalization", self.normalization, ("matched", "all"))
+        _check_choice(s, "target", self.target, ("pair", "three_slice"))
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The 2D U-Net (see ``network.py``)."""
+
+    depth: int = 2
+    """Number of 2x down-samplings (see benchmarks/RESULTS.md, "Ablation": deeper costs CPU time)."""
+    width: int = 16
+    """Channels of the first level, doubled at each level."""
+    residual: bool = True
+    """Predict x - noise (output = input + network) rather than the image itself."""
+
+    def validate(self) -> None:
+        s = "network"
+        _check_int(s, "depth", self.depth, 1, 6)
+        _check_int(s, "width", self.width, 4, 256)
+        _check_bool(s, "residual", self.residual)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Training on the one volume (METHOD.md section 4)."""
+
+    iterations: int = 1000
+    """Optimiser steps; the main quality/time knob."""
+    patch_size: int = 64
+    """Side in pixels of the square training patches (clipped to the slice size)."""
+    batch_size: int = 8
+    """Pairs per optimiser step."""
+    learning_rate: float = 1e-3
+    """Adam's initial step size, decayed by a cosine to learning_rate * final_lr_fraction."""
+    final_lr_fraction: float = 0.05
+    """Learning rate at the last iteration as a fraction of the initial one."""
+    seed: int = 0
+    """Seed of every random draw, so that a run is repeatable on the same device."""
+    threads: int = 0
+    """CPU threads for torch; 0 keeps torch's choice. Ignored on CUDA."""
+    mixed_precision: bool = True
+    """bf16 autocast on CUDA (never on CPU, where it is slower)."""
+
+    def validate(self) -> None:
+        s = "training"
+        _check_int(s, "iterations", self.iterations, 1, 1_000_000)
+        _check_int(s, "patch_size", self.patch_size, 8, 1024)
+        _check_int(s, "batch_size", self.batch_size, 1, 1024)
+        _check_float(s, "learning_rate", self.learning_rate, 1e-6, 1.0)
+        _check_float(s, "final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
+        _check_int(s, "seed", self.seed, 0, 2**31 - 1)
+        _check_int(s, "threads", self.threads, 0, 1024)
+        _check_bool(s, "mixed_precision", self.mixed_precision)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Denoising every slice with the trained network (METHOD.md section 5)."""
+
+    tta: bool = False
+    """Average the network over the 8 flips/rotations of each slice (8x inference time)."""
+    batch_size: int = 4
+    """Whole slices per forward pass."""
+    safeguard: bool = False
+    """Blend back toward the input where the removed residual is far above the noise level."""
+    safeguard_factor: float = 3.0
+    """Residual (local RMS) above this many noise standard deviations is blended back."""
+
+    def validate(self) -> None:
+        s = "inference"
+        _check_bool(s, "tta", self.tta)
+        _check_int(s, "batch_size", self.batch_size, 1, 1024)
+        _check_bool(s, "safeguard", self.safeguard)
+        _check_float(s, "safeguard_factor", self.safeguard_factor, 0.5, 100.0)
+
+
+_SECTIONS = {
+    "weights": WeightConfig,
+    "loss": LossConfig,
+    "network": NetworkConfig,
+    "training": TrainingConfig,
+    "inference": InferenceConfig,
+}
+
+
+@dataclass(frozen=True)
+class NSN2NConfig:
+    """Everything that decides a run. Frozen; build with :func:`make_config` or :meth:`from_dict`."""
+
+    preset: str = "default"
+    """Name of the preset the values started from ('fast', 'default', 'best'); informative only."""
+    slice_axis: str = "auto"
+    """Array axis of the slices in K,J,I order: 'k' (0), 'j' (1), 'i' (2), or 'auto' (largest spacing if the
+    volume is clearly anisotropic, else 'k')."""
+    device: str = "auto"
+    """'cuda' when available with 'auto', else 'cpu'."""
+    normalization_percentiles: tuple[float, float] = (0.5, 99.5)
+    """Percentiles of the volume mapped to 0 and 1 (robust to outliers, no clipping)."""
+    weights: WeightConfig = field(default_factory=WeightConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("config", "preset", self.preset, PRESETS)
+        _check_choice("config", "slice_axis", self.slice_axis, SLICE_AXES)
+        _check_choice("config", "device", self.device, DEVICES)
+        p = self.normalization_percentiles
+        if not (isinstance(p, (tuple, list)) and len(p) == 2):
+            raise ConfigError("config.normalization_percentiles must be a pair (low, high).")
+        object.__setattr__(self, "normalization_percentiles", (float(p[0]), float(p[1])))
+        low, high = self.normalization_percentiles
+        if not (0.0 <= low < high <= 100.0):
+            raise ConfigError(f"config.normalization_percentiles = {p!r}: need 0 <= low < high <= 100.")
+        for name, cls in _SECTIONS.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                raise ConfigError(f"config.{name} must be a {cls.__name__}, not {type(value).__name__}.")
+            value.validate()
+        size = self.training.patch_size
+        if size % (2**self.network.depth) != 0:
+            raise ConfigError(
+                f"training.patch_size = {size} must be divisible by 2**network.depth = {2**self.network.depth}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready nested dict (stored in every run report)."""
+        d = dataclasses.asdict(self)
+        d["normalization_percentiles"] = list(self.normalization_percentiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NSN2NConfig:
+        """Build from a nested dict; unknown keys at any level raise :class:`ConfigError`."""
+        return _apply(cls(), data)
+
+    def replace(self, **changes: Any) -> NSN2NConfig:
+        """A copy with nested changes, e.g. ``cfg.replace(training={'iterations': 50})``."""
+        return _apply(self, changes)
+
+
+def _apply(base: NSN2NConfig, changes: dict[str, Any]) -> NSN2NConfig:
+    if not isinstance(changes, dict):
+        raise ConfigError("configuration changes must be a mapping of field names to values.")
+    top_fields = {f.name for f in dataclasses.fields(NSN2NConfig)}
+    unknown = set(changes) - top_fields
+    if unknown:
+        raise ConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))}.")
+    kwargs: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key in _SECTIONS:
+            section_cls = _SECTIONS[key]
+            if isinstance(value, section_cls):
+                kwargs[key] = value
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"config.{key} must be a mapping of its fields.")
+            names = {f.name for f in dataclasses.fields(section_cls)}
+            bad = set(value) - names
+            if bad:
+                raise ConfigError(f"unknown key(s) in {key}: {', '.join(sorted(bad))}.")
+            kwargs[key] = dataclasses.replace(getattr(base, key), **value)
+        else:
+            kwargs[key] = value
+    return dataclasses.replace(base, **kwargs)
+
+
+def _preset_changes(name: str) -> dict[str, Any]:
+    # Reasons and figures: benchmarks/RESULTS.md, section "Presets".
+    if name == "fast":
+        return {"preset": "fast", "training": {"iterations": 300}}
+    if name == "default":
+        return {"preset": "default"}
+    if name == "best":
+        return {
+            "preset": "best",
+            "network": {"width": 48},
+            "training": {"iterations": 4000},
+            "inference": {"tta": True},
+        }
+    raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
+
+
+def make_config(preset: str = "default", **overrides: Any) -> NSN2NConfig:
+    """The configuration of a preset with optional nested overrides.
+
+    Parameters
+    ----------
+    preset : {'fast', 'default', 'best'}
+        Quality/time trade-off; see ``benchmarks/RESULTS.md`` for each preset's figures.
+    **overrides
+        Top-level fields or section mappings, e.g. ``training={'iterations': 200}, device='cpu'``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown preset, an unknown key or a value out of its bounds.
+    """
+    cfg = _apply(NSN2NConfig(), _preset_changes(preset))
+    return _apply(cfg, overrides) if overrides else cfg

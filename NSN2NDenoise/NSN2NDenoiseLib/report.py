@@ -1,0 +1,47 @@
+"""The run report: everything needed to judge and reproduce one denoising run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunReport:
+    """Summary of a run of :func:`NSN2NDenoiseLib.denoise`. Times in seconds, intensities in input units."""
+
+    config: dict[str, Any]
+    """The full configuration used (``NSN2NConfig.to_dict()``)."""
+    device: str
+    """'cpu' or 'cuda:N', with the GPU's name in ``device_name``."""
+    device_name: str
+    shape: list[int]
+    """Input shape in K,J,I order."""
+    spacing: list[float]
+    """Voxel spacing in mm, K,J,I order."""
+    slice_axis: int
+    """Array axis (0=K, 1=J, 2=I) used as the slice axis."""
+    iterations: int
+    phase_seconds: dict[str, float]
+    """Wall time of 'weights', 'training' and 'inference' (and 'preparation')."""
+    total_seconds: float
+    loss_curve: list[list[float]]
+    """[iteration, mean loss] every few iterations."""
+    matched_fraction: float
+    """Share of body pixels whose neighbour is a valid Noise2Noise target (0..1)."""
+    matched_per_pair: list[float]
+    noise_sigma: float
+    """Estimated noise standard deviation, in input units."""
+    interslice_noise_correlation: float
+    """Lag-1 correlation of neighbouring slices' high-pass residuals; high values break NS-N2N's assumption."""
+    warnings: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
