@@ -1,0 +1,255 @@
+"""Static checks of the Slicer extension files (no Slicer, no torch): .ui widget names, CMake file lists,
+extension metadata consistency, module-file import rules.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import struct
+import xml.etree.ElementTree as ET
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULE = os.path.join(ROOT, "NSN2NDenoise")
+MODULE_FILE = os.path.join(MODULE, "NSN2NDenoise.py")
+UI_FILE = os.path.join(MODULE, "Resources", "UI", "NSN2NDenoise.ui")
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def ui_widgets():
+    """{name: element} of every widget in the .ui file."""
+    tree = ET.parse(UI_FILE)
+    return {w.get("name"): w for w in tree.iter("widget")}
+
+
+def ui_property(widget, name):
+    prop = widget.find(f"property[@name='{name}']")
+    if prop is None:
+        return None
+    child = list(prop)[0]
+    if child.tag == "stringlist":
+        return [s.text for s in child]
+    return child.text
+
+
+def cmake_list(text, variable):
+    match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert match, f"{variable} not found"
+    items = [line.split("#")[0].strip() for line in match.group(1).splitlines()]
+    return {item.replace("${MODULE_NAME}", "NSN2NDenoise") for item in items if item}
+
+
+def cmake_set(text, variable):
+    match = re.search(rf'set\({variable} "([^"]*)"\)', text)
+    assert match, f"{variable} not set in CMakeLists.txt"
+    return match.group(1)
+
+
+def s4ext_fields():
+    fields = {}
+    for line in read(os.path.join(ROOT, "NSN2N.s4ext")).splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            fields[key] = value.strip()
+    return fields
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        header = f.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+# -- .ui and the Python code that uses it ----------------------------------------------------------------------
+
+
+def test_every_ui_name_used_in_the_module_exists_in_the_ui_file():
+    used = set(re.findall(r"self\.ui\.(\w+)", read(MODULE_FILE)))
+    assert len(used) >= 10, "the widget must use its .ui widgets"
+    missing = used - set(ui_widgets())
+    assert not missing, f"used in NSN2NDenoise.py but not in the .ui file: {sorted(missing)}"
+
+
+def parameter_node_fields():
+    tree = ast.parse(read(MODULE_FILE))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "NSN2NDenoiseParameterNode":
+            return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+    raise AssertionError("NSN2NDenoiseParameterNode not found")
+
+
+def test_ui_parameter_bindings_match_the_parameter_node():
+    fields = parameter_node_fields()
+    bound = {}
+    for name, widget in ui_widgets().items():
+        parameter = ui_property(widget, "SlicerParameterName")
+        if parameter is not None:
+            bound[parameter] = name
+    assert set(bound) - fields == set(), "a widget is bound to a parameter that does not exist"
+    assert fields - set(bound) == set(), "a parameter has no widget"
+
+
+def test_ui_selectors_and_required_controls():
+    widgets = ui_widgets()
+    root = ET.parse(UI_FILE).getroot().find("widget")
+    assert root.get("class") == "qMRMLWidget"
+    inp, out = widgets["inputSelector"], widgets["outputSelector"]
+    for selector in (inp, out):
+        assert selector.get("class") == "qMRMLNodeComboBox"
+        assert ui_property(selector, "nodeTypes") == ["vtkMRMLScalarVolumeNode"]
+        assert ui_property(selector, "showChildNodeTypes") == "false"  # excludes label maps (a scalar subclass)
+    assert ui_property(inp, "addEnabled") == "false"
+    assert ui_property(out, "addEnabled") == "true" and ui_property(out, "noneEnabled") == "true"
+    assert widgets["advancedCollapsibleButton"].get("class") == "ctkCollapsibleButton"
+    assert ui_property(widgets["advancedCollapsibleButton"], "collapsed") == "true"
+    for name, cls in [
+        ("presetComboBox", "QComboBox"),
+        ("iterationsSpinBox", "QSpinBox"),
+        ("deviceComboBox", "QComboBox"),
+        ("sliceAxisComboBox", "QComboBox"),
+        ("lambdaRcSpinBox", "QDoubleSpinBox"),
+        ("lambdaIcSpinBox", "QDoubleSpinBox"),
+        ("energyTestCheckBox", "QCheckBox"),
+        ("ttaCheckBox", "QCheckBox"),
+        ("safeguardCheckBox", "QCheckBox"),
+        ("seedSpinBox", "QSpinBox"),
+        ("applyButton", "QPushButton"),
+        ("progressBar", "QProgressBar"),
+        ("statusLabel", "QLabel"),
+    ]:
+        assert widgets[name].get("class") == cls, name
+    receivers = {
+        c.findtext("receiver")
+        for c in ET.parse(UI_FILE).iter("connection")
+        if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    assert {"inputSelector", "outputSelector"} <= receivers
+
+
+# -- CMake lists against the files on disk ---------------------------------------------------------------------
+
+
+def test_module_cmake_lists_every_python_file_on_disk():
+    listed = cmake_list(read(os.path.join(MODULE, "CMakeLists.txt")), "MODULE_PYTHON_SCRIPTS")
+    on_disk = {"NSN2NDenoise.py"}
+    lib = os.path.join(MODULE, "NSN2NDenoiseLib")
+    on_disk |= {f"NSN2NDenoiseLib/{name}" for name in os.listdir(lib) if name.endswith(".py")}
+    assert sorted(on_disk - listed) == [], "on disk but not in MODULE_PYTHON_SCRIPTS"
+    assert sorted(listed - on_disk) == [], "in MODULE_PYTHON_SCRIPTS but not on disk"
+
+
+def test_only_the_module_file_is_a_py_file_in_the_module_folder():
+    # Slicer loads every .py directly in a module folder as a module.
+    assert sorted(n for n in os.listdir(MODULE) if n.endswith(".py")) == ["NSN2NDenoise.py"]
+
+
+def test_module_cmake_resources_match_disk():
+    listed = cmake_list(read(os.path.join(MODULE, "CMakeLists.txt")), "MODULE_PYTHON_RESOURCES")
+    on_disk = set()
+    for folder in ("Resources", "Scripts"):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(MODULE, folder)):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            for name in filenames:
+                on_disk.add(os.path.relpath(os.path.join(dirpath, name), MODULE).replace(os.sep, "/"))
+    assert listed == on_disk
+    assert "Scripts/nsn2n_batch.py" in listed
+
+
+def test_module_cmake_builds_generic_tests_and_registers_the_self_test():
+    text = read(os.path.join(MODULE, "CMakeLists.txt"))
+    assert re.search(r"slicerMacroBuildScriptedModule\([^)]*WITH_GENERIC_TESTS", text, re.S)
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert "add_subdirectory(Testing)" in text
+    assert "add_subdirectory(Python)" in read(os.path.join(MODULE, "Testing", "CMakeLists.txt"))
+    assert os.path.isfile(os.path.join(MODULE, "Testing", "Python", "CMakeLists.txt"))
+    assert "class NSN2NDenoiseTest(ScriptedLoadableModuleTest)" in read(MODULE_FILE)
+
+
+# -- extension metadata ----------------------------------------------------------------------------------------
+
+
+def test_extension_cmake_and_s4ext_agree():
+    text = read(os.path.join(ROOT, "CMakeLists.txt"))
+    assert re.search(r"^project\(NSN2N\)", text, re.M)
+    assert "add_subdirectory(NSN2NDenoise)" in text
+    s4 = s4ext_fields()
+    assert cmake_set(text, "EXTENSION_CATEGORY") == s4["category"] == "Filtering"
+    assert cmake_set(text, "EXTENSION_HOMEPAGE") == s4["homepage"]
+    assert cmake_set(text, "EXTENSION_CONTRIBUTORS") == s4["contributors"]
+    assert cmake_set(text, "EXTENSION_DESCRIPTION") == s4["description"]
+    assert cmake_set(text, "EXTENSION_ICONURL") == s4["iconurl"]
+    assert cmake_set(text, "EXTENSION_SCREENSHOTURLS") == s4["screenshoturls"]
+    assert cmake_set(text, "EXTENSION_DEPENDS") == s4["depends"] == "PyTorch"
+    assert s4["scmurl"].startswith(s4["homepage"]) and s4["scm"] == "git" and s4["scmrevision"] == "main"
+
+
+def test_icon_and_screenshot_urls_point_at_files_in_the_repository():
+    text = read(os.path.join(ROOT, "CMakeLists.txt"))
+    prefix = "https://raw.githubusercontent.com/nsn2n/SlicerNSN2N/main/"
+    icon_url = cmake_set(text, "EXTENSION_ICONURL")
+    assert icon_url.startswith(prefix)
+    assert png_size(os.path.join(ROOT, icon_url[len(prefix) :])) == (128, 128)
+    for url in cmake_set(text, "EXTENSION_SCREENSHOTURLS").split():
+        assert url.startswith(prefix)
+        width, height = png_size(os.path.join(ROOT, url[len(prefix) :]))
+        assert width >= 400 and height >= 200
+    assert png_size(os.path.join(MODULE, "Resources", "Icons", "NSN2NDenoise.png")) == (128, 128)
+
+
+def test_license_is_apache_2():
+    assert "Apache License" in read(os.path.join(ROOT, "LICENSE"))
+    assert "Version 2.0" in read(os.path.join(ROOT, "LICENSE"))
+
+
+# -- import rules ----------------------------------------------------------------------------------------------
+
+ALLOWED_MODULE_IMPORTS = {"logging", "time", "typing", "numpy", "qt", "ctk", "vtk", "slicer"}
+
+
+def top_level_imports(path):
+    names = set()
+    for node in ast.parse(read(path)).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_module_file_imports_nothing_heavy_at_file_scope():
+    imports = top_level_imports(MODULE_FILE)
+    assert imports <= ALLOWED_MODULE_IMPORTS, (
+        f"file-scope imports beyond Slicer's own: {imports - ALLOWED_MODULE_IMPORTS}"
+    )
+    assert "torch" not in imports and "NSN2NDenoiseLib" not in imports
+
+
+def test_module_file_keeps_the_template_order():
+    names = [n.name for n in ast.parse(read(MODULE_FILE)).body if isinstance(n, ast.ClassDef)]
+    order = ["NSN2NDenoise", "NSN2NDenoiseParameterNode", "NSN2NDenoiseWidget", "NSN2NDenoiseLogic", "NSN2NDenoiseTest"]
+    assert names == order
+
+
+@pytest.mark.parametrize("name", ["mrml.py", "jobs.py"])
+def test_adapter_modules_import_no_qt(name):
+    path = os.path.join(MODULE, "NSN2NDenoiseLib", name)
+    all_imports, app_uses = set(), []
+    for node in ast.walk(ast.parse(read(path))):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "slicer":
+            if node.attr in ("app", "mrmlScene"):
+                app_uses.append(node.attr)  # the scene is a parameter; slicer-core has neither
+        if isinstance(node, ast.Import):
+            all_imports |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            all_imports.add(node.module.split(".")[0])
+    assert not all_imports & {"qt", "ctk", "PythonQt", "PyQt5", "PySide2", "PySide6"}
+    assert app_uses == []
