@@ -131,6 +131,7 @@ def test_lowdose_ct_is_deterministic_and_independent_of_workers():
     assert np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_benchmark_runner_smoke(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     if importlib.util.find_spec("nibabel") is None:
@@ -139,11 +140,20 @@ def test_benchmark_runner_smoke(tmp_path, monkeypatch):
 
     monkeypatch.setattr(noise, "CACHE_DIR", tmp_path / "cache")
     out = tmp_path / "out"
-    rc = run.main([
-        "--quick", "--datasets", "example4d", "--methods", "noisy,tv,nsn2n,ns_n2n_plain",
-        "--nsn2n-variant", 'nsn2n={"training": {"iterations": 10, "patch_size": 32, "batch_size": 2}}',
-        "--out", str(out), "--no-figures",
-    ])
+    rc = run.main(
+        [
+            "--quick",
+            "--datasets",
+            "example4d",
+            "--methods",
+            "noisy,tv,nsn2n,ns_n2n_plain",
+            "--nsn2n-variant",
+            'nsn2n={"training": {"iterations": 10, "patch_size": 32, "batch_size": 2}}',
+            "--out",
+            str(out),
+            "--no-figures",
+        ]
+    )
     assert rc == 0
     text = (out / "results.md").read_text()
     assert "TV 3D" in text and "NSN2N default" in text

@@ -35,14 +35,18 @@ def best_baselines(results: dict, n: int = 2) -> list[str]:
     return [m for _, m in sorted(ok, reverse=True)[:n]]
 
 
-def zoom_box(clean_mid: np.ndarray, size: int) -> tuple[int, int]:
-    """Top-left (j, i) of the ``size`` window with the most clean-image structure (largest local std)."""
-    x = clean_mid.astype(np.float64)
-    mean = ndimage.uniform_filter(x, size)
-    var = ndimage.uniform_filter(x * x, size) - mean**2
+def zoom_box(clean_mid: np.ndarray, size: int, window: tuple[float, float]) -> tuple[int, int]:
+    """Top-left (j, i) of the ``size`` window with the most visible edges: the largest mean gradient of the
+    display-clipped clean slice, among windows where at least 60 % of the pixels lie inside the display range."""
+    lo, hi = window
+    x = np.clip(clean_mid.astype(np.float64), lo, hi)
+    grad = np.hypot(ndimage.sobel(x, 0), ndimage.sobel(x, 1))
+    visible = ((clean_mid > lo) & (clean_mid < hi)).astype(np.float64)
+    score = ndimage.uniform_filter(grad, size)
+    score[ndimage.uniform_filter(visible, size) < 0.6] = -1
     h = size // 2
-    var[:h], var[-h:], var[:, :h], var[:, -h:] = -1, -1, -1, -1
-    j, i = np.unravel_index(np.argmax(var), var.shape)
+    score[:h], score[-h:], score[:, :h], score[:, -h:] = -2, -2, -2, -2
+    j, i = np.unravel_index(np.argmax(score), score.shape)
     return int(j - h), int(i - h)
 
 
@@ -60,7 +64,7 @@ def comparison_figure(path: Path, ds, res: dict) -> Path:
         dlim = 0.25 * ds.data_range
     clean = mids["clean"]
     size = max(16, min(clean.shape) // 4)
-    j0, i0 = zoom_box(clean, size)
+    j0, i0 = zoom_box(clean, size, (vmin, vmax))
     fig, axes = plt.subplots(3, len(cols), figsize=(3 * len(cols), 9), squeeze=False)
     from .report import LABELS
 

@@ -40,7 +40,7 @@ def _fmt(v, digits=2):
 def _note(name: str, r: dict) -> str:
     info = r.get("info", {})
     if name.startswith("diffusion"):
-        return f"{info.get('iterations')} it. (best of 1-5)"
+        return f"{info.get('iterations')} it. (best of 1-5; {info.get('seconds_of_chosen', float('nan')):.1f} s alone)"
     if name in ("nlm", "nlm_3d", "tv", "bm4d_est", "bm3d_slices"):
         return f"sigma^ {info.get('sigma', float('nan')):.1f}"
     if name == "bm4d_oracle":
