@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Union
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from .report import RunReport
 from .training import train_network
 from .weights import BODY_THRESHOLD, compute_weight_maps, gaussian_blur
 
-ProgressFn = Callable[[str, int, int, Union[float, None]], None]
+ProgressFn = Callable[[str, int, int, float | None], None]
 
 # 'auto' picks the largest-spacing axis as slice axis when it exceeds the others by this factor.
 ANISOTROPY_RATIO = 1.2
@@ -51,7 +50,7 @@ class CancelToken:
         return self._event.is_set()
 
 
-CancelLike = Union[CancelToken, threading.Event, Callable[[], bool], None]
+CancelLike = CancelToken | threading.Event | Callable[[], bool] | None
 
 
 def _cancel_check(cancel: CancelLike) -> Callable[[], bool] | None:
@@ -245,7 +244,7 @@ def denoise(
         t0 = time.perf_counter()
         out = predict_slices(net, slices, cfg.inference, cfg.training.mixed_precision, progress, is_cancelled)
         if cfg.inference.safeguard:
-            out = apply_safeguard(slices, out, sigma, cfg.inference.safeguard_factor)
+            out, _ = apply_safeguard(slices, out, cfg.inference.safeguard_factor)
         result = out.float().cpu().numpy()
         phase_seconds["inference"] = time.perf_counter() - t0
     except torch.cuda.OutOfMemoryError as exc:

@@ -95,6 +95,9 @@ class LossConfig:
     """Weight of the regional consistency term; 0.5 in both re-implementations."""
     lambda_ic: float = 1.0
     """Weight of the inter-slice continuity term; 1.0 in both re-implementations."""
+    lambda_self: float = 0.0
+    """Weight of the self term M(1 - W, (f(x_i) - x_i)^2): where the neighbour does not match, the network is
+    taught to keep its input rather than left free to smooth it away (edges, bone texture)."""
     symmetric: bool = True
     """Also reconstruct x_i from x_i+1, so that every pair trains in both directions."""
     normalization: str = "matched"
@@ -106,6 +109,7 @@ class LossConfig:
         s = "loss"
         _check_float(s, "lambda_rc", self.lambda_rc, 0.0, 100.0)
         _check_float(s, "lambda_ic", self.lambda_ic, 0.0, 100.0)
+        _check_float(s, "lambda_self", self.lambda_self, 0.0, 100.0)
         _check_bool(s, "symmetric", self.symmetric)
         _check_choice(s, "normalization", self.normalization, ("matched", "all"))
         _check_choice(s, "target", self.target, ("pair", "three_slice"))
@@ -172,8 +176,8 @@ class InferenceConfig:
     """Whole slices per forward pass."""
     safeguard: bool = False
     """Blend back toward the input where the removed residual is far above the noise level."""
-    safeguard_factor: float = 3.0
-    """Residual (local RMS) above this many noise standard deviations is blended back."""
+    safeguard_factor: float = 2.0
+    """Residual (local RMS, 5x5) above this many times its body median is blended back."""
 
     def validate(self) -> None:
         s = "inference"

@@ -13,7 +13,7 @@ import torch
 from .config import InferenceConfig
 from .errors import CancelledError
 from .training import _autocast, dihedral, inverse_dihedral
-from .weights import box_mean
+from .weights import BODY_THRESHOLD, box_mean, gaussian_blur
 
 ProgressFn = Callable[[str, int, int, "float | None"], None]
 
@@ -52,14 +52,21 @@ def predict_slices(
     return out
 
 
-def apply_safeguard(noisy: torch.Tensor, denoised: torch.Tensor, sigma: float, factor: float) -> torch.Tensor:
+def apply_safeguard(noisy: torch.Tensor, denoised: torch.Tensor, factor: float) -> tuple[torch.Tensor, float]:
     """Blend back toward the input where the removed residual is far above the noise level.
 
-    The removed residual r = x - f(x) should look like noise of standard deviation ``sigma`` (normalised
-    units). Where its local RMS (5x5 box) exceeds ``factor * sigma`` the network removed structure, not noise:
-    there the output keeps the fraction 1 - alpha of the residual, alpha = factor * sigma / local RMS.
+    The removed residual r = x - f(x) should look like noise. Its level sigma_r is calibrated on the volume
+    itself: the square root of the median, over the body, of the local mean of r^2 (5x5 box) in normalised
+    units; most of a body is tissue where the network removed only noise. Where the local RMS of r exceeds
+    ``factor * sigma_r`` the network removed structure, not noise: there the output keeps the fraction
+    1 - alpha of the residual, alpha = factor * sigma_r / local RMS.
+
+    Returns the blended slices (N, H, W) and sigma_r.
     """
     residual = noisy - denoised
-    local_rms = box_mean(residual * residual, 5).sqrt()
-    alpha = (factor * sigma / local_rms.clamp_min(1e-12)).clamp(max=1.0)
-    return denoised + (1.0 - alpha) * residual
+    local_ms = box_mean(residual * residual, 5)
+    body = gaussian_blur(noisy, 2.0) > BODY_THRESHOLD
+    values = local_ms[body] if body.float().mean() > 0.01 else local_ms.flatten()
+    sigma_r = float(values.median().clamp_min(1e-12).sqrt())
+    alpha = (factor * sigma_r / local_ms.sqrt().clamp_min(1e-12)).clamp(max=1.0)
+    return denoised + (1.0 - alpha) * residual, sigma_r

@@ -42,6 +42,13 @@ def interslice_continuity_loss(out_mid: torch.Tensor, out_a: torch.Tensor, out_b
     return ((out_mid - 0.5 * (out_a + out_b)) ** 2).mean()
 
 
+def self_loss(
+    output: torch.Tensor, source: torch.Tensor, weights: torch.Tensor, normalization: str = "matched"
+) -> torch.Tensor:
+    """L_Self = M(1 - W, (f(x_i) - x_i)^2): in unmatched regions the output keeps the input."""
+    return masked_mean(1.0 - weights, (output - source) ** 2, normalization)
+
+
 def pair_loss(
     out_a: torch.Tensor,
     out_b: torch.Tensor,
@@ -53,7 +60,8 @@ def pair_loss(
     target_a: torch.Tensor | None = None,
     weights_a: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All terms of one batch of pairs and their total L = L_Recon + lambda_RC L_RC + lambda_IC L_IC.
+    """All terms of one batch of pairs and their total
+    L = L_Recon + lambda_RC L_RC + lambda_IC L_IC + lambda_Self L_Self.
 
     Parameters
     ----------
@@ -68,7 +76,7 @@ def pair_loss(
 
     Returns
     -------
-    dict with keys 'recon', 'rc', 'ic', 'total' (scalar tensors).
+    dict with keys 'recon', 'rc', 'ic', 'self', 'total' (scalar tensors).
     """
     norm = cfg.normalization
     if target_a is not None:
@@ -80,5 +88,11 @@ def pair_loss(
     zero = recon.new_zeros(())
     rc = regional_consistency_loss(out_a, out_b, weights, norm) if cfg.lambda_rc > 0 else zero
     ic = interslice_continuity_loss(out_mid, out_a, out_b) if (cfg.lambda_ic > 0 and out_mid is not None) else zero
-    total = recon + cfg.lambda_rc * rc + cfg.lambda_ic * ic
-    return {"recon": recon, "rc": rc, "ic": ic, "total": total}
+    own = zero
+    if cfg.lambda_self > 0:
+        w_a = weights_a if weights_a is not None else weights
+        own = self_loss(out_a, x_a, w_a, norm)
+        if target_a is None and cfg.symmetric:
+            own = 0.5 * (own + self_loss(out_b, x_b, weights, norm))
+    total = recon + cfg.lambda_rc * rc + cfg.lambda_ic * ic + cfg.lambda_self * own
+    return {"recon": recon, "rc": rc, "ic": ic, "self": own, "total": total}

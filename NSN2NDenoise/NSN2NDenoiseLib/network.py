@@ -82,7 +82,7 @@ class UNet2D(nn.Module):
             skips.append(y)
             y = F.max_pool2d(y, 2)
         y = self.bottleneck(y)
-        for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
+        for up, dec, skip in zip(self.ups, self.decoders, reversed(skips), strict=False):
             y = dec(torch.cat([up(y), skip], dim=1))
         y = self.head(y)
         if self.residual:

@@ -8,16 +8,19 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+# Slice step in units of the head's half-height: about 1.5 mm slices of a 180 mm head, as in a clinical CT.
+SLICE_STEP = 0.017
+
 
 def make_phantom(shape: tuple[int, int, int] = (24, 96, 96), seed: int = 0) -> np.ndarray:
     """A clean head-like phantom (float32, HU-like): air -1000, soft tissue 40, brain 30, skull 1000,
-    ventricles 5, a few small bright and dark lesions; the anatomy changes smoothly from slice to slice.
+    ventricles 5, a few small bright and dark lesions. The slices are a slab around the head's centre, one
+    :data:`SLICE_STEP` apart, so that the anatomy changes from slice to slice as much as in a clinical CT.
     """
     rng = np.random.default_rng(seed)
     k, j, i = shape
-    zz, yy, xx = np.meshgrid(
-        np.linspace(-1, 1, k), np.linspace(-1, 1, j), np.linspace(-1, 1, i), indexing="ij"
-    )
+    z = (np.arange(k) - (k - 1) / 2.0) * SLICE_STEP
+    zz, yy, xx = np.meshgrid(z, np.linspace(-1, 1, j), np.linspace(-1, 1, i), indexing="ij")
     vol = np.full(shape, -1000.0, dtype=np.float64)
     # Head outline shrinks towards the top and bottom slices, as a real head does.
     scale = 1.0 - 0.25 * zz**2
@@ -32,12 +35,12 @@ def make_phantom(shape: tuple[int, int, int] = (24, 96, 96), seed: int = 0) -> n
         vol[(rv <= 1.0) & (r <= 0.85)] = 5.0
     # Small lesions spanning a few slices each.
     for _ in range(8):
-        c = rng.uniform(-0.5, 0.5, 3)
+        c = np.array([rng.uniform(z[0], z[-1]), *rng.uniform(-0.5, 0.5, 2)])
         rad = rng.uniform(0.06, 0.14)
         d = np.sqrt(((zz - c[0]) / (2.5 * rad)) ** 2 + ((yy - c[1]) / rad) ** 2 + ((xx - c[2]) / rad) ** 2)
         vol[(d <= 1.0) & (r <= 0.8)] = rng.choice([60.0, 80.0, 15.0])
     # Gentle grey/white-matter-like texture, smooth in 3D.
-    texture = ndimage.gaussian_filter(rng.standard_normal(shape), (1.5, 3.0, 3.0))
+    texture = ndimage.gaussian_filter(rng.standard_normal(shape), (3.0, 2.0, 2.0))
     texture *= 8.0 / max(texture.std(), 1e-12)
     vol[r <= 0.85] += texture[r <= 0.85]
     # Partial-volume blur of about one voxel in-plane, less across slices.

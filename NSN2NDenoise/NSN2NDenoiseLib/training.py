@@ -76,7 +76,7 @@ class PatchSampler:
         xs = self.rng.integers(0, w - self.pw + 1, self.batch)
         ks = self.rng.integers(0, 8, self.batch)
         xb, wb = [], []
-        for i, y, x, k in zip(starts, ys, xs, ks):
+        for i, y, x, k in zip(starts, ys, xs, ks, strict=False):
             sl = self.slices[i : i + s, y : y + self.ph, x : x + self.pw]
             wt = self.weights[i : i + s - 1, y : y + self.ph, x : x + self.pw]
             xb.append(dihedral(sl, int(k)))

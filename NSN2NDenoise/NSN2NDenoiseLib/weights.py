@@ -128,7 +128,7 @@ def compute_weight_maps(slices: torch.Tensor, cfg: WeightConfig) -> WeightMaps:
             bodyf = body.float()
             sums_w = (w * bodyf).sum(dim=(1, 2))
             sums_b = bodyf.sum(dim=(1, 2))
-            for sw, sb in zip(sums_w.tolist(), sums_b.tolist()):
+            for sw, sb in zip(sums_w.tolist(), sums_b.tolist(), strict=False):
                 per_pair.append(sw / sb if sb > 0 else 1.0)
                 total_w += sw
                 total_body += sb

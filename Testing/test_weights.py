@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from NSN2NDenoiseLib.config import WeightConfig
+from NSN2NDenoiseLib.weights import box_mean, compute_weight_maps, gaussian_blur, median_filter
+
+
+def _pair_with_extra_structure(noise: float = 0.01, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """Two slices of the same body (a bright disc) with independent noise; a square appears in slice 1 only."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:64, :64]
+    body = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 28**2) * 0.5
+    a = body + noise * rng.standard_normal(body.shape)
+    b = body + noise * rng.standard_normal(body.shape)
+    extra = np.zeros_like(body, dtype=bool)
+    extra[24:34, 30:40] = True
+    b[extra] += 0.3
+    slices = torch.from_numpy(np.stack([a, b, b + noise * rng.standard_normal(body.shape)])).float()
+    return slices, extra
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        WeightConfig(),
+        WeightConfig(energy_test=False),
+        WeightConfig(lowpass="none"),
+        WeightConfig(lowpass="gaussian_median", adaptive_tau=False),
+    ],
+)
+def test_weight_is_one_where_slices_match_and_zero_where_structure_differs(cfg):
+    slices, extra = _pair_with_extra_structure()
+    w = compute_weight_maps(slices, cfg).maps[0].numpy()
+    assert np.all(w[extra] == 0), "the square present in one slice only must be masked"
+    far = np.ones_like(extra)
+    far[18:48, 16:54] = False  # away from the square and its filter footprint
+    inside_body = far & (np.hypot(*np.mgrid[-32:32, -32:32]) < 26)
+    assert w[inside_body].mean() > 0.9, "matching body must mostly count as matched"
+
+
+def test_soft_weights_lie_in_unit_interval_and_are_low_on_mismatch():
+    slices, extra = _pair_with_extra_structure()
+    w = compute_weight_maps(slices, WeightConfig(soft=True)).maps[0].numpy()
+    assert w.min() >= 0.0 and w.max() <= 1.0
+    assert w[extra].mean() < 0.05
+
+
+def test_matched_fraction_reported():
+    slices, _ = _pair_with_extra_structure()
+    maps = compute_weight_maps(slices, WeightConfig())
+    assert maps.maps.shape == (2, 64, 64)
+    assert len(maps.matched_per_pair) == 2
+    assert 0.5 < maps.matched_fraction < 1.0
+    assert maps.matched_per_pair[0] < 1.0
+
+
+def test_filters_keep_constants_and_remove_outliers():
+    img = torch.full((2, 20, 20), 3.0)
+    assert torch.allclose(gaussian_blur(img, 2.0), img)
+    assert torch.allclose(box_mean(img, 5), img)
+    img[0, 10, 10] = 100.0
+    assert median_filter(img, 5)[0, 10, 10] == 3.0
