@@ -20,6 +20,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("slicer-core is not installed (the 'slicer' module found has no MRML classes)", allow_module_level=True)
 vtk = pytest.importorskip("vtk")
 import slicer.util  # noqa: E402
+
 from NSN2NDenoiseLib import InputError, jobs, make_config, mrml  # noqa: E402
 
 
