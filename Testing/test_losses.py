@@ -7,6 +7,7 @@ from NSN2NDenoiseLib.losses import (
     pair_loss,
     reconstruction_loss,
     regional_consistency_loss,
+    self_loss,
 )
 
 
@@ -70,3 +71,16 @@ def test_zero_weight_pixels_get_no_gradient_from_weighted_terms():
     for grad in (y_a.grad, y_b.grad):
         assert torch.all(grad[..., 1:3, 1:3] == 0)
         assert torch.all(grad[w > 0] != 0)
+
+
+def test_self_term_keeps_input_only_where_unmatched():
+    y_a = _t([[1.0, 2.0], [3.0, 4.0]])
+    x_a = _t([[0.0, 0.0], [1.0, 1.0]])
+    w = _t([[1.0, 0.0], [0.0, 1.0]])
+    # M(1 - W, (y - x)^2) over the unmatched pixels (0,1) and (1,0): (4 + 4) / 2
+    assert torch.isclose(self_loss(y_a, x_a, w), torch.tensor(4.0, dtype=torch.float64))
+    y = y_a.clone().requires_grad_(True)
+    self_loss(y, x_a, w).backward()
+    assert y.grad[0, 0, 0, 0] == 0 and y.grad[0, 0, 1, 1] == 0  # matched pixels: no gradient from L_Self
+    parts = pair_loss(y_a, y_a, None, x_a, x_a, w, LossConfig(lambda_self=0.5, lambda_ic=0.0, lambda_rc=0.0))
+    assert torch.isclose(parts["total"], parts["recon"] + 0.5 * parts["self"])

@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from NSN2NDenoiseLib.config import WeightConfig
-from NSN2NDenoiseLib.weights import box_mean, compute_weight_maps, gaussian_blur, median_filter
+from NSN2NDenoiseLib.weights import (
+    box_mean,
+    compute_three_slice_maps,
+    compute_weight_maps,
+    gaussian_blur,
+    median_filter,
+)
 
 
 def _pair_with_extra_structure(noise: float = 0.01, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
@@ -61,3 +67,22 @@ def test_filters_keep_constants_and_remove_outliers():
     assert torch.allclose(box_mean(img, 5), img)
     img[0, 10, 10] = 100.0
     assert median_filter(img, 5)[0, 10, 10] == 3.0
+
+
+def test_three_slice_maps_accept_linear_change_that_pairs_reject():
+    """In a body that matches, a bar whose intensity rises linearly along the slice axis: each neighbour differs
+    from the middle slice, but their mean equals it."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:48, :48]
+    base = np.repeat((((yy - 24) ** 2 + (xx - 24) ** 2) <= 23**2)[None] * 0.4, 3, axis=0)
+    for k, level in enumerate((0.6, 0.9, 1.2)):
+        base[k, 20:28, 8:40] = level
+    slices = torch.from_numpy(base + 0.005 * rng.standard_normal(base.shape)).float()
+    cfg = WeightConfig()
+    pair = compute_weight_maps(slices, cfg).maps[0].numpy()
+    triple = compute_three_slice_maps(slices, cfg).maps
+    assert triple.shape == (1, 48, 48)
+    bar = np.zeros((48, 48), dtype=bool)
+    bar[21:27, 10:38] = True
+    assert pair[bar].mean() < 0.1
+    assert triple[0].numpy()[bar].mean() > 0.9

@@ -21,7 +21,7 @@ from .inference import apply_safeguard, predict_slices
 from .normalization import denormalize, fit_intensity_map, normalize
 from .report import RunReport
 from .training import train_network
-from .weights import BODY_THRESHOLD, compute_weight_maps, gaussian_blur
+from .weights import BODY_THRESHOLD, compute_three_slice_maps, compute_weight_maps, gaussian_blur
 
 ProgressFn = Callable[[str, int, int, float | None], None]
 
@@ -231,6 +231,9 @@ def denoise(
         if progress is not None:
             progress("weights", 0, 1, None)
         wmaps = compute_weight_maps(slices, cfg.weights)
+        target_maps = None
+        if cfg.loss.target == "three_slice" and cfg.loss.three_slice_weights == "direct":
+            target_maps = compute_three_slice_maps(slices, cfg.weights).maps
         sigma = estimate_noise_sigma(slices)
         correlation = interslice_noise_correlation(slices)
         if progress is not None:
@@ -238,7 +241,7 @@ def denoise(
         phase_seconds["weights"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        net, curve = train_network(slices, wmaps.maps, cfg, progress, is_cancelled)
+        net, curve = train_network(slices, wmaps.maps, cfg, progress, is_cancelled, target_maps)
         phase_seconds["training"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -63,7 +63,8 @@ class WeightConfig:
     tau: float = 0.015
     """Threshold on |LPF(x_i) - LPF(x_i+1)| in normalised units; 0.015 is the re-implementation's value."""
     adaptive_tau: bool = True
-    """Raise tau to 3x the low-passed noise level of the pair when noise is strong (a fixed tau fails there)."""
+    """Raise tau to 3x the low-passed residual's robust spread over the body when noise is strong (a fixed tau
+    fails there). Assumes most of the body matches, as neighbouring slices of a volume do."""
     soft: bool = False
     """Soft weights exp(-r^2 / (2 tau^2)) instead of the binary test."""
     energy_test: bool = True
@@ -103,7 +104,10 @@ class LossConfig:
     normalization: str = "matched"
     """Masked mean divides by the summed weights ('matched') or by all pixels ('all')."""
     target: str = "pair"
-    """'pair': the neighbour x_i+1 is the target; 'three_slice': (x_i-1 + x_i+1)/2 with W_i-1 * W_i."""
+    """'pair': the neighbour x_i+1 is the target; 'three_slice': (x_i-1 + x_i+1)/2, weighted by W_i-1 * W_i
+    ('three_slice_weights' = 'product') or by the weight tests applied to x_i against that mean ('direct')."""
+    three_slice_weights: str = "product"
+    """Weights of the 3-slice target: 'product' (METHOD.md section 3) or 'direct'."""
 
     def validate(self) -> None:
         s = "loss"
@@ -113,6 +117,7 @@ class LossConfig:
         _check_bool(s, "symmetric", self.symmetric)
         _check_choice(s, "normalization", self.normalization, ("matched", "all"))
         _check_choice(s, "target", self.target, ("pair", "three_slice"))
+        _check_choice(s, "three_slice_weights", self.three_slice_weights, ("product", "direct"))
 
 
 @dataclass(frozen=True)

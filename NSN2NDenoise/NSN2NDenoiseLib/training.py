@@ -50,15 +50,24 @@ def inverse_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 class PatchSampler:
     """Random training samples: stacks of neighbouring slice patches and their weights.
 
-    ``sample()`` returns (slices, weights), shapes (B, S, p, p) and (B, S - 1, p, p), where S is 2 for the pair
-    target and 3 for the 3-slice target, and the slices are x_i .. x_i+S-1 of a random i.
+    ``sample()`` returns (slices, weights), shapes (B, S, p, p) and (B, S - 1 + E, p, p), where S is 2 for the
+    pair target and 3 for the 3-slice target, the slices are x_i .. x_i+S-1 of a random i, and the weights are
+    the pair maps W_i .. W_i+S-2 followed by ``extra[i]`` when extra maps are given (E = 1, else 0).
     """
 
     def __init__(
-        self, slices: torch.Tensor, weights: torch.Tensor, n_slices: int, patch: int, batch: int, seed: int
+        self,
+        slices: torch.Tensor,
+        weights: torch.Tensor,
+        n_slices: int,
+        patch: int,
+        batch: int,
+        seed: int,
+        extra: torch.Tensor | None = None,
     ) -> None:
         self.slices = slices
         self.weights = weights
+        self.extra = extra
         self.n_slices = n_slices
         n, h, w = slices.shape
         self.ph, self.pw = min(patch, h), min(patch, w)
@@ -79,6 +88,8 @@ class PatchSampler:
         for i, y, x, k in zip(starts, ys, xs, ks, strict=False):
             sl = self.slices[i : i + s, y : y + self.ph, x : x + self.pw]
             wt = self.weights[i : i + s - 1, y : y + self.ph, x : x + self.pw]
+            if self.extra is not None:
+                wt = torch.cat([wt, self.extra[i : i + 1, y : y + self.ph, x : x + self.pw]])
             xb.append(dihedral(sl, int(k)))
             wb.append(dihedral(wt, int(k)))
         return torch.stack(xb), torch.stack(wb)
@@ -96,8 +107,12 @@ def train_network(
     cfg: NSN2NConfig,
     progress: ProgressFn | None = None,
     is_cancelled: CancelFn | None = None,
+    target_weights: torch.Tensor | None = None,
 ) -> tuple[UNet2D, list[tuple[int, float]]]:
     """Train a fresh network by NS-N2N on ``slices`` (N, H, W) with pair weights (N - 1, H, W).
+
+    ``target_weights`` (N - 2, H, W), used with the 3-slice target only, replace W_i-1 * W_i as the weights of
+    that target (``loss.three_slice_weights = 'direct'``).
 
     Returns the trained network (in eval mode, on the slices' device) and the loss curve as
     (iteration, mean total loss over the last ``LOG_EVERY`` iterations).
@@ -121,7 +136,10 @@ def train_network(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     three = lcfg.target == "three_slice" and slices.shape[0] >= 3
-    sampler = PatchSampler(slices, weights, 3 if three else 2, tcfg.patch_size, tcfg.batch_size, tcfg.seed)
+    extra = target_weights if three else None
+    sampler = PatchSampler(
+        slices, weights, 3 if three else 2, tcfg.patch_size, tcfg.batch_size, tcfg.seed, extra=extra
+    )
     need_mid = lcfg.lambda_ic > 0
     need_b = three is False or lcfg.lambda_rc > 0 or need_mid
     curve: list[tuple[int, float]] = []
@@ -135,7 +153,7 @@ def train_network(
             x_prev, x_a, x_b = stack[:, 0:1], stack[:, 1:2], stack[:, 2:3]
             w_ab = wstack[:, 1:2]
             target_a = 0.5 * (x_prev + x_b)
-            weights_a = wstack[:, 0:1] * w_ab
+            weights_a = wstack[:, 2:3] if extra is not None else wstack[:, 0:1] * w_ab
         else:
             x_a, x_b = stack[:, 0:1], stack[:, 1:2]
             w_ab = wstack[:, 0:1]

@@ -111,26 +111,41 @@ def _pair_weights(a: torch.Tensor, b: torch.Tensor, cfg: WeightConfig) -> tuple[
     return weights, body
 
 
-def compute_weight_maps(slices: torch.Tensor, cfg: WeightConfig) -> WeightMaps:
-    """Weight maps of all neighbouring pairs of ``slices`` (N, H, W), N >= 2, normalised units."""
-    n = slices.shape[0]
-    maps = torch.empty((n - 1,) + tuple(slices.shape[1:]), device=slices.device, dtype=torch.float32)
+def _maps(a_all: torch.Tensor, b_all: torch.Tensor, cfg: WeightConfig) -> WeightMaps:
+    """Weights of the pairs (a_all[k], b_all[k]), processed in chunks; both (M, H, W)."""
+    m = a_all.shape[0]
+    maps = torch.empty(tuple(a_all.shape), device=a_all.device, dtype=torch.float32)
     per_pair: list[float] = []
     total_w = 0.0
     total_body = 0.0
     with torch.no_grad():
-        for start in range(0, n - 1, CHUNK):
-            stop = min(n - 1, start + CHUNK)
-            a = slices[start:stop].float()
-            b = slices[start + 1 : stop + 1].float()
-            w, body = _pair_weights(a, b, cfg)
+        for start in range(0, m, CHUNK):
+            stop = min(m, start + CHUNK)
+            w, body = _pair_weights(a_all[start:stop].float(), b_all[start:stop].float(), cfg)
             maps[start:stop] = w
             bodyf = body.float()
             sums_w = (w * bodyf).sum(dim=(1, 2))
             sums_b = bodyf.sum(dim=(1, 2))
-            for sw, sb in zip(sums_w.tolist(), sums_b.tolist(), strict=False):
+            for sw, sb in zip(sums_w.tolist(), sums_b.tolist(), strict=True):
                 per_pair.append(sw / sb if sb > 0 else 1.0)
                 total_w += sw
                 total_body += sb
     matched = total_w / total_body if total_body > 0 else 1.0
     return WeightMaps(maps=maps, matched_fraction=float(matched), matched_per_pair=per_pair)
+
+
+def compute_weight_maps(slices: torch.Tensor, cfg: WeightConfig) -> WeightMaps:
+    """Weight maps of all neighbouring pairs of ``slices`` (N, H, W), N >= 2, normalised units.
+
+    Map i (of N - 1) belongs to the pair (x_i, x_i+1).
+    """
+    return _maps(slices[:-1], slices[1:], cfg)
+
+
+def compute_three_slice_maps(slices: torch.Tensor, cfg: WeightConfig) -> WeightMaps:
+    """Weight maps of the 3-slice target: map j (of N - 2) tests x_j+1 against (x_j + x_j+2) / 2.
+
+    The same low-pass and energy tests as :func:`compute_weight_maps`, applied to the slice and the mean of its
+    two neighbours, whose difference cancels anatomy that changes linearly along the slice axis.
+    """
+    return _maps(slices[1:-1], 0.5 * (slices[:-2] + slices[2:]), cfg)
