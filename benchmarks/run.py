@@ -103,9 +103,11 @@ def _nsn2n_method(overrides: dict, threads: int):
 class ResultCache:
     """One JSON and one middle-slice .npy per (dataset key, method key) under ``root``."""
 
-    def __init__(self, root: Path, enabled: bool = True) -> None:
+    def __init__(self, root: Path, enabled: bool = True, only: bool = False) -> None:
         self.root = root
         self.enabled = enabled
+        self.only = only
+        """Report cached results only; a method without one is listed as not run."""
 
     def _path(self, dkey: str, mkey: str) -> Path:
         return self.root / dkey / mkey
@@ -196,6 +198,9 @@ def run_dataset(ds: datasets.Dataset, methods: list[str], variants: dict, args, 
                     mids,
                 )
                 results["nsn2n"] = ref
+            if "info" not in ref:  # NSN2N skipped (cached-only report): no budget to give
+                results[name] = {"method": name, "skipped": ref.get("skipped", "no NSN2N time budget")}
+                continue
             ph = ref["info"]["phase_seconds"]
             ctx.budget_seconds = float(ph.get("weights", 0.0) + ph.get("training", 0.0))
         else:
@@ -212,6 +217,8 @@ def _get_or_run(name, fn, params, ds, ctx, cache: ResultCache, dkey: str, mids: 
         log(f"{ds.name}: {name}: cached ({result['quality']['psnr']:.2f} dB)")
         mids[name] = mid
         return result
+    if cache.only:
+        return {"method": name, "skipped": "not run yet (report of cached results only)"}
     result, mid = run_one(name, fn, ds, ctx)
     if mid is not None:
         result.update(
@@ -257,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="processes for the CT noise simulation (default: CPUs)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--no-cache", action="store_true", help="recompute every result (noise stays cached)")
+    p.add_argument("--cached-only", action="store_true", help="report cached results only; compute nothing")
     p.add_argument("--no-figures", action="store_true", help="tables and JSON only")
     return p
 
@@ -286,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warns that 0.0625 exceeds spacing/16; Slicer too
-    cache = ResultCache(noise.CACHE_DIR / "results", enabled=not args.no_cache)
+    cache = ResultCache(noise.CACHE_DIR / "results", enabled=not args.no_cache, only=args.cached_only)
     runs = {}
     for n in names:
         log(f"building {n} ({'quick' if quick else 'full'})")
