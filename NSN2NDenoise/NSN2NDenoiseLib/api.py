@@ -232,7 +232,7 @@ def denoise(
             progress("weights", 0, 1, None)
         wmaps = compute_weight_maps(slices, cfg.weights)
         target_maps = None
-        if cfg.loss.target == "three_slice" and cfg.loss.three_slice_weights == "direct":
+        if cfg.loss.target in ("three_slice", "either") and cfg.loss.three_slice_weights == "direct":
             target_maps = compute_three_slice_maps(slices, cfg.weights).maps
         sigma = estimate_noise_sigma(slices)
         correlation = interslice_noise_correlation(slices)

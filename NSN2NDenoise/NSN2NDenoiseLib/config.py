@@ -105,9 +105,10 @@ class LossConfig:
     """Masked mean divides by the summed weights ('matched') or by all pixels ('all')."""
     target: str = "pair"
     """'pair': the neighbour x_i+1 is the target; 'three_slice': (x_i-1 + x_i+1)/2, weighted by W_i-1 * W_i
-    ('three_slice_weights' = 'product') or by the weight tests applied to x_i against that mean ('direct')."""
+    ('three_slice_weights' = 'product') or by the weight tests applied to x_i against that mean ('direct');
+    'either': per pixel, that mean where it matches, else the one neighbour that matches (see training.py)."""
     three_slice_weights: str = "product"
-    """Weights of the 3-slice target: 'product' (METHOD.md section 3) or 'direct'."""
+    """Weights of the 3-slice mean as target: 'product' (W_i-1 * W_i, METHOD.md section 3) or 'direct'."""
 
     def validate(self) -> None:
         s = "loss"
@@ -116,7 +117,7 @@ class LossConfig:
         _check_float(s, "lambda_self", self.lambda_self, 0.0, 100.0)
         _check_bool(s, "symmetric", self.symmetric)
         _check_choice(s, "normalization", self.normalization, ("matched", "all"))
-        _check_choice(s, "target", self.target, ("pair", "three_slice"))
+        _check_choice(s, "target", self.target, ("pair", "three_slice", "either"))
         _check_choice(s, "three_slice_weights", self.three_slice_weights, ("product", "direct"))
 
 

@@ -95,6 +95,22 @@ class PatchSampler:
         return torch.stack(xb), torch.stack(wb)
 
 
+def either_target(
+    x_prev: torch.Tensor, x_next: torch.Tensor, w_prev: torch.Tensor, w_next: torch.Tensor, w_three: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel target for x_i from whichever neighbours match it (``loss.target = 'either'``).
+
+    The mean (x_i-1 + x_i+1) / 2 where both neighbours match or the 3-slice test passes (half the target's noise
+    variance); else the one neighbour that matches; the weight is the largest of the three weights, so only
+    pixels that no neighbour confirms are left to the self term. Shapes (B, 1, H, W).
+    """
+    use_mean = torch.maximum(w_prev * w_next, w_three)
+    single = torch.where(w_prev >= w_next, x_prev, x_next)
+    target = torch.where(use_mean > 0.5, 0.5 * (x_prev + x_next), single)
+    weights = torch.maximum(use_mean, torch.maximum(w_prev, w_next))
+    return target, weights
+
+
 def _autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -135,11 +151,9 @@ def train_network(
         return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
-    three = lcfg.target == "three_slice" and slices.shape[0] >= 3
+    three = lcfg.target in ("three_slice", "either") and slices.shape[0] >= 3
     extra = target_weights if three else None
-    sampler = PatchSampler(
-        slices, weights, 3 if three else 2, tcfg.patch_size, tcfg.batch_size, tcfg.seed, extra=extra
-    )
+    sampler = PatchSampler(slices, weights, 3 if three else 2, tcfg.patch_size, tcfg.batch_size, tcfg.seed, extra=extra)
     need_mid = lcfg.lambda_ic > 0
     need_b = three is False or lcfg.lambda_rc > 0 or need_mid
     curve: list[tuple[int, float]] = []
@@ -152,8 +166,12 @@ def train_network(
         if three:
             x_prev, x_a, x_b = stack[:, 0:1], stack[:, 1:2], stack[:, 2:3]
             w_ab = wstack[:, 1:2]
-            target_a = 0.5 * (x_prev + x_b)
-            weights_a = wstack[:, 2:3] if extra is not None else wstack[:, 0:1] * w_ab
+            w_prev = wstack[:, 0:1]
+            w_three = wstack[:, 2:3] if extra is not None else w_prev * w_ab
+            if lcfg.target == "either":
+                target_a, weights_a = either_target(x_prev, x_b, w_prev, w_ab, w_three)
+            else:
+                target_a, weights_a = 0.5 * (x_prev + x_b), w_three
         else:
             x_a, x_b = stack[:, 0:1], stack[:, 1:2]
             w_ab = wstack[:, 0:1]
