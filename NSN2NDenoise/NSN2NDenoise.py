@@ -65,7 +65,7 @@ class NSN2NDenoiseParameterNode:
     outputVolume - volume receiving the result; None creates "<input name> denoised".
     preset, iterations (0 = the preset's), device - main options.
     overridePreset - when True, the advanced values below replace the preset's.
-    sliceAxis, lambdaRc, lambdaIc, energyTest, tta, safeguard, seed - advanced engine options.
+    sliceAxis, lambdaRc, lambdaIc, lambdaSelf, energyTest, tta, safeguard, seed - advanced engine options.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -77,6 +77,7 @@ class NSN2NDenoiseParameterNode:
     sliceAxis: Annotated[str, Choice(["auto", "K", "J", "I"])] = "auto"
     lambdaRc: Annotated[float, WithinRange(0.0, 100.0)] = 0.5
     lambdaIc: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
+    lambdaSelf: Annotated[float, WithinRange(0.0, 100.0)] = 0.5
     energyTest: bool = True
     tta: bool = False
     safeguard: bool = False
@@ -180,6 +181,7 @@ class NSN2NDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.sliceAxisComboBox,
             self.ui.lambdaRcSpinBox,
             self.ui.lambdaIcSpinBox,
+            self.ui.lambdaSelfSpinBox,
             self.ui.energyTestCheckBox,
             self.ui.ttaCheckBox,
             self.ui.safeguardCheckBox,
@@ -335,6 +337,7 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
                 sliceAxis=parameterNode.sliceAxis,
                 lambdaRc=parameterNode.lambdaRc,
                 lambdaIc=parameterNode.lambdaIc,
+                lambdaSelf=parameterNode.lambdaSelf,
                 energyTest=parameterNode.energyTest,
                 tta=parameterNode.tta,
                 safeguard=parameterNode.safeguard,
@@ -348,7 +351,19 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
         return MRMLDenoiser(slicer.mrmlScene)
 
     def _config(
-        self, preset, iterations, device, sliceAxis, lambdaRc, lambdaIc, energyTest, tta, safeguard, seed, threads
+        self,
+        preset,
+        iterations,
+        device,
+        sliceAxis,
+        lambdaRc,
+        lambdaIc,
+        lambdaSelf,
+        energyTest,
+        tta,
+        safeguard,
+        seed,
+        threads,
     ):
         from NSN2NDenoiseLib.mrml import build_config
 
@@ -359,6 +374,7 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
             slice_axis=sliceAxis,
             lambda_rc=lambdaRc,
             lambda_ic=lambdaIc,
+            lambda_self=lambdaSelf,
             energy_test=energyTest,
             tta=tta,
             safeguard=safeguard,
@@ -376,6 +392,7 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
         sliceAxis: str | None = None,
         lambdaRc: float | None = None,
         lambdaIc: float | None = None,
+        lambdaSelf: float | None = None,
         energyTest: bool | None = None,
         tta: bool | None = None,
         safeguard: bool | None = None,
@@ -395,7 +412,7 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
         iterations : int, optional
             Training iterations; None keeps the preset's.
         device : {'auto', 'CPU', 'GPU'}
-        sliceAxis, lambdaRc, lambdaIc, energyTest, tta, safeguard, seed, threads : optional
+        sliceAxis, lambdaRc, lambdaIc, lambdaSelf, energyTest, tta, safeguard, seed, threads : optional
             Engine options; None keeps the preset's value.
         config : NSN2NDenoiseLib.NSN2NConfig, optional
             A complete engine configuration; when given, all the options above are ignored.
@@ -413,7 +430,18 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
             )
         if config is None:
             config = self._config(
-                preset, iterations, device, sliceAxis, lambdaRc, lambdaIc, energyTest, tta, safeguard, seed, threads
+                preset,
+                iterations,
+                device,
+                sliceAxis,
+                lambdaRc,
+                lambdaIc,
+                lambdaSelf,
+                energyTest,
+                tta,
+                safeguard,
+                seed,
+                threads,
             )
         return self._denoiser().start(inputVolume, outputVolume, config=config)
 

@@ -85,6 +85,7 @@ def build_config(
     slice_axis: str | None = None,
     lambda_rc: float | None = None,
     lambda_ic: float | None = None,
+    lambda_self: float | None = None,
     energy_test: bool | None = None,
     tta: bool | None = None,
     safeguard: bool | None = None,
@@ -103,7 +104,7 @@ def build_config(
         Case-insensitive; 'gpu' means CUDA.
     slice_axis : {'auto', 'k', 'j', 'i'}, optional
         Array axis (K,J,I order) the 2D network runs across; case-insensitive.
-    lambda_rc, lambda_ic, energy_test, tta, safeguard, seed, threads : optional
+    lambda_rc, lambda_ic, lambda_self, energy_test, tta, safeguard, seed, threads : optional
         Engine options (see ``config.py``); None keeps the preset's value.
 
     Raises
@@ -128,6 +129,8 @@ def build_config(
         sections["loss"]["lambda_rc"] = float(lambda_rc)
     if lambda_ic is not None:
         sections["loss"]["lambda_ic"] = float(lambda_ic)
+    if lambda_self is not None:
+        sections["loss"]["lambda_self"] = float(lambda_self)
     if energy_test is not None:
         sections["weights"]["energy_test"] = bool(energy_test)
     if tta is not None:
