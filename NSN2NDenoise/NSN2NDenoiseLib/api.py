@@ -221,6 +221,8 @@ def denoise(
     if device.type == "cpu" and cfg.training.threads > 0:
         torch.set_num_threads(cfg.training.threads)
     phase_seconds: dict[str, float] = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     try:
         t0 = time.perf_counter()
         stack = np.moveaxis(normalize(arr, imap), axis, 0)
@@ -250,6 +252,7 @@ def denoise(
             out, _ = apply_safeguard(slices, out, cfg.inference.safeguard_factor)
         result = out.float().cpu().numpy()
         phase_seconds["inference"] = time.perf_counter() - t0
+        peak_gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     except torch.cuda.OutOfMemoryError as exc:
         raise DeviceError(
             "The GPU ran out of memory. Lower training.batch_size or training.patch_size, or network.width, "
@@ -287,6 +290,7 @@ def denoise(
         matched_fraction=wmaps.matched_fraction,
         matched_per_pair=wmaps.matched_per_pair,
         noise_sigma=sigma * imap.scale,
+        peak_gpu_mb=peak_gpu_mb,
         interslice_noise_correlation=correlation,
         warnings=warnings,
         versions={"nsn2n": __version__, "torch": torch.__version__, "numpy": np.__version__},
