@@ -43,12 +43,12 @@ def test_total_combines_terms_with_lambdas():
     torch.manual_seed(0)
     y_a, y_b, y_mid, x_a, x_b = (torch.rand(2, 1, 4, 4, dtype=torch.float64) for _ in range(5))
     w = (torch.rand(2, 1, 4, 4, dtype=torch.float64) > 0.3).double()
-    cfg = LossConfig(lambda_rc=0.5, lambda_ic=2.0, symmetric=True)
+    cfg = LossConfig(lambda_rc=0.5, lambda_ic=2.0, lambda_self=0.0, symmetric=True)
     parts = pair_loss(y_a, y_b, y_mid, x_a, x_b, w, cfg)
     recon = 0.5 * (reconstruction_loss(y_a, x_b, w) + reconstruction_loss(y_b, x_a, w))
     assert torch.isclose(parts["recon"], recon)
     assert torch.isclose(parts["total"], recon + 0.5 * parts["rc"] + 2.0 * parts["ic"])
-    one_way = pair_loss(y_a, y_b, y_mid, x_a, x_b, w, LossConfig(symmetric=False))
+    one_way = pair_loss(y_a, y_b, y_mid, x_a, x_b, w, LossConfig(symmetric=False, lambda_self=0.0))
     assert torch.isclose(one_way["recon"], reconstruction_loss(y_a, x_b, w))
 
 
@@ -66,7 +66,8 @@ def test_zero_weight_pixels_get_no_gradient_from_weighted_terms():
     x_a, x_b = torch.rand(1, 1, 4, 4, dtype=torch.float64), torch.rand(1, 1, 4, 4, dtype=torch.float64)
     w = torch.ones(1, 1, 4, 4, dtype=torch.float64)
     w[..., 1:3, 1:3] = 0.0
-    parts = pair_loss(y_a, y_b, None, x_a, x_b, w, LossConfig(lambda_ic=0.0))
+    # The weighted terms (reconstruction, regional consistency); the self term is tested below.
+    parts = pair_loss(y_a, y_b, None, x_a, x_b, w, LossConfig(lambda_ic=0.0, lambda_self=0.0))
     parts["total"].backward()
     for grad in (y_a.grad, y_b.grad):
         assert torch.all(grad[..., 1:3, 1:3] == 0)

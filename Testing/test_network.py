@@ -19,12 +19,17 @@ def test_padding_is_cropped_back_exactly():
     assert torch.equal(padded[..., :h, :w], x)
 
 
-def test_residual_network_starts_near_identity_when_head_is_zero():
+def test_residual_network_starts_as_identity_and_learns():
     net = UNet2D(1, 1, depth=2, width=4, residual=True)
-    torch.nn.init.zeros_(net.head.weight)
-    torch.nn.init.zeros_(net.head.bias)
-    x = torch.rand(1, 1, 9, 11)
-    assert torch.allclose(net(x), x)
+    x = torch.rand(2, 1, 9, 11)
+    assert torch.equal(net(x), x)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = (net(x) - 0.5).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.equal(net(x), x), "the zero-initialised head must still let the network learn"
 
 
 def test_dtype_and_device_follow_input():

@@ -96,18 +96,18 @@ class LossConfig:
     """Weight of the regional consistency term; 0.5 in both re-implementations."""
     lambda_ic: float = 1.0
     """Weight of the inter-slice continuity term; 1.0 in both re-implementations."""
-    lambda_self: float = 0.0
+    lambda_self: float = 0.5
     """Weight of the self term M(1 - W, (f(x_i) - x_i)^2): where the neighbour does not match, the network is
     taught to keep its input rather than left free to smooth it away (edges, bone texture)."""
     symmetric: bool = True
     """Also reconstruct x_i from x_i+1, so that every pair trains in both directions."""
     normalization: str = "matched"
     """Masked mean divides by the summed weights ('matched') or by all pixels ('all')."""
-    target: str = "pair"
+    target: str = "three_slice"
     """'pair': the neighbour x_i+1 is the target; 'three_slice': (x_i-1 + x_i+1)/2, weighted by W_i-1 * W_i
     ('three_slice_weights' = 'product') or by the weight tests applied to x_i against that mean ('direct');
     'either': per pixel, that mean where it matches, else the one neighbour that matches (see training.py)."""
-    three_slice_weights: str = "product"
+    three_slice_weights: str = "direct"
     """Weights of the 3-slice mean as target: 'product' (W_i-1 * W_i, METHOD.md section 3) or 'direct'."""
 
     def validate(self) -> None:
@@ -143,13 +143,13 @@ class NetworkConfig:
 class TrainingConfig:
     """Training on the one volume (METHOD.md section 4)."""
 
-    iterations: int = 1000
-    """Optimiser steps; the main quality/time knob."""
+    iterations: int = 1200
+    """Optimiser steps; the main quality/time knob (RESULTS.md: quality against iterations)."""
     patch_size: int = 64
     """Side in pixels of the square training patches (clipped to the slice size)."""
     batch_size: int = 8
     """Pairs per optimiser step."""
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     """Adam's initial step size, decayed by a cosine to learning_rate * final_lr_fraction."""
     final_lr_fraction: float = 0.05
     """Learning rate at the last iteration as a fraction of the initial one."""
@@ -176,8 +176,9 @@ class TrainingConfig:
 class InferenceConfig:
     """Denoising every slice with the trained network (METHOD.md section 5)."""
 
-    tta: bool = False
-    """Average the network over the 8 flips/rotations of each slice (8x inference time)."""
+    tta: bool = True
+    """Average the network over the 8 flips/rotations of each slice (8x inference time, a small share of a run;
+    +0.1 dB on the development CT)."""
     batch_size: int = 4
     """Whole slices per forward pass."""
     safeguard: bool = False
@@ -288,14 +289,14 @@ def _apply(base: NSN2NConfig, changes: dict[str, Any]) -> NSN2NConfig:
 def _preset_changes(name: str) -> dict[str, Any]:
     # Reasons and figures: benchmarks/RESULTS.md, section "Presets".
     if name == "fast":
-        return {"preset": "fast", "training": {"iterations": 300}}
+        return {"preset": "fast", "training": {"iterations": 300}, "inference": {"tta": False}}
     if name == "default":
         return {"preset": "default"}
     if name == "best":
         return {
             "preset": "best",
-            "network": {"width": 48},
-            "training": {"iterations": 4000},
+            "network": {"width": 32},
+            "training": {"iterations": 3000},
             "inference": {"tta": True},
         }
     raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")

@@ -49,7 +49,8 @@ class UNet2D(nn.Module):
     width : int
         Channels at the first level.
     residual : bool
-        If true (and in_channels == out_channels) the network predicts a correction added to its input.
+        If true (and in_channels == out_channels) the network predicts a correction added to its input, and
+        starts as the identity (zero-initialised output layer).
     """
 
     def __init__(
@@ -71,6 +72,11 @@ class UNet2D(nn.Module):
             self.ups.append(nn.ConvTranspose2d(chans[level + 1], chans[level], 2, stride=2))
             self.decoders.append(_DoubleConv(2 * chans[level], chans[level]))
         self.head = nn.Conv2d(chans[0], out_channels, 1)
+        if self.residual:
+            # Start as the identity: training begins from "keep the input", never from a random perturbation of
+            # it, which made some seeds start far off and recover slowly.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, H, W)."""
