@@ -100,6 +100,12 @@ def _nsn2n_method(overrides: dict, threads: int):
     return run
 
 
+def _nsn2n_params(overrides: dict, threads: int) -> dict:
+    """Cache parameters of an NSN2N row: the full resolved configuration, so that a change of the engine's
+    defaults makes a new cache entry instead of reusing a result of the old defaults."""
+    return {"config": _nsn2n_config(overrides, threads).to_dict(), "threads": threads}
+
+
 class ResultCache:
     """One JSON and one middle-slice .npy per (dataset key, method key) under ``root``."""
 
@@ -177,20 +183,20 @@ def run_dataset(ds: datasets.Dataset, methods: list[str], variants: dict, args, 
         if name.startswith("nsn2n"):
             overrides = variants.get(name, {})
             fn = _nsn2n_method(overrides, args.threads)
-            params = {"overrides": overrides, "threads": args.threads}
+            params = _nsn2n_params(overrides, args.threads)
         elif name in baselines.CLASSICAL:
             fn = baselines.CLASSICAL[name]
             params = {"threads": args.threads}
         elif name in deep_baselines.DEEP:
             fn = deep_baselines.DEEP[name]
-            params = {"nsn2n": nsn2n_default, "threads": args.threads}
+            params = {"nsn2n": _nsn2n_params(nsn2n_default, args.threads)["config"], "threads": args.threads}
             ref = results.get("nsn2n")
             if ref is None or "info" not in ref:
                 log(f"{ds.name}: {name} needs NSN2N's time budget; running NSN2N default first")
                 ref = _get_or_run(
                     "nsn2n",
                     _nsn2n_method(nsn2n_default, args.threads),
-                    {"overrides": nsn2n_default, "threads": args.threads},
+                    _nsn2n_params(nsn2n_default, args.threads),
                     ds,
                     ctx,
                     cache,
