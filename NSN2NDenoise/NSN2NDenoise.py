@@ -350,37 +350,27 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
 
         return MRMLDenoiser(slicer.mrmlScene)
 
-    def _config(
-        self,
-        preset,
-        iterations,
-        device,
-        sliceAxis,
-        lambdaRc,
-        lambdaIc,
-        lambdaSelf,
-        energyTest,
-        tta,
-        safeguard,
-        seed,
-        threads,
-    ):
+    # The engine option behind each camelCase option of startProcess/process (see NSN2NDenoiseLib.mrml.build_config).
+    OPTION_NAMES = {
+        "sliceAxis": "slice_axis",
+        "lambdaRc": "lambda_rc",
+        "lambdaIc": "lambda_ic",
+        "lambdaSelf": "lambda_self",
+        "energyTest": "energy_test",
+        "tta": "tta",
+        "safeguard": "safeguard",
+        "seed": "seed",
+        "threads": "threads",
+    }
+
+    def _config(self, preset, iterations, device, **options):
         from NSN2NDenoiseLib.mrml import build_config
 
-        return build_config(
-            preset=preset,
-            iterations=iterations,
-            device=device,
-            slice_axis=sliceAxis,
-            lambda_rc=lambdaRc,
-            lambda_ic=lambdaIc,
-            lambda_self=lambdaSelf,
-            energy_test=energyTest,
-            tta=tta,
-            safeguard=safeguard,
-            seed=seed,
-            threads=threads,
-        )
+        unknown = set(options) - set(self.OPTION_NAMES)
+        if unknown:
+            raise TypeError(f"Unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(self.OPTION_NAMES)}.")
+        engineOptions = {self.OPTION_NAMES[name]: value for name, value in options.items()}
+        return build_config(preset=preset, iterations=iterations, device=device, **engineOptions)
 
     def startProcess(
         self,
@@ -389,16 +379,8 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
         preset: str = "default",
         iterations: int | None = None,
         device: str = "auto",
-        sliceAxis: str | None = None,
-        lambdaRc: float | None = None,
-        lambdaIc: float | None = None,
-        lambdaSelf: float | None = None,
-        energyTest: bool | None = None,
-        tta: bool | None = None,
-        safeguard: bool | None = None,
-        seed: int | None = None,
-        threads: int | None = None,
         config=None,
+        **options,
     ):
         """Start denoising in a background thread and return the job at once (non-blocking).
 
@@ -429,20 +411,7 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
                 _("PyTorch is not installed. Call setupPythonRequirements() or click Denoise in the module once.")
             )
         if config is None:
-            config = self._config(
-                preset,
-                iterations,
-                device,
-                sliceAxis,
-                lambdaRc,
-                lambdaIc,
-                lambdaSelf,
-                energyTest,
-                tta,
-                safeguard,
-                seed,
-                threads,
-            )
+            config = self._config(preset, iterations, device, **options)
         return self._denoiser().start(inputVolume, outputVolume, config=config)
 
     def process(

@@ -36,3 +36,21 @@ def phantom_pair() -> tuple[np.ndarray, np.ndarray]:
 def tiny_config():
     """A configuration that trains in about a second: for tests of plumbing, not of quality."""
     return make_config("fast", device="cpu", training={"iterations": 5, "batch_size": 2, "patch_size": 32})
+
+
+def plumbing_config(iterations: int = 5):
+    """A width-8 network trained for a few iterations: plumbing tests of the jobs and the MRML adapter."""
+    return make_config(
+        "fast",
+        device="cpu",
+        network={"width": 8, "depth": 2},
+        training={"iterations": iterations, "threads": 1, "patch_size": 16, "batch_size": 2},
+    )
+
+
+def smooth_noisy_volume(seed: int = 0, dtype=np.float32) -> np.ndarray:
+    """(6, 32, 32) smooth pattern plus 10-unit Gaussian noise, K,J,I order."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(np.arange(6), np.arange(32), np.arange(32), indexing="ij")
+    clean = 100.0 + 50.0 * np.sin(j / 5.0) * np.cos(i / 6.0) + 2.0 * k
+    return (clean + rng.normal(0.0, 10.0, clean.shape)).astype(dtype)

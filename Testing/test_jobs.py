@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import plumbing_config, smooth_noisy_volume
 
 MODULE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "NSN2NDenoise")
 if MODULE_DIR not in sys.path:
@@ -22,7 +23,6 @@ from NSN2NDenoiseLib import (  # noqa: E402
     InputError,
     NSN2NError,
     jobs,
-    make_config,
 )
 
 
@@ -34,22 +34,6 @@ def _one_thread():
     if job is not None:  # never leak a running job into the next test
         job.cancel()
         job.wait(60)
-
-
-def tiny_config(iterations=5):
-    return make_config(
-        "fast",
-        device="cpu",
-        network={"width": 8, "depth": 2},
-        training={"iterations": iterations, "threads": 1, "patch_size": 16, "batch_size": 2},
-    )
-
-
-def tiny_volume(seed=0):
-    rng = np.random.default_rng(seed)
-    k, j, i = np.meshgrid(np.arange(6), np.arange(32), np.arange(32), indexing="ij")
-    clean = 100.0 + 50.0 * np.sin(j / 5.0) * np.cos(i / 6.0) + 2.0 * k
-    return (clean + rng.normal(0.0, 10.0, clean.shape)).astype(np.float32)
 
 
 class Gate:
@@ -78,8 +62,8 @@ def raising(exc):
 
 
 def test_real_run_reaches_done_with_result_report_and_progress():
-    volume = tiny_volume()
-    job = jobs.start_job(volume, (3.0, 0.8, 0.8), tiny_config())
+    volume = smooth_noisy_volume()
+    job = jobs.start_job(volume, (3.0, 0.8, 0.8), plumbing_config())
     assert job.wait(120), "a 5-iteration run on 6x32x32 must finish"
     assert job.poll() == jobs.DONE, job.error
     assert job.error is None
@@ -94,9 +78,9 @@ def test_real_run_reaches_done_with_result_report_and_progress():
 
 def test_job_works_on_a_copy_of_the_volume():
     gate = Gate()
-    volume = tiny_volume()
+    volume = smooth_noisy_volume()
     original = volume.copy()
-    job = jobs.start_job(volume, (1.0, 1.0, 1.0), tiny_config(), denoise_fn=gate)
+    job = jobs.start_job(volume, (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=gate)
     assert gate.entered.wait(10)
     volume[:] = 0.0  # the caller reuses its array while the job runs
     gate.release.set()
@@ -105,7 +89,7 @@ def test_job_works_on_a_copy_of_the_volume():
 
 
 def test_cancel_during_real_training_ends_quickly_without_result():
-    job = jobs.start_job(tiny_volume(), (3.0, 0.8, 0.8), tiny_config(iterations=100000))
+    job = jobs.start_job(smooth_noisy_volume(), (3.0, 0.8, 0.8), plumbing_config(iterations=100000))
     deadline = time.monotonic() + 120
     while (job.progress is None or job.progress.phase != "training") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -120,7 +104,7 @@ def test_cancel_during_real_training_ends_quickly_without_result():
 
 
 def test_cancel_before_start():
-    job = jobs.DenoiseJob(tiny_volume(), (1.0, 1.0, 1.0), tiny_config())
+    job = jobs.DenoiseJob(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config())
     job.cancel()
     assert job.poll() == jobs.CANCELLED
     assert job.finished
@@ -130,16 +114,18 @@ def test_cancel_before_start():
 
 def test_only_one_job_at_a_time():
     gate = Gate()
-    first = jobs.start_job(tiny_volume(), (1.0, 1.0, 1.0), tiny_config(), denoise_fn=gate)
+    first = jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=gate)
     assert gate.entered.wait(10)
     assert jobs.active_job() is first
     with pytest.raises(jobs.BusyError, match="already in progress"):
-        jobs.start_job(tiny_volume(), (1.0, 1.0, 1.0), tiny_config(), denoise_fn=Gate())
+        jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=Gate())
     assert not first.wait(0.05)  # still running: wait() with a timeout says so
     gate.release.set()
     assert first.wait(10)
     assert first.poll() == jobs.DONE
-    second = jobs.start_job(tiny_volume(), (1.0, 1.0, 1.0), tiny_config(), denoise_fn=raising(InputError("x")))
+    second = jobs.start_job(
+        smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=raising(InputError("x"))
+    )
     assert second.wait(10)
 
 
@@ -151,7 +137,7 @@ def test_only_one_job_at_a_time():
     ],
 )
 def test_cuda_out_of_memory_becomes_device_error_saying_what_to_change(exc):
-    job = jobs.start_job(tiny_volume(), (1.0, 1.0, 1.0), tiny_config(), denoise_fn=raising(exc))
+    job = jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=raising(exc))
     assert job.wait(10)
     assert job.poll() == jobs.FAILED
     assert isinstance(job.error, DeviceError)
@@ -160,11 +146,13 @@ def test_cuda_out_of_memory_becomes_device_error_saying_what_to_change(exc):
 
 
 def test_host_memory_error_and_unexpected_errors_are_explained():
-    job = jobs.start_job(tiny_volume(), (1.0, 1.0, 1.0), tiny_config(), denoise_fn=raising(MemoryError()))
+    job = jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=raising(MemoryError()))
     assert job.wait(10)
     assert isinstance(job.error, InputError) and "Crop" in str(job.error)
 
-    job = jobs.start_job(tiny_volume(), (1.0, 1.0, 1.0), tiny_config(), denoise_fn=raising(ZeroDivisionError("boom")))
+    job = jobs.start_job(
+        smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=raising(ZeroDivisionError("boom"))
+    )
     assert job.wait(10)
     assert job.poll() == jobs.FAILED
     assert "ZeroDivisionError: boom" in str(job.error)
@@ -173,7 +161,7 @@ def test_host_memory_error_and_unexpected_errors_are_explained():
 
 def test_engine_input_error_reaches_caller_unchanged():
     constant = np.full((6, 32, 32), 7.0, dtype=np.float32)
-    job = jobs.start_job(constant, (1.0, 1.0, 1.0), tiny_config())
+    job = jobs.start_job(constant, (1.0, 1.0, 1.0), plumbing_config())
     assert job.wait(60)
     assert job.poll() == jobs.FAILED
     assert isinstance(job.error, InputError)
@@ -190,7 +178,7 @@ def test_progress_estimates_time_left():
         return volume.astype(np.float32), {}
 
     snapshot, job_box = {}, {}
-    job = jobs.DenoiseJob(tiny_volume(), (1.0, 1.0, 1.0), tiny_config(), denoise_fn=fn)
+    job = jobs.DenoiseJob(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=fn)
     job_box["job"] = job
     job.start()
     assert job.wait(10)

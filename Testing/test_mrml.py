@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import plumbing_config, smooth_noisy_volume
 
 MODULE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "NSN2NDenoise")
 if MODULE_DIR not in sys.path:
@@ -39,22 +40,6 @@ def scene():
     s = slicer.vtkMRMLScene()
     slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(s)
     return s
-
-
-def tiny_config(iterations=5):
-    return make_config(
-        "fast",
-        device="cpu",
-        network={"width": 8, "depth": 2},
-        training={"iterations": iterations, "threads": 1, "patch_size": 16, "batch_size": 2},
-    )
-
-
-def tiny_volume():
-    rng = np.random.default_rng(1)
-    k, j, i = np.meshgrid(np.arange(6), np.arange(32), np.arange(32), indexing="ij")
-    clean = 100.0 + 50.0 * np.sin(j / 5.0) * np.cos(i / 6.0) + 2.0 * k
-    return (clean + rng.normal(0.0, 10.0, clean.shape)).astype(np.int16)
 
 
 def ijk_to_ras(node):
@@ -111,7 +96,7 @@ def volume_node_ids(scene):
 
 def test_array_and_spacing_are_kji_copies():
     s = slicer.vtkMRMLScene()
-    voxels = tiny_volume()
+    voxels = smooth_noisy_volume(1, np.int16)
     node = add_volume(s, voxels)
     array, spacing = mrml.array_and_spacing(node)
     assert array.shape == (6, 32, 32)
@@ -122,7 +107,7 @@ def test_array_and_spacing_are_kji_copies():
 
 
 def test_output_has_input_geometry_and_transform_and_input_is_unchanged(scene):
-    voxels = tiny_volume()
+    voxels = smooth_noisy_volume(1, np.int16)
     node = add_volume(scene, voxels)
     transform = add_transform(scene, node)
     node.CreateDefaultDisplayNodes()
@@ -131,7 +116,7 @@ def test_output_has_input_geometry_and_transform_and_input_is_unchanged(scene):
     before_matrix = ijk_to_ras(node)
     before_ids = volume_node_ids(scene)
 
-    out = mrml.MRMLDenoiser(scene).process(node, config=tiny_config())
+    out = mrml.MRMLDenoiser(scene).process(node, config=plumbing_config())
 
     assert out is not node
     assert volume_node_ids(scene) - before_ids == {out.GetID()}
@@ -164,11 +149,11 @@ def test_output_has_input_geometry_and_transform_and_input_is_unchanged(scene):
 
 
 def test_given_output_node_is_overwritten_with_input_geometry(scene):
-    node = add_volume(scene, tiny_volume())
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
     add_transform(scene, node)
     target = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mine")
     target.SetSpacing(5.0, 5.0, 5.0)
-    out = mrml.MRMLDenoiser(scene).process(node, target, config=tiny_config())
+    out = mrml.MRMLDenoiser(scene).process(node, target, config=plumbing_config())
     assert out is target
     assert out.GetName() == "mine"
     assert_same_matrix(ijk_to_ras(out), ijk_to_ras(node))
@@ -177,18 +162,18 @@ def test_given_output_node_is_overwritten_with_input_geometry(scene):
 
 
 def test_output_equal_to_input_is_refused(scene):
-    node = add_volume(scene, tiny_volume())
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
     with pytest.raises(InputError, match="must differ from the input"):
-        mrml.MRMLDenoiser(scene).start(node, node, config=tiny_config())
+        mrml.MRMLDenoiser(scene).start(node, node, config=plumbing_config())
     assert jobs.active_job() is None
 
 
 def test_cancelled_job_leaves_no_new_node(scene):
-    node = add_volume(scene, tiny_volume())
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
     voxels = slicer.util.arrayFromVolume(node).copy()
     before_ids = volume_node_ids(scene)
     before_count = scene.GetNumberOfNodes()
-    job = mrml.MRMLDenoiser(scene).start(node, config=tiny_config(iterations=100000))
+    job = mrml.MRMLDenoiser(scene).start(node, config=plumbing_config(iterations=100000))
     deadline = time.monotonic() + 120
     while (job.progress is None or job.progress.phase != "training") and time.monotonic() < deadline:
         assert job.poll() == "running"
@@ -205,18 +190,18 @@ def test_cancelled_job_leaves_no_new_node(scene):
 def test_failed_job_leaves_no_new_node_and_explains(scene):
     node = add_volume(scene, np.full((6, 32, 32), 5, dtype=np.int16))  # constant: the engine refuses it
     before_count = scene.GetNumberOfNodes()
-    job = mrml.MRMLDenoiser(scene).start(node, config=tiny_config())
+    job = mrml.MRMLDenoiser(scene).start(node, config=plumbing_config())
     assert job.wait(60) == "failed"
     assert isinstance(job.error, InputError)
     assert scene.GetNumberOfNodes() == before_count
     with pytest.raises(InputError):
-        mrml.MRMLDenoiser(scene).process(node, config=tiny_config())
+        mrml.MRMLDenoiser(scene).process(node, config=plumbing_config())
     assert scene.GetNumberOfNodes() == before_count
 
 
 def test_input_removed_while_running_gives_error_and_no_node(scene):
-    node = add_volume(scene, tiny_volume())
-    job = mrml.MRMLDenoiser(scene).start(node, config=tiny_config())
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
+    job = mrml.MRMLDenoiser(scene).start(node, config=plumbing_config())
     scene.RemoveNode(node)
     before_count = scene.GetNumberOfNodes()
     assert job.wait(60) == "failed"
@@ -229,7 +214,7 @@ def test_label_map_is_refused_with_what_to_do(scene):
     slicer.util.updateVolumeFromArray(label, np.zeros((6, 32, 32), dtype=np.uint8))
     before_count = scene.GetNumberOfNodes()
     with pytest.raises(InputError, match="label map") as info:
-        mrml.MRMLDenoiser(scene).start(label, config=tiny_config())
+        mrml.MRMLDenoiser(scene).start(label, config=plumbing_config())
     assert "grayscale image volume instead" in str(info.value)
     assert jobs.active_job() is None
     assert scene.GetNumberOfNodes() == before_count
@@ -240,7 +225,7 @@ def test_vector_volume_is_refused_with_what_to_do(scene):
     slicer.util.updateVolumeFromArray(rgb, np.zeros((6, 32, 32, 3), dtype=np.uint8))
     assert rgb.GetImageData().GetNumberOfScalarComponents() == 3
     with pytest.raises(InputError, match="vector") as info:
-        mrml.MRMLDenoiser(scene).start(rgb, config=tiny_config())
+        mrml.MRMLDenoiser(scene).start(rgb, config=plumbing_config())
     assert "Vector to Scalar Volume" in str(info.value)
     assert jobs.active_job() is None
     dti = scene.AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", "dti")
