@@ -31,6 +31,25 @@ NOT_USER_METHODS = {"noisy", "bm4d_oracle", "supervised"}
 """Excluded from 'the two best baselines' of a figure: the input and the methods that need the truth."""
 
 
+def portable_command(command: str) -> str:
+    """The command with absolute paths made relative to the working directory when inside it, else replaced by
+    ``<outside>``, so that recorded commands name no machine-specific folder."""
+    import shlex
+    from pathlib import Path
+
+    cwd = Path.cwd().resolve()
+    words = shlex.split(command)
+    if words and words[0].endswith("benchmarks/run.py"):  # recorded from sys.argv: the module's file path
+        words = ["python", "-m", "benchmarks.run", *words[1:]]
+    out = []
+    for word in words:
+        if word.startswith("/"):
+            p = Path(word).resolve()
+            word = str(p.relative_to(cwd)) if p.is_relative_to(cwd) else "<outside>"
+        out.append(shlex.quote(word))
+    return " ".join(out)
+
+
 def _fmt(v, digits=2):
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "-"
@@ -56,6 +75,13 @@ def _note(name: str, r: dict) -> str:
     if name == "supervised":
         return f"{info.get('iterations')} it."
     return ""
+
+
+def _portable_result(r: dict) -> dict:
+    out = {k: v for k, v in r.items() if k != "machine"}
+    if "command" in out:
+        out["command"] = portable_command(out["command"])
+    return out
 
 
 def table(ds, results: dict) -> str:
@@ -121,7 +147,7 @@ def write_outputs(out: Path, runs: dict, command: str, quick: bool, variants: di
     md = [
         f"## Benchmark ({'quick' if quick else 'full'}), {time.strftime('%Y-%m-%d')}",
         "",
-        f"Command: `{command}`",
+        f"Command: `{portable_command(command)}`",
         "",
         (
             f"Machine: {mach['cpu_count']} CPUs ({mach['cpu_model']}), torch {mach.get('torch')}, "
@@ -138,7 +164,7 @@ def write_outputs(out: Path, runs: dict, command: str, quick: bool, variants: di
         ]
     if any(ds.modality == "ct" and "nsn2n" in res["results"] for ds, res in runs.values()):
         md += ["### Issue 6 targets (CT)", "", issue6_summary(runs), ""]
-    js = {"command": command, "machine": mach, "quick": quick, "variants": variants, "datasets": {}}
+    js = {"command": portable_command(command), "machine": mach, "quick": quick, "variants": variants, "datasets": {}}
     for name, (ds, res) in runs.items():
         md += [dataset_header(ds), "", table(ds, res["results"]), ""]
         if figures and ds.has_clean:
@@ -155,7 +181,7 @@ def write_outputs(out: Path, runs: dict, command: str, quick: bool, variants: di
             "data_range": ds.data_range,
             "mask_rule": metrics.MASK_RULE[ds.modality],
             "meta": ds.meta,
-            "results": {m: {k: v for k, v in r.items() if k != "machine"} for m, r in res["results"].items()},
+            "results": {m: _portable_result(r) for m, r in res["results"].items()},
         }
     (out / "results.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(js, indent=1, default=float))

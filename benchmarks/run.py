@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import baselines, datasets, deep_baselines, metrics, noise
-from .report import write_outputs
+from .report import portable_command, write_outputs
 
 RESULTS_VERSION = 1
 """Bump to invalidate every cached result (a change in scoring or in a method's code)."""
@@ -232,7 +232,7 @@ def _get_or_run(name, fn, params, ds, ctx, cache: ResultCache, dkey: str, mids: 
             dataset_key=dkey,
             method_key=mkey,
             crop=ds.crop,
-            command=" ".join(shlex.quote(a) for a in sys.argv),
+            command=portable_command("python -m benchmarks.run " + " ".join(shlex.quote(a) for a in sys.argv[1:])),
             when=time.strftime("%Y-%m-%d %H:%M"),
             machine=metrics.machine(),
         )
