@@ -143,7 +143,7 @@ def load_mni152(n_slices: int = 48, center: int | None = None) -> Volume:
     """The MNI ICBM152 2009a T1 template from nilearn's wheel: ``n_slices`` axial slices around ``center``.
 
     The template is 1 mm isotropic and stored as (I=197, J=233, K=189) in NIfTI order, i.e. (189, 233, 197) in
-    K,J,I. ``center`` defaults to slice 80 of 189 (mid-brain: ventricles, cortex, skull and scalp in view).
+    K,J,I. ``center`` defaults to slice 80 of 189 (mid-brain: ventricles and cortex; the template is brain only).
     """
     path = _package_file("nilearn", MNI_FILE, "`pip install --no-deps nilearn` (the file ships in its wheel).")
     full, spacing = _read_nifti_kji(path)
