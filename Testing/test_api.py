@@ -182,3 +182,23 @@ def test_every_method_option_runs(phantom_pair, tiny_config, options):
     _, noisy = phantom_pair
     out, _ = denoise(noisy, config=tiny_config.replace(**options))
     assert out.shape == noisy.shape and np.isfinite(out).all()
+
+
+def test_interslice_noise_correlation_tells_correlated_noise_apart(phantom_pair):
+    from scipy import ndimage
+
+    from NSN2NDenoiseLib.api import CORRELATION_WARNING, interslice_noise_correlation
+
+    clean, _ = phantom_pair
+    rng = np.random.default_rng(0)
+    white = rng.standard_normal(clean.shape)
+    across = ndimage.gaussian_filter(white, (1.5, 0.7, 0.7))  # correlated between slices too
+    inplane = ndimage.gaussian_filter(white, (0.0, 0.7, 0.7))
+    values = {}
+    for name, noise in (("across", across), ("inplane", inplane)):
+        vol = clean + 60.0 * noise / noise.std()
+        values[name] = interslice_noise_correlation(torch.from_numpy(((vol + 1000.0) / 2000.0).astype(np.float32)))
+    assert values["inplane"] < CORRELATION_WARNING < values["across"], values
+    vol = clean + 60.0 * across / across.std()
+    _, report = denoise(vol, config=make_config("fast", device="cpu", training={"iterations": 2}))
+    assert any("correlated" in w for w in report.warnings)

@@ -35,7 +35,7 @@ class RunReport:
     noise_sigma: float
     """Estimated noise standard deviation, in input units."""
     interslice_noise_correlation: float
-    """Lag-1 correlation of neighbouring slices' high-pass residuals; high values break NS-N2N's assumption."""
+    """Correlation of neighbouring slices' noise in flat regions (0..1); high values break NS-N2N's assumption."""
     peak_gpu_mb: float | None = None
     """Peak GPU memory allocated by PyTorch during the run, in MiB (None on the CPU)."""
     warnings: list[str] = field(default_factory=list)
