@@ -79,9 +79,9 @@ def test_self_term_keeps_input_only_where_unmatched():
     x_a = _t([[0.0, 0.0], [1.0, 1.0]])
     w = _t([[1.0, 0.0], [0.0, 1.0]])
     # M(1 - W, (y - x)^2) over the unmatched pixels (0,1) and (1,0): (4 + 4) / 2
-    assert torch.isclose(self_loss(y_a, x_a, w), torch.tensor(4.0, dtype=torch.float64))
+    assert torch.isclose(self_loss(y_a, x_a, 1.0 - w), torch.tensor(4.0, dtype=torch.float64))
     y = y_a.clone().requires_grad_(True)
-    self_loss(y, x_a, w).backward()
+    self_loss(y, x_a, 1.0 - w).backward()
     assert y.grad[0, 0, 0, 0] == 0 and y.grad[0, 0, 1, 1] == 0  # matched pixels: no gradient from L_Self
     parts = pair_loss(y_a, y_a, None, x_a, x_a, w, LossConfig(lambda_self=0.5, lambda_ic=0.0, lambda_rc=0.0))
     assert torch.isclose(parts["total"], parts["recon"] + 0.5 * parts["self"])

@@ -253,9 +253,10 @@ def denoise(
         if progress is not None:
             progress("weights", 0, 1, None)
         wmaps = compute_weight_maps(slices, cfg.weights)
-        target_maps = None
+        target_maps = target_keep = None
         if cfg.loss.target in ("three_slice", "either") and cfg.loss.three_slice_weights == "direct":
-            target_maps = compute_three_slice_maps(slices, cfg.weights).maps
+            three = compute_three_slice_maps(slices, cfg.weights)
+            target_maps, target_keep = three.maps, three.keep
         sigma = estimate_noise_sigma(slices)
         correlation = interslice_noise_correlation(slices)
         if progress is not None:
@@ -263,7 +264,7 @@ def denoise(
         phase_seconds["weights"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        net, curve = train_network(slices, wmaps.maps, cfg, progress, is_cancelled, target_maps)
+        net, curve = train_network(slices, wmaps.maps, cfg, progress, is_cancelled, target_maps, target_keep)
         phase_seconds["training"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -73,6 +73,11 @@ class WeightConfig:
     """Side in pixels of the box mean of the squared unfiltered difference."""
     energy_factor: float = 2.0
     """A pixel matches when its local difference energy is at most this times the body median."""
+    keep_factor: float = 0.0
+    """Where the self term applies (see ``loss.lambda_self``): 0 = every unmatched pixel; > 0 = only unmatched
+    pixels whose local difference energy exceeds this times the body median, i.e. mismatch far above the noise
+    (bone, strong edges), so that weak mismatch at high noise is smoothed rather than kept noisy. Used by the
+    default target (3-slice, direct weights); the other targets use every unmatched pixel."""
 
     def validate(self) -> None:
         s = "weights"
@@ -86,6 +91,7 @@ class WeightConfig:
         if self.energy_window % 2 == 0:
             raise ConfigError(f"weights.energy_window = {self.energy_window} must be odd (a centred window).")
         _check_float(s, "energy_factor", self.energy_factor, 0.5, 100.0)
+        _check_float(s, "keep_factor", self.keep_factor, 0.0, 10000.0)
 
 
 @dataclass(frozen=True)

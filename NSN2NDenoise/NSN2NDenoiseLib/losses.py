@@ -43,10 +43,11 @@ def interslice_continuity_loss(out_mid: torch.Tensor, out_a: torch.Tensor, out_b
 
 
 def self_loss(
-    output: torch.Tensor, source: torch.Tensor, weights: torch.Tensor, normalization: str = "matched"
+    output: torch.Tensor, source: torch.Tensor, keep: torch.Tensor, normalization: str = "matched"
 ) -> torch.Tensor:
-    """L_Self = M(1 - W, (f(x_i) - x_i)^2): in unmatched regions the output keeps the input."""
-    return masked_mean(1.0 - weights, (output - source) ** 2, normalization)
+    """L_Self = M(K, (f(x_i) - x_i)^2) with K = 1 - W (or its strong-mismatch part): where no neighbour
+    matches, the output keeps the input."""
+    return masked_mean(keep, (output - source) ** 2, normalization)
 
 
 def pair_loss(
@@ -59,6 +60,7 @@ def pair_loss(
     cfg: LossConfig,
     target_a: torch.Tensor | None = None,
     weights_a: torch.Tensor | None = None,
+    keep_a: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All terms of one batch of pairs and their total
     L = L_Recon + lambda_RC L_RC + lambda_IC L_IC + lambda_Self L_Self.
@@ -73,6 +75,8 @@ def pair_loss(
         Optional target and weights of ``out_a`` replacing (x_b, W) in L_Recon: the 3-slice target
         (x_i-1 + x_i+1) / 2 with W_i-1 * W_i. The symmetric term is not added in that case, as the 3-slice
         target is already symmetric.
+    keep_a
+        Optional weight of the self term of ``out_a``; defaults to 1 - (``weights_a`` or W).
 
     Returns
     -------
@@ -91,8 +95,8 @@ def pair_loss(
     own = zero
     if cfg.lambda_self > 0:
         w_a = weights_a if weights_a is not None else weights
-        own = self_loss(out_a, x_a, w_a, norm)
+        own = self_loss(out_a, x_a, keep_a if keep_a is not None else 1.0 - w_a, norm)
         if target_a is None and cfg.symmetric:
-            own = 0.5 * (own + self_loss(out_b, x_b, weights, norm))
+            own = 0.5 * (own + self_loss(out_b, x_b, 1.0 - weights, norm))
     total = recon + cfg.lambda_rc * rc + cfg.lambda_ic * ic + cfg.lambda_self * own
     return {"recon": recon, "rc": rc, "ic": ic, "self": own, "total": total}

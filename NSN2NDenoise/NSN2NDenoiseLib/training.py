@@ -52,7 +52,8 @@ class PatchSampler:
 
     ``sample()`` returns (slices, weights), shapes (B, S, p, p) and (B, S - 1 + E, p, p), where S is 2 for the
     pair target and 3 for the 3-slice target, the slices are x_i .. x_i+S-1 of a random i, and the weights are
-    the pair maps W_i .. W_i+S-2 followed by ``extra[i]`` when extra maps are given (E = 1, else 0).
+    the pair maps W_i .. W_i+S-2 followed by ``extra[i]`` when extra maps are given: (M, H, W) adds E = 1
+    channel, (M, C, H, W) adds C.
     """
 
     def __init__(
@@ -89,7 +90,8 @@ class PatchSampler:
             sl = self.slices[i : i + s, y : y + self.ph, x : x + self.pw]
             wt = self.weights[i : i + s - 1, y : y + self.ph, x : x + self.pw]
             if self.extra is not None:
-                wt = torch.cat([wt, self.extra[i : i + 1, y : y + self.ph, x : x + self.pw]])
+                ex = self.extra[i, ..., y : y + self.ph, x : x + self.pw]
+                wt = torch.cat([wt, ex.reshape(-1, self.ph, self.pw)])
             xb.append(dihedral(sl, int(k)))
             wb.append(dihedral(wt, int(k)))
         return torch.stack(xb), torch.stack(wb)
@@ -124,11 +126,13 @@ def train_network(
     progress: ProgressFn | None = None,
     is_cancelled: CancelFn | None = None,
     target_weights: torch.Tensor | None = None,
+    target_keep: torch.Tensor | None = None,
 ) -> tuple[UNet2D, list[tuple[int, float]]]:
     """Train a fresh network by NS-N2N on ``slices`` (N, H, W) with pair weights (N - 1, H, W).
 
     ``target_weights`` (N - 2, H, W), used with the 3-slice target only, replace W_i-1 * W_i as the weights of
-    that target (``loss.three_slice_weights = 'direct'``).
+    that target (``loss.three_slice_weights = 'direct'``); ``target_keep`` (N - 2, H, W) are then the weights of
+    the self term (``weights.keep_factor``).
 
     Returns the trained network (in eval mode, on the slices' device) and the loss curve as
     (iteration, mean total loss over the last ``LOG_EVERY`` iterations).
@@ -153,6 +157,8 @@ def train_network(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     three = lcfg.target in ("three_slice", "either") and slices.shape[0] >= 3
     extra = target_weights if three else None
+    if extra is not None and target_keep is not None:
+        extra = torch.stack([target_weights, target_keep], dim=1)  # (N - 2, 2, H, W)
     sampler = PatchSampler(slices, weights, 3 if three else 2, tcfg.patch_size, tcfg.batch_size, tcfg.seed, extra=extra)
     need_mid = lcfg.lambda_ic > 0
     need_b = three is False or lcfg.lambda_rc > 0 or need_mid
@@ -168,6 +174,7 @@ def train_network(
             w_ab = wstack[:, 1:2]
             w_prev = wstack[:, 0:1]
             w_three = wstack[:, 2:3] if extra is not None else w_prev * w_ab
+            keep_a = wstack[:, 3:4] if (extra is not None and wstack.shape[1] > 3) else None
             if lcfg.target == "either":
                 target_a, weights_a = either_target(x_prev, x_b, w_prev, w_ab, w_three)
             else:
@@ -175,7 +182,7 @@ def train_network(
         else:
             x_a, x_b = stack[:, 0:1], stack[:, 1:2]
             w_ab = wstack[:, 0:1]
-            target_a = weights_a = None
+            target_a = weights_a = keep_a = None
         inputs = [x_a]
         if need_b:
             inputs.append(x_b)
@@ -187,7 +194,7 @@ def train_network(
         out_a = parts[0]
         out_b = parts[1] if need_b else out_a
         out_mid = parts[2] if need_mid else None
-        losses = pair_loss(out_a, out_b, out_mid, x_a, x_b, w_ab, lcfg, target_a, weights_a)
+        losses = pair_loss(out_a, out_b, out_mid, x_a, x_b, w_ab, lcfg, target_a, weights_a, keep_a)
         optimiser.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimiser.step()

@@ -31,6 +31,8 @@ class WeightMaps:
     """Mean weight over the body of all pairs: the share of pixels that serve as Noise2Noise targets."""
     matched_per_pair: list[float]
     """Mean weight over the body, pair by pair."""
+    keep: torch.Tensor | None = None
+    """(M, H, W) weight of the self term: 1 - W, or the strong-mismatch part of it (``keep_factor``)."""
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -81,8 +83,10 @@ def _robust_std(values: torch.Tensor) -> torch.Tensor:
     return 1.4826 * (values - med).abs().median()
 
 
-def _pair_weights(a: torch.Tensor, b: torch.Tensor, cfg: WeightConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights (B, H, W) and body masks (B, H, W) of the pairs (a[k], b[k])."""
+def _pair_weights(
+    a: torch.Tensor, b: torch.Tensor, cfg: WeightConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weights, body masks and self-term weights, each (B, H, W), of the pairs (a[k], b[k])."""
     ones = torch.ones_like(a)
     if cfg.lowpass != "none":
         la, lb = lowpass(a, cfg), lowpass(b, cfg)
@@ -90,6 +94,7 @@ def _pair_weights(a: torch.Tensor, b: torch.Tensor, cfg: WeightConfig) -> tuple[
     else:
         body = torch.maximum(gaussian_blur(a, 2.0), gaussian_blur(b, 2.0)) > BODY_THRESHOLD
     weights = torch.empty_like(a)
+    keep = torch.empty_like(a)
     for k in range(a.shape[0]):
         mask_k = body[k] if body[k].float().mean() > 0.01 else torch.ones_like(body[k])
         w = ones[k]
@@ -107,22 +112,27 @@ def _pair_weights(a: torch.Tensor, b: torch.Tensor, cfg: WeightConfig) -> tuple[
             ratio = e / (cfg.energy_factor * ref)
             w_e = torch.exp(-0.5 * ratio**2) / math.exp(-0.5) if cfg.soft else (ratio <= 1.0).to(a.dtype)
             w = w * w_e.clamp(max=1.0)
+        keep[k] = 1.0 - w
+        if cfg.energy_test and cfg.keep_factor > 0:
+            keep[k] = keep[k] * (e > cfg.keep_factor * ref).to(a.dtype)
         weights[k] = w
-    return weights, body
+    return weights, body, keep
 
 
 def _maps(a_all: torch.Tensor, b_all: torch.Tensor, cfg: WeightConfig) -> WeightMaps:
     """Weights of the pairs (a_all[k], b_all[k]), processed in chunks; both (M, H, W)."""
     m = a_all.shape[0]
     maps = torch.empty(tuple(a_all.shape), device=a_all.device, dtype=torch.float32)
+    keep = torch.empty_like(maps)
     per_pair: list[float] = []
     total_w = 0.0
     total_body = 0.0
     with torch.no_grad():
         for start in range(0, m, CHUNK):
             stop = min(m, start + CHUNK)
-            w, body = _pair_weights(a_all[start:stop].float(), b_all[start:stop].float(), cfg)
+            w, body, kp = _pair_weights(a_all[start:stop].float(), b_all[start:stop].float(), cfg)
             maps[start:stop] = w
+            keep[start:stop] = kp
             bodyf = body.float()
             sums_w = (w * bodyf).sum(dim=(1, 2))
             sums_b = bodyf.sum(dim=(1, 2))
@@ -131,7 +141,7 @@ def _maps(a_all: torch.Tensor, b_all: torch.Tensor, cfg: WeightConfig) -> Weight
                 total_w += sw
                 total_body += sb
     matched = total_w / total_body if total_body > 0 else 1.0
-    return WeightMaps(maps=maps, matched_fraction=float(matched), matched_per_pair=per_pair)
+    return WeightMaps(maps=maps, matched_fraction=float(matched), matched_per_pair=per_pair, keep=keep)
 
 
 def compute_weight_maps(slices: torch.Tensor, cfg: WeightConfig) -> WeightMaps:
