@@ -73,7 +73,7 @@ class WeightConfig:
     """Side in pixels of the box mean of the squared unfiltered difference."""
     energy_factor: float = 2.0
     """A pixel matches when its local difference energy is at most this times the body median."""
-    keep_factor: float = 0.0
+    keep_factor: float = 8.0
     """Where the self term applies (see ``loss.lambda_self``): 0 = every unmatched pixel; > 0 = only unmatched
     pixels whose local difference energy exceeds this times the body median, i.e. mismatch far above the noise
     (bone, strong edges), so that weak mismatch at high noise is smoothed rather than kept noisy. Used by the
@@ -98,10 +98,11 @@ class WeightConfig:
 class LossConfig:
     """Loss terms of one pair (METHOD.md section 3): L = L_Recon + lambda_rc L_RC + lambda_ic L_IC."""
 
-    lambda_rc: float = 0.5
-    """Weight of the regional consistency term; 0.5 in both re-implementations."""
-    lambda_ic: float = 1.0
-    """Weight of the inter-slice continuity term; 1.0 in both re-implementations."""
+    lambda_rc: float = 0.0
+    """Weight of the regional consistency term (the re-implementations use 0.5). Off by default: with the 3-slice
+    target and the self term it lowered PSNR and tripled the cost of an iteration (RESULTS.md, "Ablation")."""
+    lambda_ic: float = 0.0
+    """Weight of the inter-slice continuity term (the re-implementations use 1.0); off by default, as lambda_rc."""
     lambda_self: float = 0.5
     """Weight of the self term M(1 - W, (f(x_i) - x_i)^2): where the neighbour does not match, the network is
     taught to keep its input rather than left free to smooth it away (edges, bone texture)."""
@@ -149,7 +150,7 @@ class NetworkConfig:
 class TrainingConfig:
     """Training on the one volume (METHOD.md section 4)."""
 
-    iterations: int = 1200
+    iterations: int = 1500
     """Optimiser steps; the main quality/time knob (RESULTS.md: quality against iterations)."""
     patch_size: int = 64
     """Side in pixels of the square training patches (clipped to the slice size)."""
@@ -295,14 +296,14 @@ def _apply(base: NSN2NConfig, changes: dict[str, Any]) -> NSN2NConfig:
 def _preset_changes(name: str) -> dict[str, Any]:
     # Reasons and figures: benchmarks/RESULTS.md, section "Presets".
     if name == "fast":
-        return {"preset": "fast", "training": {"iterations": 300}, "inference": {"tta": False}}
+        return {"preset": "fast", "training": {"iterations": 400}, "inference": {"tta": False}}
     if name == "default":
         return {"preset": "default"}
     if name == "best":
         return {
             "preset": "best",
             "network": {"width": 32},
-            "training": {"iterations": 3000},
+            "training": {"iterations": 4000},
             "inference": {"tta": True},
         }
     raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
