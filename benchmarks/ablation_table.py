@@ -1,9 +1,10 @@
-"""Print an ablation table (Markdown) from a ``benchmarks.run`` output: every NSN2N variant against a reference row.
+"""Print an ablation table (Markdown) from the benchmark's result cache: every NSN2N row of one dataset, with the
+configuration fields in which it differs from a reference row. Computes nothing.
 
-    python -m benchmarks.ablation_table benchmarks/results/ablation_ct_ld_1e5 --reference nsn2n_default
+    python -m benchmarks.ablation_table ct_ld_1e5 --quick --reference nsn2n_default
 
-Reads ``results.json`` (written by ``benchmarks.run``); computes nothing. Columns: PSNR and its difference to the
-reference, SSIM, RMSE (and soft tissue / bone for CT), wall time, and the variant's overrides.
+Reading the cache rather than one run's ``results.json`` keeps every row that was ever computed on the same noisy
+volume, each with the configuration it actually ran with (stored in its JSON), even after the defaults changed.
 """
 
 from __future__ import annotations
@@ -12,39 +13,66 @@ import argparse
 import json
 from pathlib import Path
 
+from . import datasets, noise
 
-def table(results_json: Path, reference: str) -> str:
-    data = json.loads(results_json.read_text())
-    variants = data.get("variants", {})
-    lines = []
-    for name, ds in data["datasets"].items():
-        rows = ds["results"]
-        ref = rows.get(reference, {}).get("quality", {}).get("psnr")
-        ct = name.startswith("ct_")
-        tissue = " soft | bone |" if ct else ""
-        head = f"| row | PSNR dB | vs reference dB | SSIM | RMSE |{tissue} time s | change |"
-        lines += [f"### `{name}` ({ds['crop']})", "", head, "|" + "---|" * (head.count("|") - 1)]
-        for method, r in rows.items():
-            q = r.get("quality")
-            if not q:
-                continue
-            delta = "" if ref is None or not method.startswith("nsn2n") else f"{q['psnr'] - ref:+.2f}"
-            cells = [method, f"{q['psnr']:.2f}", delta, f"{q['ssim']:.3f}", f"{q['rmse']:.1f}"]
-            if ct:
-                cells += [f"{q['rmse_soft']:.1f}", f"{q['rmse_bone']:.1f}"]
-            seconds = r.get("cost", {}).get("seconds")
-            cells += ["-" if seconds is None else f"{seconds:.0f}", f"`{json.dumps(variants.get(method, {}))}`"]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _rows(cache_dir: Path) -> dict[str, dict]:
+    rows = {}
+    for path in sorted(cache_dir.glob("*.json")):
+        r = json.loads(path.read_text())
+        rows[r["method"] if not r["method"].startswith("nsn2n") else path.stem] = r
+    return rows
+
+
+def table(cache_dir: Path, reference: str, ct: bool) -> str:
+    rows = _rows(cache_dir)
+    ref = next((r for k, r in rows.items() if k.startswith(reference + "_") or k == reference), None)
+    ref_cfg = _flatten(ref["info"]["config"]) if ref else {}
+    ref_psnr = ref["quality"]["psnr"] if ref else None
+    skip = {"device", "preset", "training.threads"}
+    tissue = " soft | bone |" if ct else ""
+    head = f"| row | PSNR dB | vs reference dB | SSIM | RMSE |{tissue} time s | differs from the reference in |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    order = sorted(rows.items(), key=lambda kv: (not kv[0].startswith("nsn2n"), -kv[1]["quality"]["psnr"]))
+    seen = set()
+    for key, r in order:
+        ident = (r["quality"]["psnr"], r["cost"]["seconds"])
+        if ident in seen:  # the same computation cached under two names
+            continue
+        seen.add(ident)
+        q = r["quality"]
+        name = key.rsplit("_", 1)[0] if key.startswith("nsn2n") else key
+        diff = ""
+        if key.startswith("nsn2n") and "config" in r.get("info", {}):
+            cfg = _flatten(r["info"]["config"])
+            diff = ", ".join(f"{k}={cfg[k]}" for k in sorted(cfg) if k not in skip and cfg[k] != ref_cfg.get(k))
+            diff = diff or "(reference)"
+        delta = f"{q['psnr'] - ref_psnr:+.2f}" if (ref_psnr is not None and key.startswith("nsn2n")) else ""
+        cells = [name, f"{q['psnr']:.2f}", delta, f"{q['ssim']:.3f}", f"{q['rmse']:.1f}"]
+        if ct:
+            cells += [f"{q['rmse_soft']:.1f}", f"{q['rmse_bone']:.1f}"]
+        cells += [f"{r['cost']['seconds']:.0f}", diff]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ablation_table", description=__doc__.splitlines()[0])
-    p.add_argument("outdir", type=Path, help="an --out folder of benchmarks.run")
-    p.add_argument("--reference", default="nsn2n_default", help="row the differences refer to")
+    p.add_argument("dataset", choices=tuple(datasets.DATASETS), help="dataset name, as in benchmarks.run")
+    p.add_argument("--quick", action="store_true", help="the quick run's crop (as benchmarks.run --quick)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--reference", default="nsn2n_default", help="cached row the differences refer to")
     args = p.parse_args(argv)
-    print(table(args.outdir / "results.json", args.reference))
+    ds = datasets.build(args.dataset, args.quick, seed=args.seed)
+    print(table(noise.CACHE_DIR / "results" / ds.key(), args.reference, ds.modality == "ct"))
     return 0
 
 
