@@ -75,8 +75,8 @@ class NSN2NDenoiseParameterNode:
     device: Annotated[str, Choice(["auto", "CPU", "GPU"])] = "auto"
     overridePreset: bool = False
     sliceAxis: Annotated[str, Choice(["auto", "K", "J", "I"])] = "auto"
-    lambdaRc: Annotated[float, WithinRange(0.0, 100.0)] = 0.5
-    lambdaIc: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
+    lambdaRc: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    lambdaIc: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     lambdaSelf: Annotated[float, WithinRange(0.0, 100.0)] = 0.5
     energyTest: bool = True
     tta: bool = False
