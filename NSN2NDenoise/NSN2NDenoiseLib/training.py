@@ -161,7 +161,7 @@ def train_network(
         extra = torch.stack([target_weights, target_keep], dim=1)  # (N - 2, 2, H, W)
     sampler = PatchSampler(slices, weights, 3 if three else 2, tcfg.patch_size, tcfg.batch_size, tcfg.seed, extra=extra)
     need_mid = lcfg.lambda_ic > 0
-    need_b = three is False or lcfg.lambda_rc > 0 or need_mid
+    need_b = not three or lcfg.lambda_rc > 0 or need_mid
     curve: list[tuple[int, float]] = []
     running: torch.Tensor | float = 0.0
     n_run = 0
