@@ -414,16 +414,7 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
             config = self._config(preset, iterations, device, **options)
         return self._denoiser().start(inputVolume, outputVolume, config=config)
 
-    def process(
-        self,
-        inputVolume,
-        outputVolume=None,
-        preset: str = "default",
-        iterations: int | None = None,
-        device: str = "auto",
-        showResult: bool = True,
-        **options,
-    ):
+    def process(self, inputVolume, outputVolume=None, *args, showResult: bool = True, **options):
         """Denoise and block until done; returns the output volume node.
 
         Takes the parameters of :meth:`startProcess`. Keeps the application responsive while waiting when there
@@ -431,9 +422,7 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
         """
         startTime = time.time()
         logging.info("NSN2N denoising started")
-        job = self.startProcess(
-            inputVolume, outputVolume, preset=preset, iterations=iterations, device=device, **options
-        )
+        job = self.startProcess(inputVolume, outputVolume, *args, **options)
         app = getattr(slicer, "app", None)
         try:
             while not job.job.wait(0.1):

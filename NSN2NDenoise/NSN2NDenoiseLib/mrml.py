@@ -78,6 +78,19 @@ def array_and_spacing(node) -> tuple[np.ndarray, tuple[float, float, float]]:
     return voxels, (float(spacing_ijk[2]), float(spacing_ijk[1]), float(spacing_ijk[0]))
 
 
+# Section of the engine configuration and type of each optional module option (None keeps the preset's value).
+_OPTION_FIELDS: dict[str, tuple[str, type]] = {
+    "seed": ("training", int),
+    "threads": ("training", int),
+    "lambda_rc": ("loss", float),
+    "lambda_ic": ("loss", float),
+    "lambda_self": ("loss", float),
+    "energy_test": ("weights", bool),
+    "tta": ("inference", bool),
+    "safeguard": ("inference", bool),
+}
+
+
 def build_config(
     preset: str = "default",
     iterations: int | None = None,
@@ -121,22 +134,20 @@ def build_config(
     sections: dict[str, dict[str, Any]] = {"training": {}, "loss": {}, "weights": {}, "inference": {}}
     if iterations:
         sections["training"]["iterations"] = int(iterations)
-    if seed is not None:
-        sections["training"]["seed"] = int(seed)
-    if threads is not None:
-        sections["training"]["threads"] = int(threads)
-    if lambda_rc is not None:
-        sections["loss"]["lambda_rc"] = float(lambda_rc)
-    if lambda_ic is not None:
-        sections["loss"]["lambda_ic"] = float(lambda_ic)
-    if lambda_self is not None:
-        sections["loss"]["lambda_self"] = float(lambda_self)
-    if energy_test is not None:
-        sections["weights"]["energy_test"] = bool(energy_test)
-    if tta is not None:
-        sections["inference"]["tta"] = bool(tta)
-    if safeguard is not None:
-        sections["inference"]["safeguard"] = bool(safeguard)
+    given = {
+        "seed": seed,
+        "threads": threads,
+        "lambda_rc": lambda_rc,
+        "lambda_ic": lambda_ic,
+        "lambda_self": lambda_self,
+        "energy_test": energy_test,
+        "tta": tta,
+        "safeguard": safeguard,
+    }
+    for name, value in given.items():
+        if value is not None:
+            section, cast = _OPTION_FIELDS[name]
+            sections[section][name] = cast(value)
     overrides.update({name: values for name, values in sections.items() if values})
     return make_config(str(preset).lower(), **overrides)
 
