@@ -29,6 +29,10 @@ def test_round_trip_through_dict():
         ({"slice_axis": "z"}, "config.slice_axis"),
         ({"training": {"patch_size": 36}, "network": {"depth": 3}}, "training.patch_size"),
         ({"inference": {"tta": "yes"}}, "inference.tta"),
+        ({"loss": {"target": "cubic", "three_slice_weights": "product"}}, "loss.target"),
+        ({"network": {"context_slices": 2}}, "network.context_slices"),
+        ({"network": {"context_slices": 1}, "loss": {"target": "cubic"}}, "network.context_slices"),
+        ({"network": {"context_slices": 1}, "loss": {"target": "three_slice", "lambda_rc": 0.5}}, "network.context"),
     ],
 )
 def test_bad_values_name_the_field(changes, field):

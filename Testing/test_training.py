@@ -2,7 +2,15 @@ import pytest
 import torch
 
 from NSN2NDenoiseLib import make_config
-from NSN2NDenoiseLib.training import PatchSampler, dihedral, either_target, inverse_dihedral, train_network
+from NSN2NDenoiseLib.training import (
+    PatchSampler,
+    context_input,
+    dihedral,
+    either_target,
+    inverse_dihedral,
+    train_network,
+)
+from NSN2NDenoiseLib.weights import cubic_offset
 
 
 @pytest.mark.parametrize("k", range(8))
@@ -45,11 +53,40 @@ def test_sampler_keeps_slices_and_weights_aligned():
     assert torch.equal(ws[:, 2, 0, 0], 100 + i)
 
 
-@pytest.mark.parametrize("target", ["pair", "three_slice", "either"])
+@pytest.mark.parametrize("target", ["pair", "three_slice", "either", "cubic"])
 def test_training_lowers_the_loss(target):
     torch.manual_seed(0)
     clean = torch.linspace(0, 1, 32).view(1, 1, 32).expand(8, 32, 32)
     slices = (clean + 0.1 * torch.randn(8, 32, 32)).contiguous()
     cfg = make_config("fast", training={"iterations": 60, "batch_size": 4, "patch_size": 16}, loss={"target": target})
-    _, curve = train_network(slices, torch.ones(7, 32, 32), cfg)
+    extra = {}
+    if target == "cubic":
+        extra = {"target_weights": torch.ones(6, 32, 32), "target_offset": cubic_offset(slices)}
+    _, curve = train_network(slices, torch.ones(7, 32, 32), cfg, **extra)
     assert curve[-1][1] < curve[0][1]
+
+
+def test_context_input_mirrors_missing_slices():
+    slices = torch.arange(6, dtype=torch.float32).view(6, 1, 1).expand(6, 2, 2)
+    x = context_input(slices, slice(0, 6), 1)
+    assert x.shape == (6, 3, 2, 2)
+    assert x[:, :, 0, 0].tolist() == [[2, 0, 2], [3, 1, 3], [0, 2, 4], [1, 3, 5], [2, 4, 2], [3, 5, 3]]
+    assert context_input(slices, slice(1, 3), 0).shape == (2, 1, 2, 2)
+
+
+def test_training_with_context_slices_feeds_the_centre_slice_through():
+    """With context the residual network starts as the identity of the centre slice and trains."""
+    torch.manual_seed(0)
+    clean = torch.linspace(0, 1, 32).view(1, 1, 32).expand(8, 32, 32)
+    slices = (clean + 0.1 * torch.randn(8, 32, 32)).contiguous()
+    cfg = make_config(
+        "fast",
+        training={"iterations": 40, "batch_size": 4, "patch_size": 16},
+        network={"context_slices": 1},
+        loss={"target": "three_slice"},
+    )
+    net, curve = train_network(slices, torch.ones(7, 32, 32), cfg, target_weights=torch.ones(6, 32, 32))
+    assert curve[-1][1] < curve[0][1]
+    fresh = type(net)(3, 1, depth=cfg.network.depth, width=cfg.network.width)
+    x = context_input(slices, slice(0, 8), 1)
+    assert torch.equal(fresh(x), x[:, 1:2])

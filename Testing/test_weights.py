@@ -7,6 +7,7 @@ from NSN2NDenoiseLib.weights import (
     box_mean,
     compute_three_slice_maps,
     compute_weight_maps,
+    cubic_offset,
     gaussian_blur,
     median_filter,
 )
@@ -86,3 +87,37 @@ def test_three_slice_maps_accept_linear_change_that_pairs_reject():
     bar[21:27, 10:38] = True
     assert pair[bar].mean() < 0.1
     assert triple[0].numpy()[bar].mean() > 0.9
+
+
+@pytest.mark.parametrize("power", [1, 2, 3])
+def test_cubic_target_is_exact_for_cubic_change_along_the_slices(power):
+    """(x_i-1 + x_i+1) / 2 - cubic_offset = the cubic interpolation: it equals x_i for intensity changing as a
+    polynomial of degree <= 3 along the slice axis, on every slice with two neighbours on each side; the 3-slice
+    mean alone is off by half the second difference."""
+    z = torch.arange(9, dtype=torch.float32).view(9, 1, 1).expand(9, 4, 4)
+    x = (z / 4.0) ** power
+    target = 0.5 * (x[:-2] + x[2:]) - cubic_offset(x)
+    inner = slice(1, -1)  # slices 2 .. N-3: both i-2 and i+2 exist
+    assert torch.allclose(target[inner], x[1:-1][inner], atol=1e-5)
+    mean_error = (0.5 * (x[:-2] + x[2:]) - x[1:-1])[inner].abs().max()
+    assert (power == 1) == bool(mean_error < 1e-5)
+    # First and last inner slices: no slice two away on one side, the offset is zero (the 3-slice mean).
+    assert torch.equal(cubic_offset(x)[0], torch.zeros(4, 4)) and torch.equal(cubic_offset(x)[-1], torch.zeros(4, 4))
+
+
+def test_cubic_maps_accept_curved_change_that_three_slice_maps_reject():
+    """A bar whose intensity follows a parabola along the slices: the 3-slice mean misses it, the cubic
+    interpolation does not."""
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:48, :48]
+    base = np.repeat((((yy - 24) ** 2 + (xx - 24) ** 2) <= 23**2)[None] * 0.4, 5, axis=0)
+    for k in range(5):
+        base[k, 20:28, 8:40] = 0.4 + 0.15 * (k - 2) ** 2
+    slices = torch.from_numpy(base + 0.005 * rng.standard_normal(base.shape)).float()
+    cfg = WeightConfig()
+    bar = np.zeros((48, 48), dtype=bool)
+    bar[21:27, 10:38] = True
+    mean_maps = compute_three_slice_maps(slices, cfg).maps[1].numpy()
+    cubic_maps = compute_three_slice_maps(slices, cfg, cubic_offset(slices)).maps[1].numpy()
+    assert mean_maps[bar].mean() < 0.1
+    assert cubic_maps[bar].mean() > 0.9

@@ -21,7 +21,7 @@ from .inference import apply_safeguard, predict_slices
 from .normalization import denormalize, fit_intensity_map, normalize
 from .report import RunReport
 from .training import train_network
-from .weights import BODY_THRESHOLD, compute_three_slice_maps, compute_weight_maps, gaussian_blur
+from .weights import BODY_THRESHOLD, compute_three_slice_maps, compute_weight_maps, cubic_offset, gaussian_blur
 
 ProgressFn = Callable[[str, int, int, float | None], None]
 
@@ -253,9 +253,10 @@ def denoise(
         if progress is not None:
             progress("weights", 0, 1, None)
         wmaps = compute_weight_maps(slices, cfg.weights)
-        target_maps = target_keep = None
-        if cfg.loss.target in ("three_slice", "either") and cfg.loss.three_slice_weights == "direct":
-            three = compute_three_slice_maps(slices, cfg.weights)
+        target_maps = target_keep = offset = None
+        if cfg.loss.target in ("three_slice", "either", "cubic") and cfg.loss.three_slice_weights == "direct":
+            offset = cubic_offset(slices) if cfg.loss.target == "cubic" else None
+            three = compute_three_slice_maps(slices, cfg.weights, offset)
             target_maps, target_keep = three.maps, three.keep
         sigma = estimate_noise_sigma(slices)
         correlation = interslice_noise_correlation(slices)
@@ -264,11 +265,15 @@ def denoise(
         phase_seconds["weights"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        net, curve = train_network(slices, wmaps.maps, cfg, progress, is_cancelled, target_maps, target_keep)
+        net, curve = train_network(
+            slices, wmaps.maps, cfg, progress, is_cancelled, target_maps, target_keep, target_offset=offset
+        )
         phase_seconds["training"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        out = predict_slices(net, slices, cfg.inference, cfg.training.mixed_precision, progress, is_cancelled)
+        out = predict_slices(
+            net, slices, cfg.inference, cfg.training.mixed_precision, progress, is_cancelled, cfg.network.context_slices
+        )
         if cfg.inference.safeguard:
             out, _ = apply_safeguard(slices, out, cfg.inference.safeguard_factor)
         result = out.float().cpu().numpy()

@@ -116,7 +116,10 @@ class LossConfig:
     target: str = "three_slice"
     """'pair': the neighbour x_i+1 is the target; 'three_slice': (x_i-1 + x_i+1)/2, weighted by W_i-1 * W_i
     ('three_slice_weights' = 'product') or by the weight tests applied to x_i against that mean ('direct');
-    'either': per pixel, that mean where it matches, else the one neighbour that matches (see training.py)."""
+    'either': per pixel, that mean where it matches, else the one neighbour that matches (see training.py);
+    'cubic': the 4-point cubic interpolation (-x_i-2 + 4 x_i-1 + 4 x_i+1 - x_i+2) / 6, exact for anatomy that
+    changes as a cubic along the slice axis where the mean is off by half the second difference (the 3-slice
+    mean at the first and last inner slices), with the weight tests applied to x_i against it ('direct')."""
     three_slice_weights: str = "direct"
     """Weights of the 3-slice mean as target: 'product' (W_i-1 * W_i, METHOD.md section 3) or 'direct'."""
 
@@ -127,7 +130,7 @@ class LossConfig:
         _check_float(s, "lambda_self", self.lambda_self, 0.0, 100.0)
         _check_bool(s, "symmetric", self.symmetric)
         _check_choice(s, "normalization", self.normalization, ("matched", "all"))
-        _check_choice(s, "target", self.target, ("pair", "three_slice", "either"))
+        _check_choice(s, "target", self.target, ("pair", "three_slice", "either", "cubic"))
         _check_choice(s, "three_slice_weights", self.three_slice_weights, ("product", "direct"))
 
 
@@ -141,12 +144,18 @@ class NetworkConfig:
     """Channels of the first level, doubled at each level."""
     residual: bool = True
     """Predict x - noise (output = input + network) rather than the image itself."""
+    context_slices: int = 0
+    """0: the network sees slice x_i alone. 1: it also sees x_i-2 and x_i+2, the slices just beyond the 3-slice
+    target's (x_i-1 + x_i+1) / 2, whose noise is independent of the target's, so Noise2Noise still holds and the
+    network can average the anatomy the three input slices share (needs ``loss.target = 'three_slice'`` and at
+    least 5 slices)."""
 
     def validate(self) -> None:
         s = "network"
         _check_int(s, "depth", self.depth, 1, 6)
         _check_int(s, "width", self.width, 4, 256)
         _check_bool(s, "residual", self.residual)
+        _check_int(s, "context_slices", self.context_slices, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -248,6 +257,15 @@ class NSN2NConfig:
             if not isinstance(value, cls):
                 raise ConfigError(f"config.{name} must be a {cls.__name__}, not {type(value).__name__}.")
             value.validate()
+        if self.loss.target == "cubic" and self.loss.three_slice_weights != "direct":
+            raise ConfigError("loss.target = 'cubic' needs loss.three_slice_weights = 'direct'.")
+        if self.network.context_slices and self.loss.target != "three_slice":
+            raise ConfigError(
+                "network.context_slices = 1 needs loss.target = 'three_slice': the input slices x_i-2, x_i, x_i+2 "
+                "must not include the target's slices."
+            )
+        if self.network.context_slices and (self.loss.lambda_rc > 0 or self.loss.lambda_ic > 0):
+            raise ConfigError("network.context_slices = 1 works with loss.lambda_rc = 0 and loss.lambda_ic = 0 only.")
         size = self.training.patch_size
         if size % (2**self.network.depth) != 0:
             raise ConfigError(

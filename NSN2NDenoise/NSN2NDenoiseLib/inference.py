@@ -12,7 +12,7 @@ import torch
 
 from .config import InferenceConfig
 from .errors import CancelledError
-from .training import _autocast, dihedral, inverse_dihedral
+from .training import _autocast, context_input, dihedral, inverse_dihedral
 from .weights import BODY_THRESHOLD, box_mean, gaussian_blur
 
 ProgressFn = Callable[[str, int, int, "float | None"], None]
@@ -25,8 +25,11 @@ def predict_slices(
     mixed_precision: bool = False,
     progress: ProgressFn | None = None,
     is_cancelled: Callable[[], bool] | None = None,
+    context: int = 0,
 ) -> torch.Tensor:
     """f(x_i) for every slice, first and last included; with ``cfg.tta`` the mean over the 8 flips/rotations.
+    ``context`` is ``network.context_slices``: the input is then (x_i-2, x_i, x_i+2), see
+    :func:`training.context_input`.
 
     Raises
     ------
@@ -40,8 +43,8 @@ def predict_slices(
         for start in range(0, n, cfg.batch_size):
             if is_cancelled is not None and is_cancelled():
                 raise CancelledError("Inference was cancelled; no result was produced.")
-            batch = slices[start : start + cfg.batch_size].unsqueeze(1)
-            acc = torch.zeros_like(batch)
+            batch = context_input(slices, slice(start, start + cfg.batch_size), context)
+            acc = torch.zeros_like(batch[:, :1])
             for k in transforms:
                 with _autocast(slices.device, mixed_precision):
                     y = net(dihedral(batch, k)).float()

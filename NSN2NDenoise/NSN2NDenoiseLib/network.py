@@ -49,8 +49,9 @@ class UNet2D(nn.Module):
     width : int
         Channels at the first level.
     residual : bool
-        If true (and in_channels == out_channels) the network predicts a correction added to its input, and
-        starts as the identity (zero-initialised output layer).
+        If true (and out_channels is 1, or equals in_channels) the network predicts a correction added to its
+        input (the centre channel of an odd number of input channels), and starts as the identity
+        (zero-initialised output layer).
     """
 
     def __init__(
@@ -58,7 +59,8 @@ class UNet2D(nn.Module):
     ) -> None:
         super().__init__()
         self.depth = depth
-        self.residual = residual and in_channels == out_channels
+        self.residual = residual and (in_channels == out_channels or (out_channels == 1 and in_channels % 2 == 1))
+        self.centre = in_channels // 2 if in_channels != out_channels else None
         chans = [width * 2**level for level in range(depth + 1)]
         self.encoders = nn.ModuleList()
         c_prev = in_channels
@@ -92,5 +94,5 @@ class UNet2D(nn.Module):
             y = dec(torch.cat([up(y), skip], dim=1))
         y = self.head(y)
         if self.residual:
-            y = y + padded
+            y = y + (padded if self.centre is None else padded[:, self.centre : self.centre + 1])
         return y[..., :h, :w]

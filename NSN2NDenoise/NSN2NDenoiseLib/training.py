@@ -29,7 +29,20 @@ LOG_EVERY = 10
 def build_network(cfg: NSN2NConfig) -> UNet2D:
     """The U-Net described by ``cfg.network`` (one input and one output channel)."""
     n = cfg.network
-    return UNet2D(1, 1, depth=n.depth, width=n.width, residual=n.residual)
+    return UNet2D(1 + 2 * n.context_slices, 1, depth=n.depth, width=n.width, residual=n.residual)
+
+
+def context_input(slices: torch.Tensor, index: torch.Tensor | slice, context: int) -> torch.Tensor:
+    """The network input of slices ``index`` of ``slices`` (N, H, W): (B, 1, H, W) without context, else
+    (B, 3, H, W) = (x_i-2, x_i, x_i+2), a missing side mirrored from the other (x_i+2, x_i, x_i+2) at the ends."""
+    n = slices.shape[0]
+    idx = torch.arange(n, device=slices.device)[index]
+    if not context:
+        return slices[idx].unsqueeze(1)
+    lo, hi = idx - 2, idx + 2
+    lo = torch.where(lo < 0, hi, lo).clamp(0, n - 1)
+    hi = torch.where(hi > n - 1, lo, hi).clamp(0, n - 1)
+    return torch.stack([slices[lo], slices[idx], slices[hi]], dim=1)
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -65,10 +78,12 @@ class PatchSampler:
         batch: int,
         seed: int,
         extra: torch.Tensor | None = None,
+        extra_shift: int = 0,
     ) -> None:
         self.slices = slices
         self.weights = weights
         self.extra = extra
+        self.extra_shift = extra_shift
         self.n_slices = n_slices
         n, h, w = slices.shape
         self.ph, self.pw = min(patch, h), min(patch, w)
@@ -90,7 +105,7 @@ class PatchSampler:
             sl = self.slices[i : i + s, y : y + self.ph, x : x + self.pw]
             wt = self.weights[i : i + s - 1, y : y + self.ph, x : x + self.pw]
             if self.extra is not None:
-                ex = self.extra[i, ..., y : y + self.ph, x : x + self.pw]
+                ex = self.extra[i + self.extra_shift, ..., y : y + self.ph, x : x + self.pw]
                 wt = torch.cat([wt, ex.reshape(-1, self.ph, self.pw)])
             xb.append(dihedral(sl, int(k)))
             wb.append(dihedral(wt, int(k)))
@@ -127,12 +142,16 @@ def train_network(
     is_cancelled: CancelFn | None = None,
     target_weights: torch.Tensor | None = None,
     target_keep: torch.Tensor | None = None,
+    target_offset: torch.Tensor | None = None,
+    net: UNet2D | None = None,
 ) -> tuple[UNet2D, list[tuple[int, float]]]:
     """Train a fresh network by NS-N2N on ``slices`` (N, H, W) with pair weights (N - 1, H, W).
 
     ``target_weights`` (N - 2, H, W), used with the 3-slice target only, replace W_i-1 * W_i as the weights of
     that target (``loss.three_slice_weights = 'direct'``); ``target_keep`` (N - 2, H, W) are then the weights of
-    the self term (``weights.keep_factor``).
+    the self term (``weights.keep_factor``). ``target_offset`` (N - 2, H, W), with the 3-slice target only, is
+    subtracted from it: the estimated z-curvature bias (x_i-1 + x_i+1) / 2 - x_i of the refinement pass.
+    ``net``, when given, is trained further instead of a fresh network.
 
     Returns the trained network (in eval mode, on the slices' device) and the loss curve as
     (iteration, mean total loss over the last ``LOG_EVERY`` iterations).
@@ -145,7 +164,8 @@ def train_network(
     device = slices.device
     tcfg, lcfg = cfg.training, cfg.loss
     torch.manual_seed(tcfg.seed)
-    net = build_network(cfg).to(device)
+    if net is None:
+        net = build_network(cfg).to(device)
     net.train()
     optimiser = torch.optim.Adam(net.parameters(), lr=tcfg.learning_rate)
     final = tcfg.final_lr_fraction
@@ -155,11 +175,28 @@ def train_network(
         return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
-    three = lcfg.target in ("three_slice", "either") and slices.shape[0] >= 3
-    extra = target_weights if three else None
-    if extra is not None and target_keep is not None:
-        extra = torch.stack([target_weights, target_keep], dim=1)  # (N - 2, 2, H, W)
-    sampler = PatchSampler(slices, weights, 3 if three else 2, tcfg.patch_size, tcfg.batch_size, tcfg.seed, extra=extra)
+    three = lcfg.target in ("three_slice", "either", "cubic") and slices.shape[0] >= 3
+    extra = None
+    if three and target_weights is not None:
+        channels = [target_weights] + [t for t in (target_keep, target_offset) if t is not None]
+        extra = torch.stack(channels, dim=1)  # (N - 2, C, H, W)
+    elif three and target_offset is not None:
+        raise ValueError("target_offset needs target_weights (loss.three_slice_weights = 'direct').")
+    context = cfg.network.context_slices if three else 0
+    if context and slices.shape[0] < 5:
+        raise ValueError("network.context_slices = 1 needs at least 5 slices.")
+    if context and extra is None:
+        raise ValueError("network.context_slices = 1 needs target_weights (loss.three_slice_weights = 'direct').")
+    # Each sample is a stack of S slices: x_i-1, x_i, x_i+1 (3-slice target) with x_i-2 and x_i+2 around them
+    # when the network sees context, or x_i, x_i+1 (pair); then S - 1 pair maps and the extra maps.
+    n_stack = (5 if context else 3) if three else 2
+    n_extra = 0 if extra is None else extra.shape[1]
+    first_extra = n_stack - 1
+    keep_ch = first_extra + 1 if target_keep is not None else None
+    offset_ch = first_extra + (2 if target_keep is not None else 1) if target_offset is not None else None
+    sampler = PatchSampler(
+        slices, weights, n_stack, tcfg.patch_size, tcfg.batch_size, tcfg.seed, extra=extra, extra_shift=int(context)
+    )
     need_mid = lcfg.lambda_ic > 0
     need_b = not three or lcfg.lambda_rc > 0 or need_mid
     curve: list[tuple[int, float]] = []
@@ -170,20 +207,22 @@ def train_network(
             raise CancelledError("Training was cancelled; no result was produced.")
         stack, wstack = sampler.sample()
         if three:
-            x_prev, x_a, x_b = stack[:, 0:1], stack[:, 1:2], stack[:, 2:3]
-            w_ab = wstack[:, 1:2]
-            w_prev = wstack[:, 0:1]
-            w_three = wstack[:, 2:3] if extra is not None else w_prev * w_ab
-            keep_a = wstack[:, 3:4] if (extra is not None and wstack.shape[1] > 3) else None
+            c = int(context)
+            x_prev, x_a, x_b = stack[:, c : c + 1], stack[:, c + 1 : c + 2], stack[:, c + 2 : c + 3]
+            w_prev, w_ab = wstack[:, c : c + 1], wstack[:, c + 1 : c + 2]
+            w_three = wstack[:, first_extra : first_extra + 1] if extra is not None else w_prev * w_ab
+            keep_a = wstack[:, keep_ch : keep_ch + 1] if keep_ch is not None and n_extra else None
             if lcfg.target == "either":
                 target_a, weights_a = either_target(x_prev, x_b, w_prev, w_ab, w_three)
             else:
                 target_a, weights_a = 0.5 * (x_prev + x_b), w_three
+            if offset_ch is not None:
+                target_a = target_a - wstack[:, offset_ch : offset_ch + 1]
         else:
             x_a, x_b = stack[:, 0:1], stack[:, 1:2]
             w_ab = wstack[:, 0:1]
             target_a = weights_a = keep_a = None
-        inputs = [x_a]
+        inputs = [stack[:, 0::2] if context else x_a]
         if need_b:
             inputs.append(x_b)
         if need_mid:
