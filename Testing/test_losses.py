@@ -43,12 +43,14 @@ def test_total_combines_terms_with_lambdas():
     torch.manual_seed(0)
     y_a, y_b, y_mid, x_a, x_b = (torch.rand(2, 1, 4, 4, dtype=torch.float64) for _ in range(5))
     w = (torch.rand(2, 1, 4, 4, dtype=torch.float64) > 0.3).double()
-    cfg = LossConfig(lambda_rc=0.5, lambda_ic=2.0, lambda_self=0.0, symmetric=True)
+    cfg = LossConfig(lambda_rc=0.5, lambda_ic=2.0, lambda_self=0.0, symmetric=True, normalization="matched")
     parts = pair_loss(y_a, y_b, y_mid, x_a, x_b, w, cfg)
     recon = 0.5 * (reconstruction_loss(y_a, x_b, w) + reconstruction_loss(y_b, x_a, w))
     assert torch.isclose(parts["recon"], recon)
     assert torch.isclose(parts["total"], recon + 0.5 * parts["rc"] + 2.0 * parts["ic"])
-    one_way = pair_loss(y_a, y_b, y_mid, x_a, x_b, w, LossConfig(symmetric=False, lambda_self=0.0))
+    one_way = pair_loss(
+        y_a, y_b, y_mid, x_a, x_b, w, LossConfig(symmetric=False, lambda_self=0.0, normalization="matched")
+    )
     assert torch.isclose(one_way["recon"], reconstruction_loss(y_a, x_b, w))
 
 

@@ -10,7 +10,7 @@ from NSN2NDenoiseLib.training import (
     inverse_dihedral,
     train_network,
 )
-from NSN2NDenoiseLib.weights import cubic_offset
+from NSN2NDenoiseLib.weights import interpolation_offset
 
 
 @pytest.mark.parametrize("k", range(8))
@@ -53,15 +53,16 @@ def test_sampler_keeps_slices_and_weights_aligned():
     assert torch.equal(ws[:, 2, 0, 0], 100 + i)
 
 
-@pytest.mark.parametrize("target", ["pair", "three_slice", "either", "cubic"])
+@pytest.mark.parametrize("target", ["pair", "three_slice", "either", "cubic", "quintic"])
 def test_training_lowers_the_loss(target):
     torch.manual_seed(0)
     clean = torch.linspace(0, 1, 32).view(1, 1, 32).expand(8, 32, 32)
     slices = (clean + 0.1 * torch.randn(8, 32, 32)).contiguous()
     cfg = make_config("fast", training={"iterations": 60, "batch_size": 4, "patch_size": 16}, loss={"target": target})
     extra = {}
-    if target == "cubic":
-        extra = {"target_weights": torch.ones(6, 32, 32), "target_offset": cubic_offset(slices)}
+    if target in ("cubic", "quintic"):
+        offset = interpolation_offset(slices, 4 if target == "cubic" else 6)
+        extra = {"target_weights": torch.ones(6, 32, 32), "target_offset": offset}
     _, curve = train_network(slices, torch.ones(7, 32, 32), cfg, **extra)
     assert curve[-1][1] < curve[0][1]
 

@@ -9,6 +9,7 @@ from NSN2NDenoiseLib.weights import (
     compute_weight_maps,
     cubic_offset,
     gaussian_blur,
+    interpolation_offset,
     median_filter,
 )
 
@@ -103,6 +104,18 @@ def test_cubic_target_is_exact_for_cubic_change_along_the_slices(power):
     assert (power == 1) == bool(mean_error < 1e-5)
     # First and last inner slices: no slice two away on one side, the offset is zero (the 3-slice mean).
     assert torch.equal(cubic_offset(x)[0], torch.zeros(4, 4)) and torch.equal(cubic_offset(x)[-1], torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize("power", [2, 4, 5])
+def test_quintic_target_is_exact_to_degree_five_and_falls_back_near_the_ends(power):
+    z = torch.arange(11, dtype=torch.float32).view(11, 1, 1).expand(11, 3, 3)
+    x = (z / 5.0) ** power
+    offset = interpolation_offset(x, 6)
+    target = 0.5 * (x[:-2] + x[2:]) - offset
+    error = (target - x[1:-1])[:, 0, 0]
+    assert error[2:-2].abs().max() < 1e-5  # slices 3 .. N-4: three neighbours on each side
+    assert torch.allclose(offset[1], cubic_offset(x)[1]) and torch.allclose(offset[-2], cubic_offset(x)[-2])
+    assert torch.equal(offset[0], torch.zeros(3, 3))
 
 
 def test_cubic_maps_accept_curved_change_that_three_slice_maps_reject():

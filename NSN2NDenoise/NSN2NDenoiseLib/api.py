@@ -21,10 +21,12 @@ from .inference import apply_safeguard, predict_slices
 from .normalization import denormalize, fit_intensity_map, normalize
 from .report import RunReport
 from .training import train_network
-from .weights import BODY_THRESHOLD, compute_three_slice_maps, compute_weight_maps, cubic_offset, gaussian_blur
+from .weights import BODY_THRESHOLD, compute_three_slice_maps, compute_weight_maps, gaussian_blur, interpolation_offset
 
 ProgressFn = Callable[[str, int, int, float | None], None]
 
+# The polynomial targets (loss.target) and their number of interpolation points.
+INTERPOLATION_POINTS = {"cubic": 4, "quintic": 6}
 # 'auto' picks the largest-spacing axis as slice axis when it exceeds the others by this factor.
 ANISOTROPY_RATIO = 1.2
 # Above this correlation of neighbouring slices' noise the report warns (METHOD.md section 6); see
@@ -254,8 +256,12 @@ def denoise(
             progress("weights", 0, 1, None)
         wmaps = compute_weight_maps(slices, cfg.weights)
         target_maps = target_keep = offset = None
-        if cfg.loss.target in ("three_slice", "either", "cubic") and cfg.loss.three_slice_weights == "direct":
-            offset = cubic_offset(slices) if cfg.loss.target == "cubic" else None
+        if (
+            cfg.loss.target in ("three_slice", "either", *INTERPOLATION_POINTS)
+            and cfg.loss.three_slice_weights == "direct"
+        ):
+            points = INTERPOLATION_POINTS.get(cfg.loss.target)
+            offset = interpolation_offset(slices, points) if points else None
             three = compute_three_slice_maps(slices, cfg.weights, offset)
             target_maps, target_keep = three.maps, three.keep
         sigma = estimate_noise_sigma(slices)

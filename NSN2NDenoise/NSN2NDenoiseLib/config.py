@@ -107,19 +107,22 @@ class LossConfig:
     """Weight of the self term M(K, (f(x_i) - x_i)^2), K = unmatched pixels (see ``weights.keep_factor``): where
     no neighbour matches, the network is taught to keep its input rather than smooth it away (bone, moving
     edges). Without it: -2 dB and bone worse than the noisy input on the development CT (RESULTS.md, "Ablation");
-    0.3 measured +0.15 dB there, not yet run on every dataset."""
+    with the cubic target 0.3 and 1.0 are within 0.1 dB of 0.5 there."""
     symmetric: bool = True
     """Also reconstruct x_i from x_i+1, so that every pair trains in both directions."""
-    normalization: str = "matched"
-    """Masked mean divides by the summed weights ('matched') or by all pixels ('all'; +0.15 dB on the development
-    CT in the ablation, not yet run on every dataset, so not yet the default)."""
-    target: str = "three_slice"
+    normalization: str = "all"
+    """Masked mean divides by all pixels ('all') or by the summed weights ('matched'). With 'all' every pixel of a
+    batch weighs the same in every term, so the self term's few kept pixels do not outweigh the matched ones
+    (RESULTS.md, "Ablation": +0.5 dB with the cubic target on the development CT)."""
+    target: str = "cubic"
     """'pair': the neighbour x_i+1 is the target; 'three_slice': (x_i-1 + x_i+1)/2, weighted by W_i-1 * W_i
     ('three_slice_weights' = 'product') or by the weight tests applied to x_i against that mean ('direct');
     'either': per pixel, that mean where it matches, else the one neighbour that matches (see training.py);
     'cubic': the 4-point cubic interpolation (-x_i-2 + 4 x_i-1 + 4 x_i+1 - x_i+2) / 6, exact for anatomy that
     changes as a cubic along the slice axis where the mean is off by half the second difference (the 3-slice
-    mean at the first and last inner slices), with the weight tests applied to x_i against it ('direct')."""
+    mean at the first and last inner slices), with the weight tests applied to x_i against it ('direct');
+    'quintic': the same with 6 points, (150 m1 - 60 m2 + 10 m3) / 100 of the pair means m_k = (x_i-k + x_i+k) / 2,
+    exact to degree 5, falling back to the cubic and the mean near the ends (see ``weights.interpolation_offset``)."""
     three_slice_weights: str = "direct"
     """Weights of the 3-slice mean as target: 'product' (W_i-1 * W_i, METHOD.md section 3) or 'direct'."""
 
@@ -130,7 +133,7 @@ class LossConfig:
         _check_float(s, "lambda_self", self.lambda_self, 0.0, 100.0)
         _check_bool(s, "symmetric", self.symmetric)
         _check_choice(s, "normalization", self.normalization, ("matched", "all"))
-        _check_choice(s, "target", self.target, ("pair", "three_slice", "either", "cubic"))
+        _check_choice(s, "target", self.target, ("pair", "three_slice", "either", "cubic", "quintic"))
         _check_choice(s, "three_slice_weights", self.three_slice_weights, ("product", "direct"))
 
 
@@ -257,8 +260,8 @@ class NSN2NConfig:
             if not isinstance(value, cls):
                 raise ConfigError(f"config.{name} must be a {cls.__name__}, not {type(value).__name__}.")
             value.validate()
-        if self.loss.target == "cubic" and self.loss.three_slice_weights != "direct":
-            raise ConfigError("loss.target = 'cubic' needs loss.three_slice_weights = 'direct'.")
+        if self.loss.target in ("cubic", "quintic") and self.loss.three_slice_weights != "direct":
+            raise ConfigError(f"loss.target = {self.loss.target!r} needs loss.three_slice_weights = 'direct'.")
         if self.network.context_slices and self.loss.target != "three_slice":
             raise ConfigError(
                 "network.context_slices = 1 needs loss.target = 'three_slice': the input slices x_i-2, x_i, x_i+2 "
