@@ -8,6 +8,7 @@ from NSN2NDenoiseLib.training import (
     dihedral,
     either_target,
     inverse_dihedral,
+    target_ramp,
     train_network,
 )
 from NSN2NDenoiseLib.weights import interpolation_offset
@@ -91,3 +92,10 @@ def test_training_with_context_slices_feeds_the_centre_slice_through():
     fresh = type(net)(3, 1, depth=cfg.network.depth, width=cfg.network.width)
     x = context_input(slices, slice(0, 8), 1)
     assert torch.equal(fresh(x), x[:, 1:2])
+
+
+def test_target_ramp_moves_from_mean_to_interpolation():
+    assert target_ramp(1, 1000, 0.2) == pytest.approx(1 / 200)
+    assert target_ramp(100, 1000, 0.2) == pytest.approx(0.5)
+    assert target_ramp(200, 1000, 0.2) == 1.0 and target_ramp(900, 1000, 0.2) == 1.0
+    assert target_ramp(1, 1000, 0.0) == 1.0

@@ -125,6 +125,10 @@ class LossConfig:
     exact to degree 5, falling back to the cubic and the mean near the ends (see ``weights.interpolation_offset``)."""
     three_slice_weights: str = "direct"
     """Weights of the 3-slice mean as target: 'product' (W_i-1 * W_i, METHOD.md section 3) or 'direct'."""
+    target_warmup: float = 0.2
+    """With the 'cubic' or 'quintic' target: the share of the iterations over which the target moves linearly from
+    the 3-slice mean to the interpolation. The noisier interpolation alone left the network at its identity start
+    for the first ~300 iterations on low-noise CT (RESULTS.md, "Presets"); the mean gets it moving at once."""
 
     def validate(self) -> None:
         s = "loss"
@@ -135,6 +139,7 @@ class LossConfig:
         _check_choice(s, "normalization", self.normalization, ("matched", "all"))
         _check_choice(s, "target", self.target, ("pair", "three_slice", "either", "cubic", "quintic"))
         _check_choice(s, "three_slice_weights", self.three_slice_weights, ("product", "direct"))
+        _check_float(s, "target_warmup", self.target_warmup, 0.0, 1.0)
 
 
 @dataclass(frozen=True)

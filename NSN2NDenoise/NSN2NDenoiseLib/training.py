@@ -128,6 +128,14 @@ def either_target(
     return target, weights
 
 
+def target_ramp(step: int, total: int, warmup: float) -> float:
+    """Share of the interpolation target's offset applied at ``step`` (1-based) of ``total``: rises linearly from
+    1 / (warmup * total) to 1 over the first ``warmup`` share of the iterations (``loss.target_warmup``)."""
+    if warmup <= 0:
+        return 1.0
+    return min(1.0, step / (warmup * total))
+
+
 def _autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -217,7 +225,8 @@ def train_network(
             else:
                 target_a, weights_a = 0.5 * (x_prev + x_b), w_three
             if offset_ch is not None:
-                target_a = target_a - wstack[:, offset_ch : offset_ch + 1]
+                ramp = target_ramp(step, total, lcfg.target_warmup)
+                target_a = target_a - ramp * wstack[:, offset_ch : offset_ch + 1]
         else:
             x_a, x_b = stack[:, 0:1], stack[:, 1:2]
             w_ab = wstack[:, 0:1]
