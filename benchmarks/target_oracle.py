@@ -7,7 +7,8 @@ time, so that the gap between NSN2N and the supervised ceiling splits into its c
 - ``oracle_unbiased_all``: the 3-slice mean of the *noisy* neighbours minus the clean volume's own bias
   ((c_i-1 + c_i+1) / 2 - c_i), every pixel weighted 1, no self term: a Noise2Noise target with no anatomical bias.
 - ``oracle_unbiased_maps``: the same target with NSN2N's weight maps and self term.
-- ``mean``, ``cubic``, ``quintic``: NSN2N itself with the 3-slice mean, cubic or quintic target.
+- ``mean``, ``cubic``, ``quintic``: NSN2N itself (the default configuration) with the 3-slice mean, cubic or
+  quintic target.
 - ``cubic_clean_all``: the cubic interpolation of the *clean* neighbours as the target's bias correction, every
   pixel weighted 1: what polynomial interpolation alone leaves where anatomy is not smooth along the slice axis.
 

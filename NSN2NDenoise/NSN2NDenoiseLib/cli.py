@@ -52,7 +52,7 @@ def _add_run_options(p: argparse.ArgumentParser, iterations_help: str) -> None:
         "--preset",
         choices=PRESETS,
         default="default",
-        help="quality/time trade-off: 'fast' (about a minute on 2 CPU cores for 48x256x256), 'default', "
+        help="quality/time trade-off: 'fast' (under a minute on 2 CPU cores for 48x256x256), 'default', "
         "or 'best' (meant for a GPU). Default: %(default)s.",
     )
     p.add_argument("--iterations", type=int, metavar="N", help=iterations_help)
