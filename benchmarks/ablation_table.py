@@ -32,10 +32,15 @@ def _rows(cache_dir: Path) -> dict[str, dict]:
     return rows
 
 
+# Configuration fields added after some rows were cached, with the value that the rows run before them had in
+# effect: a row without the field is compared as if it had this value.
+BEFORE_FIELD = {"network.context_slices": 0, "loss.target_warmup": 0.0}
+
+
 def table(cache_dir: Path, reference: str, ct: bool) -> str:
     rows = _rows(cache_dir)
     ref = next((r for k, r in rows.items() if k.startswith(reference + "_") or k == reference), None)
-    ref_cfg = _flatten(ref["info"]["config"]) if ref else {}
+    ref_cfg = {**BEFORE_FIELD, **_flatten(ref["info"]["config"])} if ref else {}
     ref_psnr = ref["quality"]["psnr"] if ref else None
     skip = {"device", "preset", "training.threads"}
     tissue = " soft | bone |" if ct else ""
@@ -52,7 +57,7 @@ def table(cache_dir: Path, reference: str, ct: bool) -> str:
         name = key.rsplit("_", 1)[0] if key.startswith("nsn2n") else key
         diff = ""
         if key.startswith("nsn2n") and "config" in r.get("info", {}):
-            cfg = _flatten(r["info"]["config"])
+            cfg = {**BEFORE_FIELD, **_flatten(r["info"]["config"])}
             diff = ", ".join(f"{k}={cfg[k]}" for k in sorted(cfg) if k not in skip and cfg[k] != ref_cfg.get(k))
             diff = diff or "(reference)"
         delta = f"{q['psnr'] - ref_psnr:+.2f}" if (ref_psnr is not None and key.startswith("nsn2n")) else ""
