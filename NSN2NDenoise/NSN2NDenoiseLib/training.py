@@ -27,7 +27,8 @@ LOG_EVERY = 10
 
 
 def build_network(cfg: NSN2NConfig) -> UNet2D:
-    """The U-Net described by ``cfg.network`` (one input and one output channel)."""
+    """The U-Net described by ``cfg.network``: one output channel, one input channel (three with
+    ``network.context_slices = 1``)."""
     n = cfg.network
     return UNet2D(1 + 2 * n.context_slices, 1, depth=n.depth, width=n.width, residual=n.residual)
 
@@ -151,15 +152,14 @@ def train_network(
     target_weights: torch.Tensor | None = None,
     target_keep: torch.Tensor | None = None,
     target_offset: torch.Tensor | None = None,
-    net: UNet2D | None = None,
 ) -> tuple[UNet2D, list[tuple[int, float]]]:
     """Train a fresh network by NS-N2N on ``slices`` (N, H, W) with pair weights (N - 1, H, W).
 
     ``target_weights`` (N - 2, H, W), used with the 3-slice target only, replace W_i-1 * W_i as the weights of
     that target (``loss.three_slice_weights = 'direct'``); ``target_keep`` (N - 2, H, W) are then the weights of
-    the self term (``weights.keep_factor``). ``target_offset`` (N - 2, H, W), with the 3-slice target only, is
-    subtracted from it: the estimated z-curvature bias (x_i-1 + x_i+1) / 2 - x_i of the refinement pass.
-    ``net``, when given, is trained further instead of a fresh network.
+    the self term (``weights.keep_factor``). ``target_offset`` (N - 2, H, W) is subtracted from the 3-slice mean:
+    ``weights.interpolation_offset`` turns it into the cubic or quintic interpolation (``loss.target``), ramped in
+    over the first ``loss.target_warmup`` share of the iterations.
 
     Returns the trained network (in eval mode, on the slices' device) and the loss curve as
     (iteration, mean total loss over the last ``LOG_EVERY`` iterations).
@@ -172,8 +172,7 @@ def train_network(
     device = slices.device
     tcfg, lcfg = cfg.training, cfg.loss
     torch.manual_seed(tcfg.seed)
-    if net is None:
-        net = build_network(cfg).to(device)
+    net = build_network(cfg).to(device)
     net.train()
     optimiser = torch.optim.Adam(net.parameters(), lr=tcfg.learning_rate)
     final = tcfg.final_lr_fraction
