@@ -7,7 +7,6 @@ from NSN2NDenoiseLib.weights import (
     box_mean,
     compute_three_slice_maps,
     compute_weight_maps,
-    cubic_offset,
     gaussian_blur,
     interpolation_offset,
     median_filter,
@@ -88,6 +87,10 @@ def test_three_slice_maps_accept_linear_change_that_pairs_reject():
     bar[21:27, 10:38] = True
     assert pair[bar].mean() < 0.1
     assert triple[0].numpy()[bar].mean() > 0.9
+
+
+def cubic_offset(x: torch.Tensor) -> torch.Tensor:
+    return interpolation_offset(x, 4)
 
 
 @pytest.mark.parametrize("power", [1, 2, 3])

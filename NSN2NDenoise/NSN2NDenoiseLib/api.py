@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import NSN2NConfig, make_config
+from .config import INTERPOLATION_TARGETS, THREE_SLICE_TARGETS, NSN2NConfig, make_config
 from .errors import CancelledError, DeviceError, InputError
 from .inference import apply_safeguard, predict_slices
 from .normalization import denormalize, fit_intensity_map, normalize
@@ -25,8 +25,6 @@ from .weights import BODY_THRESHOLD, compute_three_slice_maps, compute_weight_ma
 
 ProgressFn = Callable[[str, int, int, float | None], None]
 
-# The polynomial targets (loss.target) and their number of interpolation points.
-INTERPOLATION_POINTS = {"cubic": 4, "quintic": 6}
 # 'auto' picks the largest-spacing axis as slice axis when it exceeds the others by this factor.
 ANISOTROPY_RATIO = 1.2
 # Above this correlation of neighbouring slices' noise the report warns (METHOD.md section 6); see
@@ -256,11 +254,8 @@ def denoise(
             progress("weights", 0, 1, None)
         wmaps = compute_weight_maps(slices, cfg.weights)
         target_maps = target_keep = offset = None
-        if (
-            cfg.loss.target in ("three_slice", "either", *INTERPOLATION_POINTS)
-            and cfg.loss.three_slice_weights == "direct"
-        ):
-            points = INTERPOLATION_POINTS.get(cfg.loss.target)
+        if cfg.loss.target in THREE_SLICE_TARGETS and cfg.loss.three_slice_weights == "direct":
+            points = INTERPOLATION_TARGETS.get(cfg.loss.target)
             offset = interpolation_offset(slices, points) if points else None
             three = compute_three_slice_maps(slices, cfg.weights, offset)
             target_maps, target_keep = three.maps, three.keep

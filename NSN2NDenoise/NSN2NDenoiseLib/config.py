@@ -18,6 +18,10 @@ from typing import Any
 from .errors import ConfigError
 
 PRESETS = ("fast", "default", "best")
+INTERPOLATION_TARGETS = {"cubic": 4, "quintic": 6}
+"""The polynomial-interpolation values of ``loss.target`` and their number of neighbour slices."""
+THREE_SLICE_TARGETS = ("three_slice", "either", *INTERPOLATION_TARGETS)
+"""The values of ``loss.target`` built around slice i from both sides (all but 'pair')."""
 SLICE_AXES = ("auto", "k", "j", "i")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -137,7 +141,7 @@ class LossConfig:
         _check_float(s, "lambda_self", self.lambda_self, 0.0, 100.0)
         _check_bool(s, "symmetric", self.symmetric)
         _check_choice(s, "normalization", self.normalization, ("matched", "all"))
-        _check_choice(s, "target", self.target, ("pair", "three_slice", "either", "cubic", "quintic"))
+        _check_choice(s, "target", self.target, ("pair", *THREE_SLICE_TARGETS))
         _check_choice(s, "three_slice_weights", self.three_slice_weights, ("product", "direct"))
         _check_float(s, "target_warmup", self.target_warmup, 0.0, 1.0)
 
@@ -265,7 +269,7 @@ class NSN2NConfig:
             if not isinstance(value, cls):
                 raise ConfigError(f"config.{name} must be a {cls.__name__}, not {type(value).__name__}.")
             value.validate()
-        if self.loss.target in ("cubic", "quintic") and self.loss.three_slice_weights != "direct":
+        if self.loss.target in INTERPOLATION_TARGETS and self.loss.three_slice_weights != "direct":
             raise ConfigError(f"loss.target = {self.loss.target!r} needs loss.three_slice_weights = 'direct'.")
         if self.network.context_slices and self.loss.target != "three_slice":
             raise ConfigError(

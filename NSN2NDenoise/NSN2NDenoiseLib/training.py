@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .config import NSN2NConfig
+from .config import THREE_SLICE_TARGETS, NSN2NConfig
 from .errors import CancelledError
 from .losses import pair_loss
 from .network import UNet2D
@@ -182,7 +182,7 @@ def train_network(
         return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
-    three = lcfg.target in ("three_slice", "either", "cubic", "quintic") and slices.shape[0] >= 3
+    three = lcfg.target in THREE_SLICE_TARGETS and slices.shape[0] >= 3
     extra = None
     if three and target_weights is not None:
         channels = [target_weights] + [t for t in (target_keep, target_offset) if t is not None]
