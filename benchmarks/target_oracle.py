@@ -33,6 +33,7 @@ ROWS = ("supervised", "oracle_unbiased_all", "oracle_unbiased_maps", "mean", "cu
 def run_row(row: str, ds: datasets.Dataset, iterations: int) -> tuple[float, float]:
     """Train and score one row; returns (PSNR dB, seconds)."""
     from NSN2NDenoiseLib import make_config
+    from NSN2NDenoiseLib.config import INTERPOLATION_TARGETS
     from NSN2NDenoiseLib.inference import predict_slices
     from NSN2NDenoiseLib.normalization import denormalize, fit_intensity_map, normalize
     from NSN2NDenoiseLib.training import train_network
@@ -51,7 +52,7 @@ def run_row(row: str, ds: datasets.Dataset, iterations: int) -> tuple[float, flo
     mean_y = 0.5 * (y[:-2] + y[2:])
     offset = None
     if row in ("mean", "cubic", "quintic"):
-        points = {"mean": None, "cubic": 4, "quintic": 6}[row]
+        points = INTERPOLATION_TARGETS.get(target)
         offset = interpolation_offset(y, points) if points else None
         three = compute_three_slice_maps(y, cfg.weights, offset)
         maps, keep = three.maps, three.keep
