@@ -1,7 +1,8 @@
 """The front API of the engine: one function, array in, array out.
 
-Every front end (the ``nsn2n`` command line, the Slicer module, the batch script, the benchmarks) calls
-:func:`denoise` and nothing deeper. Arrays are in K,J,I order (slice, row, column), as Slicer's
+Every front end (the ``nsn2n`` command line, the worker process of the Slicer module and its CLI module, the
+benchmarks' method rows) calls :func:`denoise`; only the benchmarks' oracle experiments, which swap in a clean
+target, reach the training internals. Arrays are in K,J,I order (slice, row, column), as Slicer's
 ``arrayFromVolume`` and SimpleITK's ``GetArrayFromImage`` give them; spacing is in mm in the same order.
 """
 
@@ -15,20 +16,21 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import INTERPOLATION_TARGETS, THREE_SLICE_TARGETS, NSN2NConfig, make_config
-from .errors import CancelledError, DeviceError, InputError
-from .inference import apply_safeguard, predict_slices
-from .normalization import denormalize, fit_intensity_map, normalize
+from .config import NSN2NConfig, make_config
+from .errors import OUT_OF_MEMORY_ADVICE, CancelledError, DeviceError, InputError
+from .inference import predict_into, use_bf16
+from .noise_estimates import estimate_noise
+from .normalization import NormalizedSlices, fit_intensity_map
 from .report import RunReport
 from .training import train_network
-from .weights import BODY_THRESHOLD, compute_three_slice_maps, compute_weight_maps, gaussian_blur, interpolation_offset
+from .weights import compute_targets
 
 ProgressFn = Callable[[str, int, int, float | None], None]
 
 # 'auto' picks the largest-spacing axis as slice axis when it exceeds the others by this factor.
 ANISOTROPY_RATIO = 1.2
-# Above this correlation of neighbouring slices' noise the report warns (METHOD.md section 6); see
-# interslice_noise_correlation for the figures it was set from.
+# Above this correlation of neighbouring slices' noise the report warns (docs/METHOD.md section 6); see
+# noise_estimates.interslice_correlation for the figures it was set from.
 CORRELATION_WARNING = 0.6
 # Below this share of matched pixels the report warns that slices are too far apart to help each other.
 MATCHED_WARNING = 0.3
@@ -65,7 +67,7 @@ def _cancel_check(cancel: CancelLike) -> Callable[[], bool] | None:
 
 
 def validate_volume(volume: np.ndarray, min_slices: int = 3) -> np.ndarray:
-    """Check that ``volume`` is a real 3D scalar volume NSN2N can denoise; return it as a float64 array.
+    """Check that ``volume`` is a real 3D scalar volume NSN2N can denoise; return it as an array, not copied.
 
     Raises
     ------
@@ -93,14 +95,17 @@ def validate_volume(volume: np.ndarray, min_slices: int = 3) -> np.ndarray:
         raise InputError(f"The input has {arr.ndim} dimensions; NSN2N needs a 3D volume (K,J,I).")
     if arr.dtype.kind == "b":
         raise InputError("The volume is binary (a mask or label map); there is no noise to remove.")
-    finite = np.isfinite(arr)
-    if not finite.all():
-        bad = int(arr.size - np.count_nonzero(finite))
-        raise InputError(
-            f"The volume has {bad} NaN or infinite voxels; replace them (for example with the background value) "
-            "before denoising."
+    if arr.dtype.kind == "f":
+        bad = sum(
+            int(arr[k : k + 16].size - np.count_nonzero(np.isfinite(arr[k : k + 16])))
+            for k in range(0, arr.shape[0], 16)
         )
-    return arr.astype(np.float64, copy=False)
+        if bad:
+            raise InputError(
+                f"The volume has {bad} NaN or infinite voxels; replace them (for example with the background value) "
+                "before denoising."
+            )
+    return arr
 
 
 def choose_slice_axis(shape: tuple[int, ...], spacing: tuple[float, float, float], choice: str) -> int:
@@ -135,54 +140,6 @@ def _check_spacing(spacing) -> tuple[float, float, float]:
     return sp  # type: ignore[return-value]
 
 
-def estimate_noise_sigma(slices: torch.Tensor) -> float:
-    """Noise standard deviation (normalised units) from neighbouring-slice differences.
-
-    For independent noise of std sigma in two matched slices, d = x_i+1 - x_i has std sqrt(2) sigma; the median
-    absolute deviation over the body makes the estimate robust to the anatomy that does change.
-    """
-    estimates = []
-    with torch.no_grad():
-        for i in range(slices.shape[0] - 1):
-            a, b = slices[i], slices[i + 1]
-            d = b - a
-            body = gaussian_blur(torch.maximum(a, b).unsqueeze(0), 2.0)[0] > BODY_THRESHOLD
-            vals = d[body] if body.float().mean() > 0.01 else d.flatten()
-            mad = (vals - vals.median()).abs().median()
-            estimates.append(float(1.4826 * mad / np.sqrt(2.0)))
-    return float(np.median(estimates))
-
-
-def interslice_noise_correlation(slices: torch.Tensor, flat_share: float = 0.3) -> float:
-    """Correlation of the noise of neighbouring slices (METHOD.md section 6), median over pairs.
-
-    The residual x - Gaussian(x, 2 px) is compared between neighbours only where the anatomy is flat (the
-    ``flat_share`` of body pixels with the smallest low-passed gradient), so that edges, which continue from slice
-    to slice, do not pass for correlated noise. Measured on the development CT: 0.13-0.25 for low-dose CT noise,
-    0.45 for in-plane correlated noise, 0.78 for noise correlated across slices (benchmarks/RESULTS.md).
-    A nearly noise-free volume reads high too (the anatomy's own correlation): the warning says "may".
-    """
-    out = []
-    with torch.no_grad():
-        low = gaussian_blur(slices, 2.0)
-        residual = slices - low
-        grad = torch.zeros_like(slices)
-        grad[:, 1:, :] += (low[:, 1:, :] - low[:, :-1, :]).abs()
-        grad[:, :, 1:] += (low[:, :, 1:] - low[:, :, :-1]).abs()
-        for k in range(slices.shape[0] - 1):
-            body = torch.minimum(low[k], low[k + 1]) > BODY_THRESHOLD
-            if int(body.sum()) < 100:
-                body = torch.ones_like(body)
-            g = torch.maximum(grad[k], grad[k + 1])
-            flat = body & (g <= torch.quantile(g[body].float(), flat_share))
-            a = residual[k][flat] - residual[k][flat].mean()
-            b = residual[k + 1][flat] - residual[k + 1][flat].mean()
-            denom = ((a * a).sum() * (b * b).sum()).sqrt()
-            if denom > 0:
-                out.append(float((a * b).sum() / denom))
-    return float(np.median(out)) if out else 0.0
-
-
 def denoise(
     volume: np.ndarray,
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
@@ -205,7 +162,7 @@ def denoise(
         Called from the running thread; ``phase`` is 'weights', 'training' or 'inference', ``loss`` is the mean
         training loss of the last few iterations (None outside training).
     cancel : CancelToken, threading.Event or callable returning bool, optional
-        Checked before every training iteration and inference batch.
+        Checked before every slab of weight maps, training iteration and inference batch.
 
     Returns
     -------
@@ -235,7 +192,8 @@ def denoise(
         )
     if min(np.delete(arr.shape, axis)) < 4:
         raise InputError(f"Slices of {np.delete(arr.shape, axis).tolist()} pixels are too small; need at least 4x4.")
-    imap = fit_intensity_map(arr, cfg.normalization_percentiles)
+    imap = fit_intensity_map(arr)
+    source = NormalizedSlices(arr, axis, imap)
     device = resolve_device(cfg.device)
     previous_threads = torch.get_num_threads()
     if device.type == "cpu" and cfg.training.threads > 0:
@@ -243,54 +201,33 @@ def denoise(
     phase_seconds: dict[str, float] = {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    bf16 = use_bf16(device, cfg.training.mixed_precision)
     try:
         t0 = time.perf_counter()
-        stack = np.moveaxis(normalize(arr, imap), axis, 0)
-        slices = torch.from_numpy(np.ascontiguousarray(stack)).to(device)
-        phase_seconds["preparation"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        if progress is not None:
-            progress("weights", 0, 1, None)
-        wmaps = compute_weight_maps(slices, cfg.weights)
-        target_maps = target_keep = offset = None
-        if cfg.loss.target in THREE_SLICE_TARGETS and cfg.loss.three_slice_weights == "direct":
-            points = INTERPOLATION_TARGETS.get(cfg.loss.target)
-            offset = interpolation_offset(slices, points) if points else None
-            three = compute_three_slice_maps(slices, cfg.weights, offset)
-            target_maps, target_keep = three.maps, three.keep
-        sigma = estimate_noise_sigma(slices)
-        correlation = interslice_noise_correlation(slices)
-        if progress is not None:
-            progress("weights", 1, 1, None)
+        targets = compute_targets(source, cfg, device, progress, is_cancelled)
+        sigma, correlation = estimate_noise(source, device)
         phase_seconds["weights"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        net, curve = train_network(
-            slices, wmaps.maps, cfg, progress, is_cancelled, target_maps, target_keep, target_offset=offset
-        )
+        net, curve = train_network(source, targets, cfg, device, progress, is_cancelled)
+        matched_fraction, matched_per_slice = targets.matched_fraction, targets.matched_per_slice
+        del targets  # the maps are not needed any more: free them before the output is allocated
         phase_seconds["training"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        out = predict_slices(
-            net, slices, cfg.inference, cfg.training.mixed_precision, progress, is_cancelled, cfg.network.context_slices
-        )
-        if cfg.inference.safeguard:
-            out, _ = apply_safeguard(slices, out, cfg.inference.safeguard_factor)
-        result = out.float().cpu().numpy()
+        denoised = np.empty(arr.shape, dtype=np.float32)
+        predict_into(net, source, np.moveaxis(denoised, axis, 0), cfg.inference, device, bf16, progress, is_cancelled)
         phase_seconds["inference"] = time.perf_counter() - t0
         peak_gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     except torch.cuda.OutOfMemoryError as exc:
-        raise DeviceError(
-            "The GPU ran out of memory. Lower training.batch_size or training.patch_size, or network.width, "
-            "or run on the CPU."
-        ) from exc
+        raise DeviceError(f"The GPU ran out of memory. {OUT_OF_MEMORY_ADVICE}") from exc
+    except MemoryError as exc:
+        raise DeviceError(f"The computer ran out of memory (RAM). {OUT_OF_MEMORY_ADVICE}") from exc
     finally:
         torch.set_num_threads(previous_threads)
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    denoised = denormalize(np.moveaxis(result, 0, axis), imap)
     warnings = []
     if correlation > CORRELATION_WARNING:
         warnings.append(
@@ -298,9 +235,9 @@ def denoise(
             "assumes independent noise between slices and keeps correlated noise (interpolated or overlapping "
             "slices?). Check the result, or try another slice axis."
         )
-    if wmaps.matched_fraction < MATCHED_WARNING:
+    if matched_fraction < MATCHED_WARNING:
         warnings.append(
-            f"Only {100 * wmaps.matched_fraction:.0f}% of body pixels match their neighbour slice: slices are far "
+            f"Only {100 * matched_fraction:.0f}% of body pixels match their neighbour slices: slices are far "
             "apart for this anatomy, expect less denoising (try another slice axis)."
         )
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -315,8 +252,8 @@ def denoise(
         phase_seconds={k: round(v, 4) for k, v in phase_seconds.items()},
         total_seconds=round(time.perf_counter() - t_start, 4),
         loss_curve=[[int(i), float(v)] for i, v in curve],
-        matched_fraction=wmaps.matched_fraction,
-        matched_per_pair=wmaps.matched_per_pair,
+        matched_fraction=matched_fraction,
+        matched_per_slice=matched_per_slice,
         noise_sigma=sigma * imap.scale,
         peak_gpu_mb=peak_gpu_mb,
         interslice_noise_correlation=correlation,

@@ -1,7 +1,8 @@
 """The one configuration object of NSN2N.
 
-Every choice that ``METHOD.md`` leaves open is a field here, with a bounded value and a one-line reason for its
-default. The object is frozen and validated when it is built; unknown keys are an error. It is plain
+It holds what a user or a preset sets, and the method's own terms (docs/METHOD.md), each with a bounded value and
+a one-line reason for its default; ideas that lost their ablation are not here (their rows stay in
+benchmarks/RESULTS.md). The object is frozen and validated when it is built; unknown keys are an error. It is plain
 ``dataclasses`` rather than pydantic because the engine must import inside 3D Slicer's Python, which ships
 numpy, SimpleITK and vtk but not pydantic.
 
@@ -18,10 +19,6 @@ from typing import Any
 from .errors import ConfigError
 
 PRESETS = ("fast", "default", "best")
-INTERPOLATION_TARGETS = {"cubic": 4, "quintic": 6}
-"""The polynomial-interpolation values of ``loss.target`` and their number of neighbour slices."""
-THREE_SLICE_TARGETS = ("three_slice", "either", *INTERPOLATION_TARGETS)
-"""The values of ``loss.target`` built around slice i from both sides (all but 'pair')."""
 SLICE_AXES = ("auto", "k", "j", "i")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -55,42 +52,30 @@ def _check_float(section: str, name: str, value: Any, low: float, high: float) -
 
 @dataclass(frozen=True)
 class WeightConfig:
-    """How the weight map W_i of a neighbouring pair is built (METHOD.md section 2).
+    """How the weight map of a slice and its interpolation target is built (docs/METHOD.md section 2).
 
     Intensities are in normalised units (robust 0..1), distances in pixels of the slice.
     """
 
-    lowpass: str = "gaussian"
-    """Low-pass filter before the residual test: 'gaussian', 'gaussian_median' or 'none' (test disabled)."""
     lowpass_sigma: float = 2.0
-    """Gaussian sigma in pixels; 2 px removes most per-pixel noise while keeping organ-scale mismatch."""
+    """Gaussian sigma in pixels of the low-pass residual test; 2 px removes most per-pixel noise while keeping
+    organ-scale mismatch."""
     tau: float = 0.015
-    """Threshold on |LPF(x_i) - LPF(x_i+1)| in normalised units; 0.015 is the re-implementation's value."""
-    adaptive_tau: bool = True
-    """Raise tau to 3x the low-passed residual's robust spread over the body when noise is strong (a fixed tau
-    fails there). Assumes most of the body matches, as neighbouring slices of a volume do."""
-    soft: bool = False
-    """Soft weights exp(-r^2 / (2 tau^2)) instead of the binary test."""
-    energy_test: bool = True
-    """Second test on the unfiltered difference (METHOD.md section 2, measured lead): removes fine mismatch."""
+    """Lower bound of the threshold on |LPF(x_i) - LPF(target)| in normalised units (the re-implementation's value);
+    the threshold rises to 3x the low-passed residual's robust spread over the body when noise is strong."""
     energy_window: int = 5
-    """Side in pixels of the box mean of the squared unfiltered difference."""
+    """Side in pixels of the box mean of the squared unfiltered difference (the energy test)."""
     energy_factor: float = 2.0
     """A pixel matches when its local difference energy is at most this times the body median."""
     keep_factor: float = 8.0
     """Where the self term applies (see ``loss.lambda_self``): 0 = every unmatched pixel; > 0 = only unmatched
     pixels whose local difference energy exceeds this times the body median, i.e. mismatch far above the noise
-    (bone, strong edges), so that weak mismatch at high noise is smoothed rather than kept noisy. Used by the
-    default target (3-slice, direct weights); the other targets use every unmatched pixel."""
+    (bone, strong edges), so that weak mismatch at high noise is smoothed rather than kept noisy."""
 
     def validate(self) -> None:
         s = "weights"
-        _check_choice(s, "lowpass", self.lowpass, ("gaussian", "gaussian_median", "none"))
         _check_float(s, "lowpass_sigma", self.lowpass_sigma, 0.1, 20.0)
         _check_float(s, "tau", self.tau, 1e-4, 1.0)
-        _check_bool(s, "adaptive_tau", self.adaptive_tau)
-        _check_bool(s, "soft", self.soft)
-        _check_bool(s, "energy_test", self.energy_test)
         _check_int(s, "energy_window", self.energy_window, 1, 31)
         if self.energy_window % 2 == 0:
             raise ConfigError(f"weights.energy_window = {self.energy_window} must be odd (a centred window).")
@@ -100,86 +85,59 @@ class WeightConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss terms of one pair (METHOD.md section 3): L = L_Recon + lambda_rc L_RC + lambda_ic L_IC."""
+    """Loss terms (docs/METHOD.md section 3): L = L_Recon + lambda_rc L_RC + lambda_ic L_IC + lambda_self L_Self.
+
+    L_Recon's target is the cubic interpolation of slice i from its four neighbours (docs/METHOD.md section 3).
+    """
 
     lambda_rc: float = 0.0
-    """Weight of the regional consistency term (the re-implementations use 0.5). Off by default: with the 3-slice
-    target and the self term it lowered PSNR and tripled the cost of an iteration (RESULTS.md, "Ablation")."""
+    """Weight of the paper's regional consistency term (the re-implementations use 0.5). Off by default: it lowered
+    PSNR and tripled the cost of an iteration (benchmarks/RESULTS.md, "Ablation")."""
     lambda_ic: float = 0.0
-    """Weight of the inter-slice continuity term (the re-implementations use 1.0); off by default, as lambda_rc."""
+    """Weight of the paper's inter-slice continuity term (the re-implementations use 1.0); off by default, as
+    lambda_rc."""
     lambda_self: float = 0.5
-    """Weight of the self term M(K, (f(x_i) - x_i)^2), K = unmatched pixels (see ``weights.keep_factor``): where
-    no neighbour matches, the network is taught to keep its input rather than smooth it away (bone, moving
-    edges). Without it: -2 dB and bone worse than the noisy input on the development CT (RESULTS.md, "Ablation");
-    with the cubic target 0.3 and 1.0 are within 0.1 dB of 0.5 there."""
-    symmetric: bool = True
-    """Also reconstruct x_i from x_i+1, so that every pair trains in both directions."""
-    normalization: str = "all"
-    """Masked mean divides by all pixels ('all') or by the summed weights ('matched'). With 'all' every pixel of a
-    batch weighs the same in every term, so the self term's few kept pixels do not outweigh the matched ones
-    (RESULTS.md, "Ablation": +0.5 dB with the cubic target on the development CT)."""
-    target: str = "cubic"
-    """'pair': the neighbour x_i+1 is the target; 'three_slice': (x_i-1 + x_i+1)/2, weighted by W_i-1 * W_i
-    ('three_slice_weights' = 'product') or by the weight tests applied to x_i against that mean ('direct');
-    'either': per pixel, that mean where it matches, else the one neighbour that matches (see training.py);
-    'cubic': the 4-point cubic interpolation (-x_i-2 + 4 x_i-1 + 4 x_i+1 - x_i+2) / 6, exact for anatomy that
-    changes as a cubic along the slice axis where the mean is off by half the second difference (the 3-slice
-    mean at the first and last inner slices), with the weight tests applied to x_i against it ('direct');
-    'quintic': the same with 6 points, (150 m1 - 60 m2 + 10 m3) / 100 of the pair means m_k = (x_i-k + x_i+k) / 2,
-    exact to degree 5, falling back to the cubic and the mean near the ends (see ``weights.interpolation_offset``)."""
-    three_slice_weights: str = "direct"
-    """Weights of the 3-slice mean as target: 'product' (W_i-1 * W_i, METHOD.md section 3) or 'direct'."""
+    """Weight of the self term M(K, (f(x_i) - x_i)^2), K = strongly unmatched pixels (``weights.keep_factor``):
+    where no neighbour matches, the network is taught to keep its input rather than smooth it away (bone, moving
+    edges). Without it: -2 dB and bone worse than the noisy input on the development CT (RESULTS.md, "Ablation")."""
     target_warmup: float = 0.2
-    """With the 'cubic' or 'quintic' target: the share of the iterations over which the target moves linearly from
-    the 3-slice mean to the interpolation. The noisier interpolation alone left the network at its identity start
-    for the first ~300 iterations on low-noise CT (RESULTS.md, "Presets"); the mean gets it moving at once."""
+    """Share of the iterations over which the target moves linearly from the 3-slice mean to the cubic
+    interpolation. The noisier interpolation alone left the network at its identity start for the first ~300
+    iterations on low-noise CT (RESULTS.md, "Presets"); the mean gets it moving at once."""
 
     def validate(self) -> None:
         s = "loss"
         _check_float(s, "lambda_rc", self.lambda_rc, 0.0, 100.0)
         _check_float(s, "lambda_ic", self.lambda_ic, 0.0, 100.0)
         _check_float(s, "lambda_self", self.lambda_self, 0.0, 100.0)
-        _check_bool(s, "symmetric", self.symmetric)
-        _check_choice(s, "normalization", self.normalization, ("matched", "all"))
-        _check_choice(s, "target", self.target, ("pair", *THREE_SLICE_TARGETS))
-        _check_choice(s, "three_slice_weights", self.three_slice_weights, ("product", "direct"))
         _check_float(s, "target_warmup", self.target_warmup, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The 2D U-Net (see ``network.py``)."""
+    """The residual 2D U-Net (see ``network.py``)."""
 
     depth: int = 2
-    """Number of 2x down-samplings (see benchmarks/RESULTS.md, "Ablation": deeper costs CPU time)."""
+    """Number of 2x down-samplings (benchmarks/RESULTS.md, "Ablation": deeper costs CPU time)."""
     width: int = 16
     """Channels of the first level, doubled at each level."""
-    residual: bool = True
-    """Predict x - noise (output = input + network) rather than the image itself."""
-    context_slices: int = 0
-    """0: the network sees slice x_i alone. 1: it also sees x_i-2 and x_i+2, the slices just beyond the 3-slice
-    target's (x_i-1 + x_i+1) / 2, whose noise is independent of the target's, so Noise2Noise still holds and the
-    network can average the anatomy the three input slices share (needs ``loss.target = 'three_slice'`` and at
-    least 5 slices)."""
 
     def validate(self) -> None:
         s = "network"
         _check_int(s, "depth", self.depth, 1, 6)
         _check_int(s, "width", self.width, 4, 256)
-        _check_bool(s, "residual", self.residual)
-        _check_int(s, "context_slices", self.context_slices, 0, 1)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Training on the one volume (METHOD.md section 4)."""
+    """Training on the one volume (docs/METHOD.md section 4)."""
 
     iterations: int = 1500
     """Optimiser steps; the main quality/time knob (RESULTS.md: quality against iterations)."""
     patch_size: int = 64
     """Side in pixels of the square training patches (clipped to the slice size)."""
     batch_size: int = 8
-    """Pairs per optimiser step."""
+    """Patches per optimiser step."""
     learning_rate: float = 2e-3
     """Adam's initial step size, decayed by a cosine to learning_rate * final_lr_fraction."""
     final_lr_fraction: float = 0.05
@@ -189,7 +147,8 @@ class TrainingConfig:
     threads: int = 0
     """CPU threads for torch; 0 keeps torch's choice. Ignored on CUDA."""
     mixed_precision: bool = True
-    """bf16 autocast on CUDA (never on CPU, where it is slower)."""
+    """bf16 autocast: training and inference on CUDA; inference only on a CPU with native bf16 (AVX512-BF16 or
+    AMX), where it is 2x faster than float32 at a cost of < 0.01 dB (RESULTS.md, "Real sizes")."""
 
     def validate(self) -> None:
         s = "training"
@@ -203,26 +162,25 @@ class TrainingConfig:
         _check_bool(s, "mixed_precision", self.mixed_precision)
 
 
+TTA_CHOICES = (1, 2, 4, 8)
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Denoising every slice with the trained network (METHOD.md section 5)."""
+    """Denoising every slice with the trained network (docs/METHOD.md section 5)."""
 
-    tta: bool = True
-    """Average the network over the 8 flips/rotations of each slice (8x inference time, a small share of a run;
-    +0.1 dB on the development CT)."""
+    tta: int = 8
+    """Test-time augmentation: the mean of the network over this many of the 8 flips/rotations of each slice
+    (1 = none). Inference time grows in proportion (RESULTS.md, "Real sizes", for its cost and gain)."""
     batch_size: int = 4
     """Whole slices per forward pass."""
-    safeguard: bool = False
-    """Blend back toward the input where the removed residual is far above the noise level."""
-    safeguard_factor: float = 2.0
-    """Residual (local RMS, 5x5) above this many times its body median is blended back."""
 
     def validate(self) -> None:
         s = "inference"
-        _check_bool(s, "tta", self.tta)
+        if isinstance(self.tta, bool):
+            raise ConfigError(f"inference.tta = {self.tta!r} must be one of {', '.join(map(str, TTA_CHOICES))}.")
+        _check_choice(s, "tta", self.tta, TTA_CHOICES)
         _check_int(s, "batch_size", self.batch_size, 1, 1024)
-        _check_bool(s, "safeguard", self.safeguard)
-        _check_float(s, "safeguard_factor", self.safeguard_factor, 0.5, 100.0)
 
 
 _SECTIONS = {
@@ -245,8 +203,6 @@ class NSN2NConfig:
     volume is clearly anisotropic, else 'k')."""
     device: str = "auto"
     """'cuda' when available with 'auto', else 'cpu'."""
-    normalization_percentiles: tuple[float, float] = (0.5, 99.5)
-    """Percentiles of the volume mapped to 0 and 1 (robust to outliers, no clipping)."""
     weights: WeightConfig = field(default_factory=WeightConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -257,27 +213,11 @@ class NSN2NConfig:
         _check_choice("config", "preset", self.preset, PRESETS)
         _check_choice("config", "slice_axis", self.slice_axis, SLICE_AXES)
         _check_choice("config", "device", self.device, DEVICES)
-        p = self.normalization_percentiles
-        if not (isinstance(p, (tuple, list)) and len(p) == 2):
-            raise ConfigError("config.normalization_percentiles must be a pair (low, high).")
-        object.__setattr__(self, "normalization_percentiles", (float(p[0]), float(p[1])))
-        low, high = self.normalization_percentiles
-        if not (0.0 <= low < high <= 100.0):
-            raise ConfigError(f"config.normalization_percentiles = {p!r}: need 0 <= low < high <= 100.")
         for name, cls in _SECTIONS.items():
             value = getattr(self, name)
             if not isinstance(value, cls):
                 raise ConfigError(f"config.{name} must be a {cls.__name__}, not {type(value).__name__}.")
             value.validate()
-        if self.loss.target in INTERPOLATION_TARGETS and self.loss.three_slice_weights != "direct":
-            raise ConfigError(f"loss.target = {self.loss.target!r} needs loss.three_slice_weights = 'direct'.")
-        if self.network.context_slices and self.loss.target != "three_slice":
-            raise ConfigError(
-                "network.context_slices = 1 needs loss.target = 'three_slice': the input slices x_i-2, x_i, x_i+2 "
-                "must not include the target's slices."
-            )
-        if self.network.context_slices and (self.loss.lambda_rc > 0 or self.loss.lambda_ic > 0):
-            raise ConfigError("network.context_slices = 1 works with loss.lambda_rc = 0 and loss.lambda_ic = 0 only.")
         size = self.training.patch_size
         if size % (2**self.network.depth) != 0:
             raise ConfigError(
@@ -286,9 +226,7 @@ class NSN2NConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready nested dict (stored in every run report)."""
-        d = dataclasses.asdict(self)
-        d["normalization_percentiles"] = list(self.normalization_percentiles)
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NSN2NConfig:
@@ -334,7 +272,7 @@ def _preset_changes(name: str) -> dict[str, Any]:
             "preset": "fast",
             "training": {"iterations": 400},
             "loss": {"target_warmup": 0.5},
-            "inference": {"tta": False},
+            "inference": {"tta": 1},
         }
     if name == "default":
         return {"preset": "default"}
@@ -343,7 +281,6 @@ def _preset_changes(name: str) -> dict[str, Any]:
             "preset": "best",
             "network": {"width": 32},
             "training": {"iterations": 4000},
-            "inference": {"tta": True},
         }
     raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
 

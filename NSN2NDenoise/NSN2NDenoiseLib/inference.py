@@ -1,75 +1,79 @@
-"""Denoising every slice with the trained network (METHOD.md section 5), and the optional safeguard.
+"""Denoising every slice with the trained network (docs/METHOD.md section 5), streamed into the output.
 
-``slices`` is (N, H, W) float32 in normalised units on the run's device, slice axis first; outputs have the
-same shape. Whole slices go through the network in batches (it pads to a multiple of 2**depth itself).
+Whole slices go through the network in batches (it pads to a multiple of 2**depth itself); each batch is read and
+normalised from the input, and written, denormalised, straight into the output array, so that inference holds no
+copy of the volume beyond the output itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from .config import InferenceConfig
 from .errors import CancelledError
-from .training import _autocast, context_input, dihedral, inverse_dihedral
-from .weights import BODY_THRESHOLD, box_mean, gaussian_blur
+from .normalization import NormalizedSlices
+from .training import autocast, dihedral, inverse_dihedral
 
 ProgressFn = Callable[[str, int, int, "float | None"], None]
 
+TTA_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)
+"""The dihedral transforms used by ``inference.tta = n``: the first n (identity, flip, half turn, ...)."""
 
-def predict_slices(
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 inference is faster than
+    float32; elsewhere bf16 is emulated and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+def use_bf16(device: torch.device, mixed_precision: bool) -> bool:
+    """Whether inference on ``device`` runs under bf16 autocast (``training.mixed_precision``)."""
+    return mixed_precision and (device.type == "cuda" or cpu_has_bf16())
+
+
+def predict_into(
     net: torch.nn.Module,
-    slices: torch.Tensor,
+    source: NormalizedSlices,
+    out: np.ndarray,
     cfg: InferenceConfig,
-    mixed_precision: bool = False,
+    device: torch.device,
+    bf16: bool = False,
     progress: ProgressFn | None = None,
     is_cancelled: Callable[[], bool] | None = None,
-    context: int = 0,
-) -> torch.Tensor:
-    """f(x_i) for every slice, first and last included; with ``cfg.tta`` the mean over the 8 flips/rotations.
-    ``context`` is ``network.context_slices``: the input is then (x_i-2, x_i, x_i+2), see
-    :func:`training.context_input`.
+) -> None:
+    """Write f(x_i) of every slice of ``source``, in the input's units, into ``out`` (N, H, W), slice axis first
+    (a view of the output volume). With ``cfg.tta`` = n > 1, the mean over the first n transforms of
+    :data:`TTA_ORDER`.
 
     Raises
     ------
     CancelledError
         When ``is_cancelled()`` turns true between batches.
     """
-    n = slices.shape[0]
-    out = torch.empty_like(slices)
-    transforms = range(8) if cfg.tta else (0,)
-    with torch.no_grad():
+    n = source.shape[0]
+    transforms = TTA_ORDER[: cfg.tta]
+    scale, offset = np.float32(source.imap.scale), np.float32(source.imap.offset)
+    with torch.inference_mode():
         for start in range(0, n, cfg.batch_size):
             if is_cancelled is not None and is_cancelled():
                 raise CancelledError("Inference was cancelled; no result was produced.")
-            batch = context_input(slices, slice(start, start + cfg.batch_size), context)
-            acc = torch.zeros_like(batch[:, :1])
+            stop = min(n, start + cfg.batch_size)
+            batch = torch.from_numpy(source.slab(start, stop)).to(device).unsqueeze(1)
+            acc = torch.zeros_like(batch)
             for k in transforms:
-                with _autocast(slices.device, mixed_precision):
-                    y = net(dihedral(batch, k)).float()
+                x = dihedral(batch, k).contiguous(memory_format=torch.channels_last)
+                with autocast(device, bf16):
+                    y = net(x).float()
                 acc += inverse_dihedral(y, k)
-            out[start : start + batch.shape[0]] = (acc / len(transforms)).squeeze(1)
+            result = (acc / len(transforms)).squeeze(1).cpu().numpy()
+            result *= scale
+            result += offset
+            out[start:stop] = result
             if progress is not None:
-                progress("inference", min(n, start + cfg.batch_size), n, None)
-    return out
-
-
-def apply_safeguard(noisy: torch.Tensor, denoised: torch.Tensor, factor: float) -> tuple[torch.Tensor, float]:
-    """Blend back toward the input where the removed residual is far above the noise level.
-
-    The removed residual r = x - f(x) should look like noise. Its level sigma_r is calibrated on the volume
-    itself: the square root of the median, over the body, of the local mean of r^2 (5x5 box) in normalised
-    units; most of a body is tissue where the network removed only noise. Where the local RMS of r exceeds
-    ``factor * sigma_r`` the network removed structure, not noise: there the output keeps the fraction
-    1 - alpha of the residual, alpha = factor * sigma_r / local RMS.
-
-    Returns the blended slices (N, H, W) and sigma_r.
-    """
-    residual = noisy - denoised
-    local_ms = box_mean(residual * residual, 5)
-    body = gaussian_blur(noisy, 2.0) > BODY_THRESHOLD
-    values = local_ms[body] if body.float().mean() > 0.01 else local_ms.flatten()
-    sigma_r = float(values.median().clamp_min(1e-12).sqrt())
-    alpha = (factor * sigma_r / local_ms.sqrt().clamp_min(1e-12)).clamp(max=1.0)
-    return denoised + (1.0 - alpha) * residual, sigma_r
+                progress("inference", stop, n, None)

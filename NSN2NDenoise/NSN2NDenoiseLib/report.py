@@ -25,13 +25,14 @@ class RunReport:
     """Array axis (0=K, 1=J, 2=I) used as the slice axis."""
     iterations: int
     phase_seconds: dict[str, float]
-    """Wall time of 'weights', 'training' and 'inference' (and 'preparation')."""
+    """Wall time of 'weights' (maps and noise estimates), 'training' and 'inference'."""
     total_seconds: float
     loss_curve: list[list[float]]
     """[iteration, mean loss] every few iterations."""
     matched_fraction: float
-    """Share of body pixels whose neighbour is a valid Noise2Noise target (0..1)."""
-    matched_per_pair: list[float]
+    """Share of body pixels whose interpolation target is a valid Noise2Noise target (0..1)."""
+    matched_per_slice: list[float]
+    """The same share for each slice 1..N-2 against its interpolation target."""
     noise_sigma: float
     """Estimated noise standard deviation, in input units."""
     interslice_noise_correlation: float

@@ -120,6 +120,28 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def check_paths_differ(input_path: str | os.PathLike, output_path: str | os.PathLike) -> None:
+    """Refuse an output that is the input itself (the same file by a link or another spelling, or a file inside
+    the input's DICOM folder), which a run would overwrite.
+
+    Raises
+    ------
+    InputError
+        With what to do.
+    """
+    src, dst = Path(input_path), Path(output_path)
+    same = False
+    if dst.exists() and src.exists():
+        same = os.path.samefile(src, dst)
+    same = same or src.resolve() == dst.resolve()
+    if src.is_dir() and not same:
+        same = src.resolve() in dst.resolve().parents
+    if same:
+        raise InputError(
+            f"The output {dst} is the input {src}: writing it would replace the original. Choose another output path."
+        )
+
+
 def write_volume(path: str | os.PathLike, array: np.ndarray, reference: sitk.Image) -> Path:
     """Write ``array`` (K, J, I) as float32 with the geometry (spacing, origin, direction) of ``reference``.
 

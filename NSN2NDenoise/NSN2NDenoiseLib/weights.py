@@ -1,38 +1,35 @@
-"""Weight maps W_i for neighbouring slice pairs (METHOD.md section 2).
+"""Weight maps of the training target (docs/METHOD.md section 2), built slab by slab.
 
-All arrays here are torch tensors on the run's device, in normalised intensity units, with slices along axis 0:
-``slices`` is (N, H, W) and the weight maps are (N - 1, H, W), map i belonging to the pair (x_i, x_i+1).
-W = 1 marks pixels where the two slices show the same anatomy (a valid Noise2Noise target), 0 where they differ.
+Slice i's training target is the cubic interpolation of its four neighbours (:func:`interpolation_target`). Its
+weight map is 1 where x_i and the target show the same anatomy (a valid Noise2Noise target), 0 where they differ;
+its keep map marks the strongly unmatched pixels where the self term keeps the input. Maps are stored per slice as
+one byte per voxel on the host, (N, H, W) in the stack's slice-first order; slices 0 and N - 1 have no target and
+weigh 0. Tensors here are in normalised intensity units.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import WeightConfig
+from .config import NSN2NConfig, WeightConfig
+from .errors import CancelledError
+from .normalization import NormalizedSlices
 
-# Pixels brighter than this (normalised units) after low-pass filtering count as body for the median statistics.
 BODY_THRESHOLD = 0.1
-# Pairs are processed in chunks so that 512x512 slices with median filtering fit in a few hundred MB.
-CHUNK = 16
-
-
-@dataclass(frozen=True)
-class WeightMaps:
-    """Weights of every pair and their summary."""
-
-    maps: torch.Tensor
-    """(N - 1, H, W) float32 weights in [0, 1]."""
-    matched_fraction: float
-    """Mean weight over the body of all pairs: the share of pixels that serve as Noise2Noise targets."""
-    matched_per_pair: list[float]
-    """Mean weight over the body, pair by pair."""
-    keep: torch.Tensor | None = None
-    """(M, H, W) weight of the self term: 1 - W, or the strong-mismatch part of it (``keep_factor``)."""
+"""Pixels brighter than this (normalised units) after low-pass filtering count as body for the median statistics."""
+MIN_BODY_SHARE = 0.01
+"""A slice whose body covers less than this share is treated as all body (air-only slices have no statistics)."""
+SLAB = 16
+"""Slices per slab of the weights phase: 512x512 slabs take a few tens of MB."""
+CUBIC = (4.0 / 3.0, -1.0 / 3.0)
+"""Weights of the pair means m_k = (x_i-k + x_i+k) / 2, k = 1, 2, of the cubic interpolation: exact to degree 3;
+its noise variance is 17/18 of one slice's."""
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -60,135 +57,132 @@ def box_mean(images: torch.Tensor, window: int) -> torch.Tensor:
     return F.avg_pool2d(x, window, stride=1).squeeze(1)
 
 
-def median_filter(images: torch.Tensor, window: int = 5) -> torch.Tensor:
-    """Median over a ``window`` x ``window`` box of (B, H, W) images, reflect padding."""
-    r = window // 2
-    mode = "reflect" if r < min(images.shape[-2:]) else "replicate"
-    x = F.pad(images.unsqueeze(1), (r, r, r, r), mode=mode)
-    patches = F.unfold(x, window)  # (B, window*window, H*W)
-    med = patches.median(dim=1).values
-    return med.view(images.shape)
+def body_mask(low_passed: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool: the body of each low-passed image, or the whole image where the body is under
+    :data:`MIN_BODY_SHARE` of it."""
+    body = low_passed > BODY_THRESHOLD
+    small = body.flatten(1).float().mean(dim=1) < MIN_BODY_SHARE
+    return body | small.view(-1, 1, 1)
 
 
-def lowpass(images: torch.Tensor, cfg: WeightConfig) -> torch.Tensor:
-    """The configured low-pass filter of (B, H, W) images."""
-    out = gaussian_blur(images, cfg.lowpass_sigma)
-    if cfg.lowpass == "gaussian_median":
-        out = median_filter(out, 5)
-    return out
+def masked_median(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) median of each image of ``values`` (B, H, W) over its ``mask``."""
+    return torch.where(mask, values, torch.nan).flatten(1).nanmedian(dim=1).values
 
 
-def _robust_std(values: torch.Tensor) -> torch.Tensor:
-    med = values.median()
-    return 1.4826 * (values - med).abs().median()
+def robust_std(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) 1.4826 x the median absolute deviation of each image over its mask: the noise std for Gaussian noise,
+    robust to the anatomy that differs."""
+    med = masked_median(values, mask).view(-1, 1, 1)
+    return 1.4826 * masked_median((values - med).abs(), mask)
 
 
-def _pair_weights(
-    a: torch.Tensor, b: torch.Tensor, cfg: WeightConfig
+def match_maps(
+    x: torch.Tensor, target: torch.Tensor, cfg: WeightConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weights, body masks and self-term weights, each (B, H, W), of the pairs (a[k], b[k])."""
-    ones = torch.ones_like(a)
-    if cfg.lowpass != "none":
-        la, lb = lowpass(a, cfg), lowpass(b, cfg)
-        body = torch.maximum(la, lb) > BODY_THRESHOLD
-    else:
-        body = torch.maximum(gaussian_blur(a, 2.0), gaussian_blur(b, 2.0)) > BODY_THRESHOLD
-    weights = torch.empty_like(a)
-    keep = torch.empty_like(a)
-    for k in range(a.shape[0]):
-        mask_k = body[k] if body[k].float().mean() > 0.01 else torch.ones_like(body[k])
-        w = ones[k]
-        if cfg.lowpass != "none":
-            r = lb[k] - la[k]
-            tau = torch.tensor(cfg.tau, device=a.device, dtype=a.dtype)
-            if cfg.adaptive_tau:
-                # The low-passed noise alone can exceed a fixed tau when noise is strong (METHOD.md section 2).
-                tau = torch.maximum(tau, 3.0 * _robust_std(r[mask_k]))
-            w = torch.exp(-0.5 * (r / tau) ** 2) if cfg.soft else (r.abs() <= tau).to(a.dtype)
-        if cfg.energy_test:
-            d = b[k] - a[k]
-            e = box_mean((d * d).unsqueeze(0), cfg.energy_window)[0]
-            ref = e[mask_k].median().clamp_min(1e-12)
-            ratio = e / (cfg.energy_factor * ref)
-            w_e = torch.exp(-0.5 * ratio**2) / math.exp(-0.5) if cfg.soft else (ratio <= 1.0).to(a.dtype)
-            w = w * w_e.clamp(max=1.0)
-        keep[k] = 1.0 - w
-        if cfg.energy_test and cfg.keep_factor > 0:
-            keep[k] = keep[k] * (e > cfg.keep_factor * ref).to(a.dtype)
-        weights[k] = w
-    return weights, body, keep
+    """Weights, keep maps and body masks, each (B, H, W), of slices ``x`` against ``target``.
+
+    A pixel matches when both tests pass: the low-pass test |G(target) - G(x)| <= tau, tau = max(cfg.tau,
+    3 x the robust spread of that residual over the body), and the energy test box_mean((target - x)^2) <=
+    energy_factor x its body median. It is kept (self term) when unmatched and its energy exceeds keep_factor x
+    the body median (every unmatched pixel with keep_factor = 0).
+    """
+    lx, lt = gaussian_blur(x, cfg.lowpass_sigma), gaussian_blur(target, cfg.lowpass_sigma)
+    body = body_mask(torch.maximum(lx, lt))
+    r = lt - lx
+    tau = torch.clamp(3.0 * robust_std(r, body), min=cfg.tau).view(-1, 1, 1)
+    energy = box_mean((target - x) ** 2, cfg.energy_window)
+    ref = masked_median(energy, body).clamp_min(1e-12).view(-1, 1, 1)
+    matched = (r.abs() <= tau) & (energy <= cfg.energy_factor * ref)
+    keep = ~matched
+    if cfg.keep_factor > 0:
+        keep &= energy > cfg.keep_factor * ref
+    return matched, keep, body
 
 
-def _maps(a_all: torch.Tensor, b_all: torch.Tensor, cfg: WeightConfig) -> WeightMaps:
-    """Weights of the pairs (a_all[k], b_all[k]), processed in chunks; both (M, H, W)."""
-    m = a_all.shape[0]
-    maps = torch.empty(tuple(a_all.shape), device=a_all.device, dtype=torch.float32)
-    keep = torch.empty_like(maps)
-    per_pair: list[float] = []
-    total_w = 0.0
-    total_body = 0.0
+def interpolate(m1: torch.Tensor, m2: torch.Tensor, has_cubic: torch.Tensor | bool, ramp: float = 1.0) -> torch.Tensor:
+    """The training target from the pair means m1 = (x_i-1 + x_i+1) / 2 and m2 = (x_i-2 + x_i+2) / 2: the 3-slice
+    mean m1 moved by ``ramp`` (0..1) toward the cubic interpolation (4/3) m1 - (1/3) m2 where ``has_cubic`` (slice
+    i has two neighbours on each side), else m1 itself."""
+    cubic = CUBIC[0] * m1 + CUBIC[1] * m2
+    return torch.where(torch.as_tensor(has_cubic, device=m1.device), m1 + ramp * (cubic - m1), m1)
+
+
+def cubic_target(stack: torch.Tensor, start: int, n: int, ramp: float = 1.0) -> torch.Tensor:
+    """Targets (M - 4, H, W) of the slices i = start .. start + M - 5 from a (M, H, W) ``stack`` holding slices
+    start - 2 .. start + M - 3 of a volume of ``n`` slices (:func:`interpolate`; the cubic needs 2 <= i <= n - 3).
+    Rows of the stack outside the volume may hold anything: they are not used."""
+    m1 = 0.5 * (stack[1:-3] + stack[3:-1])
+    m2 = 0.5 * (stack[:-4] + stack[4:])
+    i = torch.arange(start, start + stack.shape[0] - 4, device=stack.device)
+    return interpolate(m1, m2, ((i >= 2) & (i <= n - 3)).view(-1, 1, 1), ramp)
+
+
+@dataclass(frozen=True)
+class TrainingTargets:
+    """The maps training needs, per slice of the stack (slice axis first), one byte per voxel, on the host."""
+
+    weights: np.ndarray
+    """(N, H, W) uint8 in {0, 1}: 1 where x_i matches its cubic target (0 on slices 0 and N - 1)."""
+    keep: np.ndarray
+    """(N, H, W) uint8 in {0, 1}: the self term's pixels."""
+    pair_weights: np.ndarray | None
+    """(N - 1, H, W) uint8: the match of the pair (x_i, x_i+1), used by the RC term (None when lambda_rc = 0)."""
+    matched_fraction: float
+    """Share of body pixels of slices 1..N-2 whose target matches: the share of pixels that train as Noise2Noise."""
+    matched_per_slice: list[float]
+    """That share slice by slice, for slices 1..N-2."""
+
+
+def compute_targets(
+    source: NormalizedSlices,
+    cfg: NSN2NConfig,
+    device: torch.device,
+    progress: Callable[[str, int, int, float | None], None] | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+) -> TrainingTargets:
+    """The weight and keep maps of every slice's cubic target (and the pair maps when ``loss.lambda_rc > 0``),
+    computed in slabs of :data:`SLAB` slices on ``device``; progress and cancel are checked per slab.
+
+    Raises
+    ------
+    CancelledError
+        When ``is_cancelled()`` turns true between slabs.
+    """
+    n, h, w = source.shape
+    weights = np.zeros((n, h, w), dtype=np.uint8)
+    keep = np.zeros((n, h, w), dtype=np.uint8)
+    pairs = np.zeros((n - 1, h, w), dtype=np.uint8) if cfg.loss.lambda_rc > 0 else None
+    per_slice: list[float] = []
+    total_w = total_b = 0.0
+    starts = list(range(1, n - 1, SLAB))
     with torch.no_grad():
-        for start in range(0, m, CHUNK):
-            stop = min(m, start + CHUNK)
-            w, body, kp = _pair_weights(a_all[start:stop].float(), b_all[start:stop].float(), cfg)
-            maps[start:stop] = w
-            keep[start:stop] = kp
-            bodyf = body.float()
-            sums_w = (w * bodyf).sum(dim=(1, 2))
-            sums_b = bodyf.sum(dim=(1, 2))
-            for sw, sb in zip(sums_w.tolist(), sums_b.tolist(), strict=True):
-                per_pair.append(sw / sb if sb > 0 else 1.0)
+        for done, start in enumerate(starts):
+            if is_cancelled is not None and is_cancelled():
+                raise CancelledError("The run was cancelled while building weight maps; no result was produced.")
+            stop = min(n - 1, start + SLAB)
+            lo, hi = max(0, start - 2), min(n, stop + 2)
+            block = torch.from_numpy(source.slab(lo, hi)).to(device)
+            # Pad to rows start - 2 .. stop + 1 so that cubic_target's indexing is uniform; padded rows are unused.
+            pad_lo, pad_hi = lo - (start - 2), (stop + 2) - hi
+            stack = torch.cat([block[:1]] * pad_lo + [block] + [block[-1:]] * pad_hi) if (pad_lo or pad_hi) else block
+            x = stack[2:-2]
+            matched, kp, body = match_maps(x, cubic_target(stack, start, n), cfg.weights)
+            weights[start:stop] = matched.cpu().numpy()
+            keep[start:stop] = kp.cpu().numpy()
+            sums_w = (matched & body).flatten(1).sum(dim=1).tolist()
+            sums_b = body.flatten(1).sum(dim=1).tolist()
+            for sw, sb in zip(sums_w, sums_b, strict=True):
+                per_slice.append(sw / sb if sb > 0 else 1.0)
                 total_w += sw
-                total_body += sb
-    matched = total_w / total_body if total_body > 0 else 1.0
-    return WeightMaps(maps=maps, matched_fraction=float(matched), matched_per_pair=per_pair, keep=keep)
-
-
-def compute_weight_maps(slices: torch.Tensor, cfg: WeightConfig) -> WeightMaps:
-    """Weight maps of all neighbouring pairs of ``slices`` (N, H, W), N >= 2, normalised units.
-
-    Map i (of N - 1) belongs to the pair (x_i, x_i+1).
-    """
-    return _maps(slices[:-1], slices[1:], cfg)
-
-
-# Weights of the pair means m_k = (x_i-k + x_i+k) / 2, k = 1, 2, ..., of the symmetric polynomial interpolation
-# of slice i from its neighbours: 4 points (cubic, exact to degree 3) and 6 points (quintic, exact to degree 5).
-# Noise variance of the interpolant, in units of one slice's: 1/2 for the 3-slice mean, 17/18 cubic, 1.31 quintic.
-INTERPOLATION_WEIGHTS = {4: (4.0 / 3.0, -1.0 / 3.0), 6: (1.5, -0.6, 0.1)}
-
-
-def interpolation_offset(slices: torch.Tensor, points: int = 4) -> torch.Tensor:
-    """(N - 2, H, W): the 3-slice mean (x_i-1 + x_i+1) / 2 minus the ``points``-point polynomial interpolation of
-    slice i = j + 1 from its neighbours (``INTERPOLATION_WEIGHTS``).
-
-    Subtracted from the 3-slice mean it removes the mean's bias (half the second difference along the slice axis
-    for a cubic, to higher order for a quintic). Near the first and last slices, where the neighbours it needs are
-    missing, the next lower order is used, down to the 3-slice mean itself (offset zero).
-    """
-    n = slices.shape[0]
-    mean1 = 0.5 * (slices[:-2] + slices[2:])
-    offset = torch.zeros_like(mean1)
-    for order in sorted(INTERPOLATION_WEIGHTS):
-        half = order // 2  # neighbours needed on each side
-        if order > points or n < 2 * half + 1:
-            break
-        interp = torch.zeros_like(slices[half : n - half])  # slices half .. n - half - 1
-        for k, w in enumerate(INTERPOLATION_WEIGHTS[order], start=1):
-            interp += w * 0.5 * (slices[half - k : n - half - k] + slices[half + k : n - half + k])
-        offset[half - 1 : n - half - 1] = mean1[half - 1 : n - half - 1] - interp
-    return offset
-
-
-def compute_three_slice_maps(slices: torch.Tensor, cfg: WeightConfig, offset: torch.Tensor | None = None) -> WeightMaps:
-    """Weight maps of the 3-slice target: map j (of N - 2) tests x_j+1 against (x_j + x_j+2) / 2 - offset[j].
-
-    The same low-pass and energy tests as :func:`compute_weight_maps`, applied to the slice and the mean of its
-    two neighbours, whose difference cancels anatomy that changes linearly along the slice axis; with
-    ``offset = interpolation_offset(slices, points)`` the test is against the polynomial interpolation
-    (``loss.target = 'cubic'`` or ``'quintic'``).
-    """
-    target = 0.5 * (slices[:-2] + slices[2:])
-    if offset is not None:
-        target = target - offset
-    return _maps(slices[1:-1], target, cfg)
+                total_b += sb
+            if progress is not None:
+                progress("weights", done + 1, len(starts), None)
+    if pairs is not None:
+        for start in range(0, n - 1, SLAB):
+            stop = min(n - 1, start + SLAB)  # pairs start .. stop - 1
+            block = torch.from_numpy(source.slab(start, stop + 1)).to(device)
+            pm, _, _ = match_maps(block[:-1], block[1:], cfg.weights)
+            pairs[start:stop] = pm.cpu().numpy()
+    matched_fraction = total_w / total_b if total_b > 0 else 1.0
+    return TrainingTargets(weights, keep, pairs, float(matched_fraction), per_slice)

@@ -1,0 +1,137 @@
+"""A denoising run in its own process, speaking the progress protocol of Slicer's CLI modules.
+
+``python -m NSN2NDenoiseLib.worker INPUT OUTPUT [--report R.json] [option flags of options.OPTIONS]`` reads a
+volume file, denoises it, writes OUTPUT atomically (nothing is written on failure or cancel) and exits with
+:func:`errors.exit_code`. On stdout it prints, flushed line by line, what Slicer's CLI infrastructure reads:
+``<filter-start>``, ``<filter-progress>F</filter-progress>`` with F the fraction of the whole run (phases weighed
+by :mod:`costmodel`), ``<filter-comment>`` with the phase, step and loss, and ``<filter-end>``; and one JSON
+record per progress call after :data:`PROGRESS_PREFIX`, which the Slicer module's job parses. Errors are one
+line on stderr.
+
+It is the Slicer CLI module's script (NSN2NDenoiseCLI) and the process the Slicer module's Denoise button starts:
+in its own process, training runs at full speed whatever Slicer's main thread does with Python's lock, a cancel
+ends the process, and GPU memory is freed when it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from .errors import InputError, exit_code, explain
+from .options import OPTIONS, to_config
+
+FILTER_NAME = "NSN2N Denoise"
+PROGRESS_PREFIX = "nsn2n-progress "
+"""A stdout line starting with this carries one JSON progress record: phase, step, total, loss, fraction."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Positional INPUT and OUTPUT, ``--report``, and one flag per option of :data:`options.OPTIONS`."""
+    p = argparse.ArgumentParser(prog="NSN2NDenoiseCLI", description="Denoise one volume file by NS-N2N.")
+    for option in OPTIONS:
+        kwargs = {"help": option.help, "default": None, "type": option.type}
+        if option.choices:
+            kwargs["choices"] = option.choices
+        p.add_argument(option.flag, dest=option.name, **kwargs)
+    p.add_argument("--report", metavar="REPORT.json", help="write the run report as JSON.")
+    p.add_argument("input", help="input volume file (NRRD, NIfTI, MetaImage) or DICOM folder")
+    p.add_argument("output", help="output volume file")
+    return p
+
+
+class SlicerProgress:
+    """The engine's progress callback, writing Slicer CLI progress lines to ``stream``."""
+
+    def __init__(self, stream: TextIO, estimate) -> None:
+        self.stream = stream
+        self.estimate = estimate
+        self.t0 = time.perf_counter()
+        self.phase: str | None = None
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def start(self, comment: str) -> None:
+        self._write(
+            f"<filter-start><filter-name>{FILTER_NAME}</filter-name>"
+            f"<filter-comment>{comment}</filter-comment></filter-start>"
+        )
+
+    def __call__(self, phase: str, step: int, total: int, loss: float | None) -> None:
+        from .costmodel import overall_fraction
+
+        fraction = overall_fraction(phase, step, total, self.estimate)
+        record = {
+            "phase": phase,
+            "step": step,
+            "total": total,
+            "loss": loss,
+            "fraction": round(fraction, 5),
+            "elapsed_s": round(time.perf_counter() - self.t0, 3),
+        }
+        self._write(PROGRESS_PREFIX + json.dumps(record))
+        self._write(f"<filter-progress>{fraction:.4f}</filter-progress>")
+        if phase != self.phase:
+            self._write(f"<filter-comment>{phase}</filter-comment>")
+            self.phase = phase
+
+    def end(self) -> None:
+        self._write(
+            f"<filter-end><filter-name>{FILTER_NAME}</filter-name>"
+            f"<filter-time>{time.perf_counter() - self.t0:.2f}</filter-time></filter-end>"
+        )
+
+
+def _raise_interrupt(signum, frame):  # a cancel from Slicer or a job: unwind, so no partial file is left
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace, stream: TextIO) -> int:
+    """Denoise ``args.input`` into ``args.output``; raises engine errors."""
+    from . import costmodel
+    from .api import denoise, resolve_device
+    from .volume_io import check_output_path, check_paths_differ, read_volume, write_volume
+
+    cfg = to_config({o.name: getattr(args, o.name) for o in OPTIONS})
+    out_path = check_output_path(args.output)
+    check_paths_differ(args.input, out_path)
+    if args.report and not Path(args.report).resolve().parent.is_dir():
+        raise InputError(f"The report folder {Path(args.report).parent} does not exist: create it first.")
+    loaded = read_volume(args.input)
+    device = resolve_device(cfg.device)
+    progress = SlicerProgress(stream, costmodel.estimate(loaded.array.shape, cfg, device.type))
+    progress.start(f"{loaded.array.shape} voxels (K,J,I) on {device.type}")
+    result, report = denoise(loaded.array, loaded.spacing_kji, cfg, progress=progress)
+    del loaded.array
+    write_volume(out_path, result, loaded.image)
+    if args.report:
+        Path(args.report).write_text(report.to_json())
+    for warning in report.warnings:
+        print(f"nsn2n: warning: {warning}", file=sys.stderr, flush=True)
+    progress.end()
+    return 0
+
+
+def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
+    """Entry point; returns the exit code of :func:`errors.exit_code`."""
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return run(args, stream or sys.stdout)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every error becomes one line and a code
+        err = explain(exc)
+        print(f"nsn2n: error: {err}", file=sys.stderr, flush=True)
+        return exit_code(err)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
