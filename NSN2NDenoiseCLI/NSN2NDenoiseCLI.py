@@ -70,11 +70,22 @@ def build_parser(options) -> argparse.ArgumentParser:
     """The arguments Slicer passes, from ``options`` (the engine's :data:`options.OPTIONS`).
 
     Each option's flag is ``--`` and its snake_case name, which is its ``longflag`` in the XML (Slicer's XML
-    allows no ``-`` in a flag). Values stay strings: the worker checks types, choices and bounds.
+    allows no ``-`` in a flag). Types and choices are checked here so that a wrong value is one line; bounds are
+    the engine configuration's to check.
     """
     p = _OneLineParser(prog="NSN2NDenoiseCLI", description="Denoise one volume file by NS-N2N (Slicer CLI module).")
     for option in options:
-        p.add_argument("--" + option.name, dest=option.name, metavar=option.name.upper(), help=option.help)
+        choices = option.choices
+        if choices and option.name in FOLLOWS_PRESET:
+            choices = (option.type(PRESET_VALUE), *choices)
+        p.add_argument(
+            "--" + option.name,
+            dest=option.name,
+            type=option.type,
+            choices=choices or None,
+            metavar=option.name.upper(),
+            help=option.help + (f" {PRESET_VALUE}: the preset's value." if option.name in FOLLOWS_PRESET else ""),
+        )
     p.add_argument("--report", default="", metavar="REPORT.json", help="write the run report as JSON.")
     p.add_argument("input", help="input volume file (Slicer passes an NRRD file)")
     p.add_argument("output", help="output volume file (Slicer passes an NRRD file and loads it back)")
@@ -86,14 +97,15 @@ def worker_argv(argv: list[str], options) -> list[str]:
 
     Options in :data:`FOLLOWS_PRESET` given as :data:`PRESET_VALUE` are left out, so the preset decides them; an
     empty report path is left out. Flags become the worker's kebab-case ones (``--slice_axis`` -> ``--slice-axis``).
+    Exits with status 2 and one line on stderr for an unknown flag or a value of the wrong type or not a choice.
     """
     args = build_parser(options).parse_args(argv)
     out: list[str] = []
     for option in options:
         value = getattr(args, option.name)
-        if value is None or (option.name in FOLLOWS_PRESET and value.strip() == PRESET_VALUE):
+        if value is None or (option.name in FOLLOWS_PRESET and value == option.type(PRESET_VALUE)):
             continue
-        out += [option.flag, value]
+        out += [option.flag, str(value)]
     if args.report:
         out += ["--report", args.report]
     return [*out, args.input, args.output]
