@@ -1,192 +1,190 @@
-"""Tests of NSN2NDenoiseLib.jobs: the Qt-free background job (thread, progress, cancel, errors, one at a time)."""
+"""Tests of NSN2NDenoiseLib.jobs: the worker-process job (files, progress, cancel, errors, one at a time)."""
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
-from conftest import plumbing_config, smooth_noisy_volume
+from conftest import smooth_noisy_volume
 
 MODULE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "NSN2NDenoise")
 if MODULE_DIR not in sys.path:
     sys.path.insert(0, MODULE_DIR)
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
 from NSN2NDenoiseLib import (  # noqa: E402
     CancelledError,
-    DeviceError,
+    ConfigError,
     InputError,
     NSN2NError,
     jobs,
+    make_config,
+    worker,
 )
+from NSN2NDenoiseLib.errors import EXIT_CANCELLED  # noqa: E402
+from NSN2NDenoiseLib.options import to_config  # noqa: E402
+
+
+def tiny_config(iterations: int = 20):
+    """The fast preset on one thread: the worker receives it as option flags."""
+    return to_config({"preset": "fast", "iterations": iterations, "device": "cpu", "threads": 1})
+
+
+def job_folders() -> set[str]:
+    import tempfile
+
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("nsn2n-")}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+def _no_leaks():
+    folders = job_folders()
     yield
     job = jobs.active_job()
     if job is not None:  # never leak a running job into the next test
         job.cancel()
-        job.wait(60)
+        job.wait(30)
+    assert job_folders() <= folders, "a job left its temporary folder behind"
 
 
-class Gate:
-    """A fake engine that blocks until released, so that tests control timing exactly."""
-
-    def __init__(self):
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.seen = None
-
-    def __call__(self, volume, spacing, config, progress, cancel):
-        self.entered.set()
-        progress("training", 0, 10, None)
-        while not self.release.wait(0.01):
-            if cancel.is_set():
-                raise CancelledError("cancelled")
-        self.seen = np.array(volume, copy=True)
-        return volume.astype(np.float32), {"fake": True}
+def wait_for_training(job, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while (job.progress is None or job.progress.phase != "training") and time.monotonic() < deadline:
+        assert job.poll() == jobs.RUNNING, job.error
+        time.sleep(0.05)
+    assert job.progress is not None and job.progress.phase == "training"
 
 
-def raising(exc):
-    def fn(volume, spacing, config, progress, cancel):
-        raise exc
-
-    return fn
-
-
-def test_real_run_reaches_done_with_result_report_and_progress():
-    volume = smooth_noisy_volume()
-    job = jobs.start_job(volume, (3.0, 0.8, 0.8), plumbing_config())
-    assert job.wait(120), "a 5-iteration run on 6x32x32 must finish"
+def test_worker_process_denoises_end_to_end_with_report_and_progress():
+    volume = np.zeros((8, 32, 32), np.float32)
+    volume[:] = smooth_noisy_volume()[:1]
+    volume += np.random.default_rng(1).normal(0.0, 10.0, volume.shape).astype(np.float32)
+    job = jobs.start_job(volume, (3.0, 0.8, 0.8), tiny_config())
+    assert jobs.active_job() is job
+    assert job.wait(60), "a 20-iteration run on 8x32x32 must finish"
     assert job.poll() == jobs.DONE, job.error
-    assert job.error is None
-    assert job.result.shape == volume.shape
-    assert job.result.dtype == np.float32
+    assert job.error is None and job.returncode == 0
+    assert job.result.shape == volume.shape and job.result.dtype == np.float32
     assert np.all(np.isfinite(job.result))
-    assert job.report.to_dict()["config"]["training"]["iterations"] == 5
-    assert job.progress is not None and job.progress.phase in ("weights", "training", "inference")
-    assert 0.0 <= job.progress.fraction <= 1.0
+    assert not np.array_equal(job.result, volume)
+    assert abs(float(job.result.mean()) - float(volume.mean())) < 10.0  # same units as the input
+    assert job.report["config"]["training"]["iterations"] == 20
+    assert job.report["config"]["preset"] == "fast"
+    assert job.report["spacing"] == pytest.approx([3.0, 0.8, 0.8])  # K,J,I spacing went through the file
+    p = job.progress
+    assert p.phase == "inference" and p.fraction == pytest.approx(1.0) and p.remaining_s == 0.0
+    assert job.device == "cpu" and "on CPU" in p.describe()
     assert jobs.active_job() is None
 
 
-def test_job_works_on_a_copy_of_the_volume():
-    gate = Gate()
-    volume = smooth_noisy_volume()
-    original = volume.copy()
-    job = jobs.start_job(volume, (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=gate)
-    assert gate.entered.wait(10)
-    volume[:] = 0.0  # the caller reuses its array while the job runs
-    gate.release.set()
-    assert job.wait(10)
-    np.testing.assert_array_equal(gate.seen, original)
-
-
-def test_cancel_during_real_training_ends_quickly_without_result():
-    job = jobs.start_job(smooth_noisy_volume(), (3.0, 0.8, 0.8), plumbing_config(iterations=100000))
-    deadline = time.monotonic() + 120
-    while (job.progress is None or job.progress.phase != "training") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert job.poll() == jobs.RUNNING
+def test_cancel_mid_run_kills_the_process_and_leaves_nothing():
+    job = jobs.start_job(smooth_noisy_volume(), (3.0, 0.8, 0.8), tiny_config(iterations=100000))
+    wait_for_training(job)
+    pid = job._process.pid
     t0 = time.monotonic()
     job.cancel()
-    assert job.wait(30)
-    assert time.monotonic() - t0 < 30
+    assert job.cancel_requested
+    assert job.wait(jobs.KILL_GRACE_S + 10)
+    assert time.monotonic() - t0 < jobs.KILL_GRACE_S + 5
     assert job.poll() == jobs.CANCELLED
     assert isinstance(job.error, CancelledError)
     assert job.result is None and job.report is None
+    assert job.returncode in (EXIT_CANCELLED, -15, -9)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the worker is gone (reaped), not left training
 
 
-def test_cancel_before_start():
-    job = jobs.DenoiseJob(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config())
-    job.cancel()
-    assert job.poll() == jobs.CANCELLED
-    assert job.finished
-    with pytest.raises(NSN2NError):
-        job.start()
-
-
-def test_only_one_job_at_a_time():
-    gate = Gate()
-    first = jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=gate)
-    assert gate.entered.wait(10)
-    assert jobs.active_job() is first
-    with pytest.raises(jobs.BusyError, match="already in progress"):
-        jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=Gate())
-    assert not first.wait(0.05)  # still running: wait() with a timeout says so
-    gate.release.set()
-    assert first.wait(10)
-    assert first.poll() == jobs.DONE
-    second = jobs.start_job(
-        smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=raising(InputError("x"))
-    )
-    assert second.wait(10)
-
-
-@pytest.mark.parametrize(
-    "exc",
-    [
-        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-        RuntimeError("CUDA error: out of memory"),
-    ],
-)
-def test_cuda_out_of_memory_becomes_device_error_saying_what_to_change(exc):
-    job = jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=raising(exc))
-    assert job.wait(10)
-    assert job.poll() == jobs.FAILED
-    assert isinstance(job.error, DeviceError)
-    message = str(job.error)
-    assert "GPU ran out of memory" in message and "CPU" in message
-
-
-def test_host_memory_error_and_unexpected_errors_are_explained():
-    job = jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=raising(MemoryError()))
-    assert job.wait(10)
-    assert isinstance(job.error, InputError) and "Crop" in str(job.error)
-
-    job = jobs.start_job(
-        smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=raising(ZeroDivisionError("boom"))
-    )
-    assert job.wait(10)
-    assert job.poll() == jobs.FAILED
-    assert "ZeroDivisionError: boom" in str(job.error)
-    assert "ZeroDivisionError" in job.traceback
-
-
-def test_engine_input_error_reaches_caller_unchanged():
-    constant = np.full((6, 32, 32), 7.0, dtype=np.float32)
-    job = jobs.start_job(constant, (1.0, 1.0, 1.0), plumbing_config())
+def test_a_bad_input_gives_the_workers_one_line_error():
+    constant = np.full((6, 32, 32), 7.0, dtype=np.float32)  # the engine refuses a constant volume
+    job = jobs.start_job(constant, (1.0, 1.0, 1.0), tiny_config())
     assert job.wait(60)
     assert job.poll() == jobs.FAILED
-    assert isinstance(job.error, InputError)
+    assert isinstance(job.error, InputError)  # exit code 2 -> InputError
+    message = str(job.error)
+    assert "\n" not in message and len(message) > 10
     assert job.traceback is None
 
 
-def test_progress_estimates_time_left():
-    def fn(volume, spacing, config, progress, cancel):
-        for step in range(0, 11):
-            progress("training", step, 10, 0.5 / (step + 1))
-            time.sleep(0.02)
-            if step == 5:
-                snapshot["p"] = job_box["job"].progress
-        return volume.astype(np.float32), {}
+def test_a_process_that_dies_without_a_message_is_reported(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'Segmentation fault (core dumped)' >&2\nexit 139\n")
+    fake.chmod(0o755)
+    if os.name == "nt":
+        pytest.skip("a shell script stands in for the interpreter")
+    job = jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), tiny_config(), python=str(fake))
+    assert job.wait(30)
+    assert job.poll() == jobs.FAILED
+    assert "exit status 139" in str(job.error) and "Segmentation fault" in str(job.error)
+    assert "Segmentation fault" in job.traceback
 
-    snapshot, job_box = {}, {}
-    job = jobs.DenoiseJob(smooth_noisy_volume(), (1.0, 1.0, 1.0), plumbing_config(), denoise_fn=fn)
-    job_box["job"] = job
-    job.start()
-    assert job.wait(10)
-    p = snapshot["p"]
-    assert (p.phase, p.step, p.total) == ("training", 5, 10)
-    assert p.remaining_s is not None and 0.0 < p.remaining_s < 5.0
-    assert p.fraction == pytest.approx(0.5)
-    assert "training 5/10" in p.describe() and "left" in p.describe()
+
+def test_an_interpreter_that_cannot_start_is_an_error_and_frees_the_slot(tmp_path):
+    with pytest.raises(NSN2NError, match="Could not start"):
+        jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), tiny_config(), python=str(tmp_path / "missing"))
+    assert jobs.active_job() is None
+
+
+def test_only_one_job_at_a_time_and_cancel_before_start():
+    first = jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), tiny_config(iterations=100000))
+    with pytest.raises(jobs.BusyError, match="already in progress"):
+        jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), tiny_config())
+    assert not first.wait(0.05)  # still running: wait() with a timeout says so
+    first.cancel()
+    assert first.wait(30)
+
+    pending = jobs.DenoiseJob(smooth_noisy_volume(), (1.0, 1.0, 1.0), tiny_config())
+    pending.cancel()
+    assert pending.poll() == jobs.CANCELLED and pending.finished
+    with pytest.raises(NSN2NError):
+        pending.start()
+
+
+def test_a_config_the_worker_cannot_receive_is_refused_before_anything_starts():
+    narrow = make_config("fast", network={"width": 8})
+    with pytest.raises(ConfigError, match="beyond the module's options"):
+        jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), narrow)
+    assert jobs.active_job() is None
+    args = jobs.worker_arguments(tiny_config(7))
+    assert args[args.index("--iterations") + 1] == "7" and args[args.index("--preset") + 1] == "fast"
+    parsed = worker.build_parser().parse_args([*args, "in.nrrd", "out.nrrd"])
+    assert to_config({k: v for k, v in vars(parsed).items() if k not in ("input", "output", "report")}) == tiny_config(7)
+
+
+class FakeJob(jobs.DenoiseJob):
+    """A job fed with the worker's stdout lines directly, to test the parsing and the time estimate."""
+
+    def __init__(self):
+        super().__init__(np.zeros((3, 4, 4)), (1.0, 1.0, 1.0), tiny_config())
+        self._state = jobs.RUNNING
+        self._start_time = time.monotonic()
+
+
+def test_progress_records_are_parsed_with_overall_fraction_device_and_time_left():
+    assert jobs.PROGRESS_PREFIX == worker.PROGRESS_PREFIX
+    job = FakeJob()
+    assert job.progress is None
+    job._on_stdout("<filter-start><filter-name>NSN2N Denoise</filter-name>"
+                   "<filter-comment>(8, 32, 32) voxels (K,J,I) on cpu</filter-comment></filter-start>")  # fmt: skip
+    job._start_time -= 30.0  # 30 s into the run ...
+    job._on_stdout('nsn2n-progress {"phase": "training", "step": 300, "total": 1500, "loss": 0.0021, '
+                   '"fraction": 0.25, "elapsed_s": 29.0}')  # fmt: skip
+    job._on_stdout("<filter-progress>0.2500</filter-progress>")
+    job._on_stdout("nsn2n-progress {not json")  # ignored, the last good record stays
+    p = job.progress
+    assert (p.phase, p.step, p.total, p.fraction, p.device) == ("training", 300, 1500, 0.25, "cpu")
+    assert p.loss == pytest.approx(0.0021)
+    assert p.remaining_s == pytest.approx(90.0, abs=1.0)  # ... a quarter done: 3 x 30 s left
+    assert p.describe() == "training 300/1500 on CPU, loss 0.0021, about 1 min 30 s left"
+    job._on_stdout('nsn2n-progress {"phase": "weights", "step": 1, "total": 1, "loss": null, "fraction": 0.01}')
+    assert job.progress.remaining_s is None  # too early to tell
+    job._on_stderr("nsn2n: warning: noise is correlated between slices")
+    job._on_stderr("nsn2n: error: The volume is constant.")
+    assert job.warnings == ["noise is correlated between slices"]
+    assert job._error_line == "The volume is constant."
 
 
 @pytest.mark.parametrize("seconds, text", [(4.4, "4 s"), (125, "2 min 05 s"), (3720, "1 h 02 min")])

@@ -1,10 +1,16 @@
-"""A background denoising job with no Qt: one ``threading.Thread`` runs :func:`NSN2NDenoiseLib.denoise`.
+"""A background denoising job with no Qt: the worker process (:mod:`.worker`) runs the engine.
 
-The thread gets a private numpy copy of the volume and plain numbers, and hands back numpy arrays and progress
-records under a lock. It never touches MRML, VTK or Qt: the caller (a Qt timer in the Slicer widget, a
-``wait()`` loop in scripts and tests) applies the result on its own thread. Torch kernels release the GIL, so
-training proceeds while the caller's thread keeps the GUI responsive; the Slicer widget also sleeps briefly in
-its timer callback so that the worker gets the GIL when the mouse is still (SLICER.md section 3.3).
+Why a process and not a thread: inside 3D Slicer the main thread holds Python's lock (the GIL) between GUI
+events, so a training thread in Slicer's own interpreter is starved (4.3 times slower, measured). A separate
+process trains at full speed whatever the main thread does, a cancel ends it (GPU memory included), and a crash
+in torch cannot take Slicer down.
+
+A job owns a temporary folder. :meth:`DenoiseJob.start` writes the volume there as NRRD and starts
+``python -m NSN2NDenoiseLib.worker input.nrrd output.nrrd --report report.json <option flags>``. One daemon
+thread per pipe does nothing but blocking ``readline()`` calls (which release the GIL) and stores the parsed
+progress records and error lines under a lock. :meth:`DenoiseJob.poll`, called from the caller's thread (a Qt
+timer in Slicer, :func:`wait` elsewhere), reads the result back when the process has ended and removes the
+folder, whatever the outcome.
 
 Only one job runs at a time in a process: training uses every core or the whole GPU, and two jobs would only
 slow each other down and double the memory. :func:`start_job` raises :class:`BusyError` while one is running.
@@ -12,17 +18,27 @@ slow each other down and double the memory. :func:`start_job` raises :class:`Bus
 
 from __future__ import annotations
 
+import atexit
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import CancelledError, DeviceError, InputError, NSN2NError
+from . import errors
+from .errors import CancelledError, ConfigError, DeviceError, InputError, NSN2NError
 
 PENDING = "pending"
 RUNNING = "running"
@@ -31,6 +47,27 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 FINISHED_STATES = (DONE, FAILED, CANCELLED)
 
+PROGRESS_PREFIX = "nsn2n-progress "
+"""Prefix of the worker's JSON progress lines (``worker.PROGRESS_PREFIX``; restated so that this module imports
+without the engine's dependencies, and checked equal by the tests)."""
+ERROR_PREFIX = "nsn2n: error: "
+WARNING_PREFIX = "nsn2n: warning: "
+
+KILL_GRACE_S = 5.0
+"""Seconds a cancelled worker gets to exit after SIGTERM before the whole process tree is killed."""
+REMAINING_MIN_FRACTION = 0.02
+"""Time left is estimated only once this share of the run is done; earlier it is mostly start-up time."""
+
+LIB_PARENT = str(Path(__file__).resolve().parent.parent)
+"""The folder holding ``NSN2NDenoiseLib``, prepended to the worker's PYTHONPATH."""
+
+_DEVICE_IN_START = re.compile(r"<filter-start>.*<filter-comment>.* on (\w+)</filter-comment>")
+_ERROR_TYPES = {
+    errors.EXIT_INPUT: InputError,
+    errors.EXIT_DEVICE: DeviceError,
+    errors.EXIT_CANCELLED: CancelledError,
+}
+
 
 class BusyError(NSN2NError):
     """Another denoising job is still running in this process."""
@@ -38,37 +75,41 @@ class BusyError(NSN2NError):
 
 @dataclass(frozen=True)
 class Progress:
-    """One progress record, as the engine last reported it.
+    """Where a run stands, from the worker's last progress record.
 
     Attributes
     ----------
     phase : str
-        'weights', 'training' or 'inference' (the engine's phases), or 'starting' before the first report.
+        'weights', 'training' or 'inference' (the engine's phases).
     step, total : int
         Steps done and steps in this phase (iterations in 'training').
     loss : float or None
-        Training loss of the last step, in normalised intensity units squared; None outside training.
+        Training loss of the last steps, in normalised intensity units squared; None outside training.
+    fraction : float
+        Share 0..1 of the whole run (all phases, weighed by the cost model) that is done.
     elapsed_s : float
-        Seconds since the job started.
+        Seconds since the job started its process.
     remaining_s : float or None
-        Estimated seconds left in the current phase, from the phase's rate so far; None until measurable.
+        Estimated seconds left, ``elapsed * (1 - f) / f`` at the last record, counted down since; None until
+        :data:`REMAINING_MIN_FRACTION` of the run is done.
+    device : str or None
+        'cpu' or 'cuda' as the worker announced it, or None before it did.
     """
 
     phase: str
     step: int
     total: int
     loss: float | None
+    fraction: float
     elapsed_s: float
     remaining_s: float | None
-
-    @property
-    def fraction(self) -> float:
-        """Fraction 0..1 of the current phase that is done."""
-        return min(1.0, self.step / self.total) if self.total > 0 else 0.0
+    device: str | None = None
 
     def describe(self) -> str:
-        """One human line, e.g. ``'training 120/1000, loss 0.00213, about 1 min 30 s left'``."""
+        """One human line, e.g. ``'training 300/1500 on CPU, loss 0.00213, about 2 min 05 s left'``."""
         text = f"{self.phase} {self.step}/{self.total}"
+        if self.device:
+            text += f" on {'GPU' if self.device == 'cuda' else self.device.upper()}"
         if self.loss is not None:
             text += f", loss {self.loss:.4g}"
         if self.remaining_s is not None:
@@ -86,117 +127,220 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
 
 
-def explain_error(exc: BaseException) -> NSN2NError:
-    """Turn any exception from a run into an NSN2N error whose message says what to change.
+def write_input(path: str | os.PathLike, volume: np.ndarray, spacing_kji) -> None:
+    """Write a K,J,I volume as an uncompressed NRRD file with the given K,J,I spacing (mm).
 
-    Engine errors pass through unchanged. CUDA out-of-memory (raised by torch as ``torch.OutOfMemoryError`` or
-    a ``RuntimeError`` mentioning 'out of memory') becomes a :class:`DeviceError`; host ``MemoryError`` an
-    :class:`InputError`; anything else an :class:`NSN2NError` naming the exception type.
+    Only the voxels and the spacing matter to the engine; the caller keeps the geometry. ``volume`` may be a view
+    (e.g. ``slicer.util.arrayFromVolume``): it is read once, here, and not kept.
     """
-    if isinstance(exc, NSN2NError):
-        return exc
-    text = str(exc)
-    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
-        return DeviceError(
-            "The GPU ran out of memory. Close other programs that use the GPU, choose the 'fast' preset or a "
-            "smaller patch or batch size, crop the volume, or choose CPU as the device."
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.asarray(volume))  # K,J,I array -> x=I, y=J, z=K image
+    image.SetSpacing(tuple(float(s) for s in reversed(tuple(spacing_kji))))
+    sitk.WriteImage(image, str(path), False)
+
+
+def read_output(path: str | os.PathLike) -> np.ndarray:
+    """The K,J,I float32 voxels of the worker's output file."""
+    import SimpleITK as sitk
+
+    return np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), dtype=np.float32)
+
+
+def _worker_supports_config_file() -> bool:
+    from . import worker
+
+    return "--config" in worker.build_parser()._option_string_actions
+
+
+def worker_arguments(config) -> list[str]:
+    """The worker's option flags that reproduce ``config``.
+
+    Configurations that the option table (:data:`options.OPTIONS`) cannot express, e.g. a narrower network for a
+    test, are refused with a :class:`ConfigError` naming the way out, rather than run silently with other values.
+    """
+    from .options import OPTIONS, from_config, to_config
+
+    values = from_config(config)
+    if to_config(values) != config:
+        raise ConfigError(
+            "This configuration sets fields beyond the module's options (preset, "
+            + ", ".join(o.name for o in OPTIONS[1:])
+            + "), which the worker process cannot receive yet; use those options instead."
         )
-    if isinstance(exc, MemoryError):
-        return InputError(
-            "Not enough computer memory (RAM) for this volume. Crop or resample the volume (Crop Volume module) "
-            "and try again."
-        )
-    return NSN2NError(f"Denoising failed with an unexpected error ({type(exc).__name__}: {text}).")
+    args: list[str] = []
+    for option in OPTIONS:
+        args += [option.flag, str(values[option.name])]
+    return args
 
 
-def _free_gpu_memory() -> None:
-    # Only if the engine has imported torch already: a job must not import torch by itself.
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-_active_lock = threading.Lock()
-_active_job: DenoiseJob | None = None
+def _kill_tree(process: subprocess.Popen, hard: bool) -> None:
+    """Signal the worker and everything it started (a Slicer launcher's child included)."""
+    if process.poll() is not None:
+        return
+    try:
+        if os.name == "nt":
+            # taskkill /T ends the whole tree; there is no gentle signal for a console-less child on Windows.
+            subprocess.run(
+                ["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False, timeout=30
+            )
+        else:
+            os.killpg(process.pid, signal.SIGKILL if hard else signal.SIGTERM)  # its own session: pgid == pid
+    except (ProcessLookupError, PermissionError, OSError, subprocess.SubprocessError):
+        pass  # already gone
 
 
 class DenoiseJob:
-    """One run of :func:`NSN2NDenoiseLib.denoise` in a background thread.
+    """One run of the worker process on one volume.
 
     Parameters
     ----------
     volume : numpy.ndarray
-        Volume in K,J,I order (slice, row, column), any real dtype. Copied at construction, so the caller may
-        change or free its array while the job runs.
+        Volume in K,J,I order (slice, row, column), any real dtype. Written to the job's folder by :meth:`start`
+        and not kept, so a view of a volume node's voxels is enough.
     spacing : tuple of 3 floats
         Voxel spacing in mm in the same K,J,I order.
     config : NSN2NConfig
-        The run's configuration (see ``config.py``).
-    denoise_fn : callable, optional
-        The function run in the thread, with :func:`NSN2NDenoiseLib.denoise`'s signature. Defaults to it;
-        imported only when the job starts, so that this module imports without torch.
+        The run's configuration; see :func:`worker_arguments` for what the worker can receive.
+    python : str, optional
+        The interpreter that runs the worker; ``sys.executable`` by default. Inside Slicer it must be
+        ``PythonSlicer`` (the Slicer module picks it), since ``sys.executable`` is Slicer itself there.
 
     Notes
     -----
-    Use :func:`start_job` to create and start a job, so that only one runs at a time. ``poll()``, ``progress``,
-    ``result`` and ``error`` may be read from any thread; nothing here needs Qt.
+    Use :func:`start_job` to create and start a job, so that only one runs at a time. ``progress``, ``error`` and
+    ``cancel()`` may be used from any thread; :meth:`poll` does the file work of a finished run, so call it from
+    one thread (the main thread in Slicer). Nothing here needs Qt.
     """
 
-    def __init__(self, volume: np.ndarray, spacing, config, denoise_fn: Callable | None = None):
-        self._volume = np.array(volume, copy=True)
+    def __init__(self, volume: np.ndarray, spacing, config, python: str | None = None):
+        self._volume: np.ndarray | None = volume
         self._spacing = tuple(float(s) for s in spacing)
         self.config = config
-        self._denoise_fn = denoise_fn
-        self._cancel_event = threading.Event()
-        self._lock = threading.Lock()
+        self.python = python or sys.executable
+        self._lock = threading.RLock()
         self._state = PENDING
-        self._progress: Progress | None = None
-        self._phase_start: tuple[str, float, int] | None = None
+        self._cancel_requested = False
+        self._process: subprocess.Popen | None = None
+        self._readers: list[threading.Thread] = []
+        self._folder: Path | None = None
+        self._record: dict[str, Any] | None = None
+        self._record_time = 0.0
+        self._device: str | None = None
+        self._error_line: str | None = None
+        self.warnings: list[str] = []
+        """The worker's warning lines (without the prefix)."""
+        self._log: collections.deque[str] = collections.deque(maxlen=40)
         self._result: np.ndarray | None = None
-        self._report: Any = None
+        self._report: dict[str, Any] | None = None
         self._error: NSN2NError | None = None
         self.traceback: str | None = None
-        """Full traceback text of an unexpected failure, for the log; None otherwise."""
+        """The worker's last stderr lines after an unexpected failure, for the log; None otherwise."""
+        self.returncode: int | None = None
+        """The worker's exit status once it has ended."""
         self._start_time: float | None = None
         self._end_time: float | None = None
-        self._thread: threading.Thread | None = None
 
     # -- control ---------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the worker thread. Prefer :func:`start_job`, which enforces one job at a time."""
+        """Write the input and start the worker. Prefer :func:`start_job`, which enforces one job at a time.
+
+        Raises
+        ------
+        ConfigError
+            If the configuration cannot be passed to the worker.
+        NSN2NError
+            If the job was started before, or the interpreter cannot be started.
+        """
         with self._lock:
             if self._state != PENDING:
                 raise NSN2NError("This job has already been started; create a new job to run again.")
+            args = worker_arguments(self.config)
+            self._folder = Path(tempfile.mkdtemp(prefix="nsn2n-"))
+            try:
+                write_input(self._folder / "input.nrrd", self._volume, self._spacing)
+                self._volume = None
+                command = [
+                    self.python, "-m", "NSN2NDenoiseLib.worker",
+                    str(self._folder / "input.nrrd"), str(self._folder / "output.nrrd"),
+                    "--report", str(self._folder / "report.json"), *args,
+                ]  # fmt: skip
+                env = dict(os.environ)
+                env["PYTHONPATH"] = os.pathsep.join(p for p in (LIB_PARENT, env.get("PYTHONPATH")) if p)
+                env["PYTHONUNBUFFERED"] = "1"
+                kwargs: dict[str, Any] = {}
+                if os.name == "nt":
+                    kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
+                else:
+                    kwargs["start_new_session"] = True  # its own process group: a cancel kills the whole tree
+                self._start_time = time.monotonic()
+                # Large buffers: when a reader thread gets the GIL it drains everything the pipe holds at once.
+                self._process = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    env=env, cwd=str(self._folder), bufsize=1 << 16, **kwargs,
+                )  # fmt: skip
+            except OSError as exc:
+                self._remove_folder()
+                raise NSN2NError(f"Could not start the denoising process with {self.python!r}: {exc}") from exc
+            except BaseException:
+                self._remove_folder()
+                raise
             self._state = RUNNING
-            self._start_time = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="NSN2N denoise", daemon=True)
-        self._thread.start()
+        for stream, handle in ((self._process.stdout, self._on_stdout), (self._process.stderr, self._on_stderr)):
+            reader = threading.Thread(target=self._read, args=(stream, handle), name="NSN2N pipe reader", daemon=True)
+            reader.start()
+            self._readers.append(reader)
 
     def cancel(self) -> None:
-        """Ask the run to stop; it does so at the engine's next iteration check. Returns at once."""
-        self._cancel_event.set()
+        """Stop the run: SIGTERM to the worker's process tree, SIGKILL after :data:`KILL_GRACE_S`. Returns at once."""
         with self._lock:
+            self._cancel_requested = True
             if self._state == PENDING:
                 self._state = CANCELLED
                 self._error = CancelledError("The run was cancelled before it started.")
+                self._volume = None
+                return
+            process = self._process
+        if process is None or process.poll() is not None:
+            return
+        _kill_tree(process, hard=False)
+        threading.Thread(target=self._reap, args=(process,), name="NSN2N reaper", daemon=True).start()
+
+    @staticmethod
+    def _reap(process: subprocess.Popen) -> None:
+        try:
+            process.wait(KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _kill_tree(process, hard=True)
 
     @property
     def cancel_requested(self) -> bool:
-        """True once :meth:`cancel` was called (the run may still be winding down)."""
-        return self._cancel_event.is_set()
+        """True once :meth:`cancel` was called (the process may still be winding down)."""
+        return self._cancel_requested
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run ends or ``timeout`` seconds pass; True when it has ended."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.finished
+    def wait(self, timeout: float | None = None, poll_interval: float = 0.1, callback: Callable | None = None) -> bool:
+        """Block until the run ends or ``timeout`` seconds pass; True when it has ended. See :func:`wait`."""
+        return wait(self, timeout, poll_interval, callback) in FINISHED_STATES
 
     # -- state -----------------------------------------------------------------------------------------------
 
     def poll(self) -> str:
-        """The state now: 'pending', 'running', 'done', 'failed' or 'cancelled'. Never blocks."""
+        """The state now: :data:`PENDING`, :data:`RUNNING`, :data:`DONE`, :data:`FAILED` or :data:`CANCELLED`.
+
+        When the process has just ended, reads its result and report back and removes the job's folder first.
+        """
         with self._lock:
+            state, process = self._state, self._process
+        if state != RUNNING or process.poll() is None:
+            return state
+        # The readers end at the pipes' EOF, right after the exit; the last error line must be in before we
+        # judge. Joined outside the lock, which the readers take for every line.
+        for reader in self._readers:
+            reader.join(5.0)
+        with self._lock:
+            if self._state == RUNNING:
+                self._finish()
             return self._state
 
     @property
@@ -206,9 +350,36 @@ class DenoiseJob:
 
     @property
     def progress(self) -> Progress | None:
-        """The latest :class:`Progress` record, or None before the engine's first report."""
+        """The latest :class:`Progress`, or None before the worker's first record."""
         with self._lock:
-            return self._progress
+            record, record_time, device = self._record, self._record_time, self._device
+        if record is None:
+            return None
+        now = self._end_time if self._end_time is not None else time.monotonic()
+        fraction = min(1.0, max(0.0, float(record.get("fraction") or 0.0)))
+        at_record = record_time - (self._start_time or record_time)
+        remaining = None
+        if fraction >= 1.0:
+            remaining = 0.0
+        elif fraction > REMAINING_MIN_FRACTION:
+            remaining = max(0.0, at_record * (1.0 - fraction) / fraction - (now - record_time))
+        loss = record.get("loss")
+        return Progress(
+            phase=str(record.get("phase", "")),
+            step=int(record.get("step", 0)),
+            total=int(record.get("total", 0)),
+            loss=None if loss is None else float(loss),
+            fraction=fraction,
+            elapsed_s=now - (self._start_time or now),
+            remaining_s=remaining,
+            device=device,
+        )
+
+    @property
+    def device(self) -> str | None:
+        """'cpu' or 'cuda' once the worker announced where it runs, else None."""
+        with self._lock:
+            return self._device
 
     @property
     def result(self) -> np.ndarray | None:
@@ -217,8 +388,8 @@ class DenoiseJob:
             return self._result
 
     @property
-    def report(self) -> Any:
-        """The engine's ``RunReport`` once the state is 'done', else None."""
+    def report(self) -> dict[str, Any] | None:
+        """The run report (``RunReport.to_dict()`` as the worker wrote it) once the state is 'done', else None."""
         with self._lock:
             return self._report
 
@@ -236,69 +407,145 @@ class DenoiseJob:
         end = self._end_time if self._end_time is not None else time.monotonic()
         return end - self._start_time
 
-    # -- worker thread ---------------------------------------------------------------------------------------
+    # -- pipe readers (daemon threads: blocking reads, a lock, nothing else) ---------------------------------
 
-    def _on_progress(self, phase: str, step: int, total: int, loss: float | None) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if self._phase_start is None or self._phase_start[0] != phase:
-                self._phase_start = (phase, now, step)
-            _, phase_t0, phase_step0 = self._phase_start
-            remaining = None
-            done_steps = step - phase_step0
-            if done_steps > 0 and total > step:
-                remaining = (now - phase_t0) / done_steps * (total - step)
-            elif total > 0 and step >= total:
-                remaining = 0.0
-            self._progress = Progress(
-                phase=str(phase),
-                step=int(step),
-                total=int(total),
-                loss=None if loss is None else float(loss),
-                elapsed_s=now - (self._start_time or now),
-                remaining_s=remaining,
-            )
-
-    def _run(self) -> None:
-        global _active_job
+    @staticmethod
+    def _read(stream, handle: Callable[[str], None]) -> None:
         try:
-            denoise_fn = self._denoise_fn
-            if denoise_fn is None:
-                from .api import denoise as denoise_fn
-            result, report = denoise_fn(
-                self._volume,
-                spacing=self._spacing,
-                config=self.config,
-                progress=self._on_progress,
-                cancel=self._cancel_event,
-            )
-            with self._lock:
-                if self._cancel_event.is_set():
-                    # Cancelled after the last check: honour the cancel, the caller expects no result.
-                    self._state = CANCELLED
-                    self._error = CancelledError("The run was cancelled.")
-                else:
-                    self._result = np.asarray(result, dtype=np.float32)
-                    self._report = report
-                    self._state = DONE
-        except CancelledError as exc:
-            with self._lock:
-                self._state = CANCELLED
-                self._error = exc
-        except BaseException as exc:  # every failure must reach the caller as a message, never kill the thread silently
-            error = explain_error(exc)
-            with self._lock:
-                self._state = FAILED
-                self._error = error
-                if not isinstance(exc, NSN2NError):
-                    self.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            for raw in iter(stream.readline, b""):
+                handle(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        except (OSError, ValueError):
+            pass  # the pipe was closed under us
         finally:
-            self._volume = None  # free the copy; the result is all that is needed now
-            _free_gpu_memory()
-            self._end_time = time.monotonic()
-            with _active_lock:
-                if _active_job is self:
-                    _active_job = None
+            stream.close()
+
+    def _on_stdout(self, line: str) -> None:
+        if line.startswith(PROGRESS_PREFIX):
+            try:
+                record = json.loads(line[len(PROGRESS_PREFIX) :])
+            except json.JSONDecodeError:
+                return
+            with self._lock:
+                self._record, self._record_time = record, time.monotonic()
+                if record.get("device"):
+                    self._device = str(record["device"]).split(":")[0]
+        elif line.startswith("<filter-start>"):
+            match = _DEVICE_IN_START.search(line)
+            if match:
+                with self._lock:
+                    self._device = match.group(1)
+
+    def _on_stderr(self, line: str) -> None:
+        with self._lock:
+            if line.startswith(ERROR_PREFIX):
+                self._error_line = line[len(ERROR_PREFIX) :]
+            elif line.startswith(WARNING_PREFIX):
+                self.warnings.append(line[len(WARNING_PREFIX) :])
+            elif line.strip():
+                self._log.append(line)
+
+    # -- the end of a run (the caller's thread, under the lock) ----------------------------------------------
+
+    def _finish(self) -> None:
+        self.returncode = code = self._process.returncode
+        self._end_time = time.monotonic()
+        try:
+            if self._cancel_requested:
+                self._state, self._error = CANCELLED, CancelledError("The run was cancelled; no result was kept.")
+            elif code == errors.EXIT_OK:
+                self._result = read_output(self._folder / "output.nrrd")
+                report_path = self._folder / "report.json"
+                self._report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+                self._state = DONE
+            else:
+                self._state, self._error = FAILED, self._worker_error(code)
+        except Exception as exc:  # noqa: BLE001 - a damaged output file is a failure with a message, not a crash
+            self._state, self._error = FAILED, NSN2NError(f"Reading the denoised volume back failed: {exc}")
+        finally:
+            self._remove_folder()
+            _release(self)
+
+    def _worker_error(self, code: int) -> NSN2NError:
+        if self._error_line is not None:
+            return _ERROR_TYPES.get(code, NSN2NError)(self._error_line)
+        # No error line: the process died (killed by the system for memory, a crash in a native library).
+        self.traceback = "\n".join(self._log) or None
+        last = self._log[-1] if self._log else "no message"
+        if code is not None and code < 0:
+            reason = f"it was ended by signal {-code}"
+            if -code == getattr(signal, "SIGKILL", 9):
+                reason += ", often the system stopping it for lack of memory. " + errors.OUT_OF_MEMORY_ADVICE
+            return NSN2NError(f"The denoising process stopped unexpectedly: {reason} (last output: {last}).")
+        return NSN2NError(f"The denoising process failed with exit status {code} (last output: {last}).")
+
+    def _remove_folder(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def _kill_now(self) -> None:
+        """At interpreter exit: end the process tree at once and remove the folder."""
+        if self._process is not None and self._process.poll() is None:
+            _kill_tree(self._process, hard=True)
+            try:
+                self._process.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass
+        self._remove_folder()
+
+
+def wait(job, timeout: float | None = None, poll_interval: float = 0.1, callback: Callable | None = None) -> str:
+    """The one wait loop of every front end: poll ``job`` until it ends or ``timeout`` seconds pass.
+
+    Parameters
+    ----------
+    job : DenoiseJob or MRMLDenoiseJob
+        Anything with ``poll()`` and ``cancel()``.
+    timeout : float, optional
+        Seconds; None waits until the end.
+    poll_interval : float
+        Seconds slept between polls (the sleep releases the GIL).
+    callback : callable(job), optional
+        Called after every poll while running, e.g. ``slicer.app.processEvents`` or a progress printer.
+
+    Returns
+    -------
+    str
+        The state at return.
+
+    Notes
+    -----
+    An exception while waiting (Ctrl+C in a console, an error in ``callback``) cancels the job, waits for its
+    process to end, then propagates: nothing is left running behind an interrupted call.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            state = job.poll()
+            if state in FINISHED_STATES or state == PENDING:
+                return state
+            if callback is not None:
+                callback(job)
+            if deadline is not None and time.monotonic() >= deadline:
+                return state
+            time.sleep(poll_interval if deadline is None else max(0.0, min(poll_interval, deadline - time.monotonic())))
+    except BaseException:
+        job.cancel()
+        end = time.monotonic() + KILL_GRACE_S + 10.0
+        while job.poll() not in FINISHED_STATES and time.monotonic() < end:
+            time.sleep(0.05)
+        raise
+
+
+_active_lock = threading.Lock()
+_active_job: DenoiseJob | None = None
+
+
+def _release(job: DenoiseJob) -> None:
+    global _active_job
+    with _active_lock:
+        if _active_job is job:
+            _active_job = None
 
 
 def active_job() -> DenoiseJob | None:
@@ -307,7 +554,7 @@ def active_job() -> DenoiseJob | None:
         return _active_job
 
 
-def start_job(volume: np.ndarray, spacing, config, denoise_fn: Callable | None = None) -> DenoiseJob:
+def start_job(volume: np.ndarray, spacing, config, python: str | None = None) -> DenoiseJob:
     """Create a :class:`DenoiseJob` and start it, unless another job is still running.
 
     Parameters are those of :class:`DenoiseJob`.
@@ -319,14 +566,25 @@ def start_job(volume: np.ndarray, spacing, config, denoise_fn: Callable | None =
     """
     global _active_job
     with _active_lock:
-        if _active_job is not None and not _active_job.finished:
+        previous = _active_job
+    if previous is not None and not previous.finished:  # poll() outside the lock: it may release itself
+        raise BusyError("A denoising run is already in progress. Wait for it to finish or cancel it first.")
+    job = DenoiseJob(volume, spacing, config, python=python)
+    with _active_lock:
+        if _active_job is not None and _active_job is not previous:
             raise BusyError("A denoising run is already in progress. Wait for it to finish or cancel it first.")
-        job = DenoiseJob(volume, spacing, config, denoise_fn=denoise_fn)
         _active_job = job
     try:
         job.start()
     except BaseException:
-        with _active_lock:
-            _active_job = None
+        _release(job)
         raise
     return job
+
+
+@atexit.register
+def _kill_active_job_at_exit() -> None:
+    # Closing Slicer (or a console) mid-run must not leave a training process or its folder behind.
+    job = active_job()
+    if job is not None:
+        job._kill_now()
