@@ -2,8 +2,8 @@
 
 Runs inside 3D Slicer and with the ``slicer-core`` package outside it. Every function takes the scene as a
 parameter, because ``slicer-core`` has no ``slicer.mrmlScene``. All scene changes happen on the thread that
-calls :meth:`MRMLDenoiseJob.poll` or :meth:`MRMLDenoiseJob.wait` (the main thread in Slicer); the background
-thread of :mod:`.jobs` only sees numpy arrays.
+calls :meth:`MRMLDenoiseJob.poll` or :meth:`MRMLDenoiseJob.wait` (the main thread in Slicer); the worker
+process of :mod:`.jobs` only sees the files the job writes and reads back.
 
 Axis order: ``slicer.util.arrayFromVolume`` gives arrays in K,J,I order (slice, row, column), while
 ``node.GetSpacing()`` is in I,J,K order; :func:`array_and_spacing` reverses the spacing so both are K,J,I.
@@ -16,16 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from .config import make_config
-from .errors import InputError, NSN2NError
-from .jobs import CANCELLED, DONE, FAILED, DenoiseJob, start_job
+from . import jobs
+from .errors import CancelledError, InputError, NSN2NError
+from .jobs import CANCELLED, DONE, FAILED, FINISHED_STATES
+from .options import to_config
 
 REPORT_ATTRIBUTE = "NSN2N.report"
 """Node attribute holding the run report as JSON (configuration, device, timings, loss curve, warnings)."""
 SOURCE_ATTRIBUTE = "NSN2N.sourceVolumeID"
 """Node attribute holding the MRML node ID of the input volume."""
-
-DEVICE_CHOICES = {"auto": "auto", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}
 
 
 def check_input_node(node) -> None:
@@ -63,7 +62,9 @@ def check_input_node(node) -> None:
 
 
 def array_and_spacing(node) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A private copy of the node's voxels in K,J,I order and the spacing in mm in the same K,J,I order.
+    """The node's voxels in K,J,I order, as a view (no copy), and the spacing in mm in the same K,J,I order.
+
+    The view is what :func:`~.jobs.write_input` needs: it is written to the job's file once and not kept.
 
     Raises
     ------
@@ -73,83 +74,40 @@ def array_and_spacing(node) -> tuple[np.ndarray, tuple[float, float, float]]:
     import slicer.util
 
     check_input_node(node)
-    voxels = np.array(slicer.util.arrayFromVolume(node), copy=True)
     spacing_ijk = node.GetSpacing()
-    return voxels, (float(spacing_ijk[2]), float(spacing_ijk[1]), float(spacing_ijk[0]))
+    return slicer.util.arrayFromVolume(node), (float(spacing_ijk[2]), float(spacing_ijk[1]), float(spacing_ijk[0]))
 
 
-# Section of the engine configuration and type of each optional module option (None keeps the preset's value).
-_OPTION_FIELDS: dict[str, tuple[str, type]] = {
-    "seed": ("training", int),
-    "threads": ("training", int),
-    "lambda_rc": ("loss", float),
-    "lambda_ic": ("loss", float),
-    "lambda_self": ("loss", float),
-    "energy_test": ("weights", bool),
-    "tta": ("inference", bool),
-    "safeguard": ("inference", bool),
-}
+DEVICE_ALIASES = {"gpu": "cuda"}
+"""Spellings accepted besides the engine's device names ('auto', 'cpu', 'cuda'), for console and batch users."""
 
 
-def build_config(
-    preset: str = "default",
-    iterations: int | None = None,
-    device: str = "auto",
-    slice_axis: str | None = None,
-    lambda_rc: float | None = None,
-    lambda_ic: float | None = None,
-    lambda_self: float | None = None,
-    energy_test: bool | None = None,
-    tta: bool | None = None,
-    safeguard: bool | None = None,
-    seed: int | None = None,
-    threads: int | None = None,
-):
-    """The engine configuration for the options the Slicer module exposes.
+def build_config(preset: str = "default", **options: Any):
+    """The engine configuration for option values of :data:`options.OPTIONS` (snake_case names).
 
     Parameters
     ----------
     preset : {'fast', 'default', 'best'}
-        Quality/time trade-off.
-    iterations : int, optional
-        Training iterations; None or 0 keeps the preset's.
-    device : {'auto', 'cpu', 'gpu', 'cuda'}
-        Case-insensitive; 'gpu' means CUDA.
-    slice_axis : {'auto', 'k', 'j', 'i'}, optional
-        Array axis (K,J,I order) the 2D network runs across; case-insensitive.
-    lambda_rc, lambda_ic, lambda_self, energy_test, tta, safeguard, seed, threads : optional
-        Engine options (see ``config.py``); None keeps the preset's value.
+        Quality/time trade-off; every option left out or None keeps this preset's value.
+    **options
+        ``iterations`` (0 also keeps the preset's), ``device`` ('auto', 'cpu', 'cuda'; 'gpu' means 'cuda';
+        any case), ``slice_axis`` (any case), ``seed``, ``threads``, ``tta``, ``lambda_self``, ``lambda_rc``,
+        ``lambda_ic``: see :data:`options.OPTIONS`.
 
     Raises
     ------
     ConfigError
-        For an unknown choice or a value out of bounds; the message names the field.
+        For an unknown option, an unknown choice or a value out of bounds; the message names the field.
     """
-    device_key = str(device).lower()
-    if device_key not in DEVICE_CHOICES:
-        raise InputError(f"Unknown device {device!r}: choose auto, CPU or GPU.")
-    overrides: dict[str, Any] = {"device": DEVICE_CHOICES[device_key]}
-    if slice_axis is not None:
-        overrides["slice_axis"] = str(slice_axis).lower()
-    sections: dict[str, dict[str, Any]] = {"training": {}, "loss": {}, "weights": {}, "inference": {}}
-    if iterations:
-        sections["training"]["iterations"] = int(iterations)
-    given = {
-        "seed": seed,
-        "threads": threads,
-        "lambda_rc": lambda_rc,
-        "lambda_ic": lambda_ic,
-        "lambda_self": lambda_self,
-        "energy_test": energy_test,
-        "tta": tta,
-        "safeguard": safeguard,
-    }
-    for name, value in given.items():
-        if value is not None:
-            section, cast = _OPTION_FIELDS[name]
-            sections[section][name] = cast(value)
-    overrides.update({name: values for name, values in sections.items() if values})
-    return make_config(str(preset).lower(), **overrides)
+    values = {name: value for name, value in options.items() if value is not None}
+    if values.get("iterations") == 0:
+        del values["iterations"]
+    for name in ("device", "slice_axis"):
+        if name in values:
+            values[name] = str(values[name]).lower()
+    if "device" in values:
+        values["device"] = DEVICE_ALIASES.get(values["device"], values["device"])
+    return to_config({"preset": str(preset).lower(), **values})
 
 
 def _report_dict(report) -> dict[str, Any]:
@@ -259,9 +217,10 @@ class MRMLDenoiseJob:
 
     The output node is created (or the given one overwritten) only when the result is ready, inside
     :meth:`poll` or :meth:`wait`, on the caller's thread. A cancelled or failed job changes nothing in the scene.
+    Removing the input node from the scene cancels the run (observed at once, and checked again in :meth:`poll`).
     """
 
-    def __init__(self, scene, input_node, job: DenoiseJob, output_node=None, output_name: str | None = None):
+    def __init__(self, scene, input_node, job, output_node=None, output_name: str | None = None):
         self.scene = scene
         self.input_node = input_node
         self.job = job
@@ -269,20 +228,29 @@ class MRMLDenoiseJob:
         """The output node, once :meth:`poll` returned 'done' (or the node given at start)."""
         self._output_name = output_name
         self._applied = False
-        self._apply_error = None
+        self._apply_error: NSN2NError | None = None
+        self._input_removed = False
+        self._observer = scene.AddObserver(scene.NodeRemovedEvent, self._on_node_removed)
+
+    def _on_node_removed(self, caller=None, event=None) -> None:
+        if not self._input_removed and not self.scene.IsNodePresent(self.input_node):
+            self._input_removed = True
+            self.job.cancel()
 
     def poll(self) -> str:
-        """The state: 'pending', 'running', 'done', 'failed' or 'cancelled'.
+        """The state: one of the :mod:`.jobs` states ('pending', 'running', 'done', 'failed', 'cancelled').
 
-        When the background run has just finished, writes the output node first (so call this from the thread
-        that owns the scene). A failure while writing makes the state 'failed'.
+        When the run has just finished, writes the output node first (so call this from the thread that owns
+        the scene). A failure while writing makes the state 'failed'.
         """
+        self._on_node_removed()
         state = self.job.poll()
+        if state in FINISHED_STATES and self._observer is not None:
+            self.scene.RemoveObserver(self._observer)
+            self._observer = None
         if state == DONE and not self._applied:
             self._applied = True
             try:
-                if not self.scene.IsNodePresent(self.input_node):
-                    raise NSN2NError("The input volume was removed from the scene while denoising; nothing written.")
                 if self.output_node is not None and not self.scene.IsNodePresent(self.output_node):
                     self.output_node = None  # the chosen output was deleted meanwhile: make a new one instead
                 self.output_node = write_output(
@@ -290,20 +258,19 @@ class MRMLDenoiseJob:
                 )
             except NSN2NError as exc:
                 self._apply_error = exc
-            except Exception as exc:  # report scene errors as messages, like the worker's
+            except Exception as exc:  # noqa: BLE001 - report scene errors as messages, like the worker's
                 self._apply_error = NSN2NError(f"Writing the denoised volume failed ({type(exc).__name__}: {exc}).")
         if state == DONE and self._apply_error is not None:
             return FAILED
         return state
 
     def cancel(self) -> None:
-        """Ask the run to stop; the scene stays as it was."""
+        """Stop the run; the scene stays as it was. Returns at once."""
         self.job.cancel()
 
-    def wait(self, timeout: float | None = None) -> str:
-        """Block until the run ends (or ``timeout`` seconds pass), then :meth:`poll`; returns the state."""
-        self.job.wait(timeout)
-        return self.poll()
+    def wait(self, timeout: float | None = None, poll_interval: float = 0.1, callback=None) -> str:
+        """Block until the run ends (or ``timeout`` seconds pass); returns the state. See :func:`.jobs.wait`."""
+        return jobs.wait(self, timeout, poll_interval, callback)
 
     @property
     def progress(self):
@@ -312,12 +279,17 @@ class MRMLDenoiseJob:
 
     @property
     def report(self):
-        """The engine's run report once done, else None."""
+        """The run report (a dict) once done, else None."""
         return self.job.report
 
     @property
     def error(self) -> NSN2NError | None:
         """Why the job failed or was cancelled, or None."""
+        if self._input_removed and self.job.poll() == CANCELLED:
+            return CancelledError(
+                f"The input volume '{self.input_node.GetName()}' was removed from the scene, so the run was "
+                "cancelled; nothing was written."
+            )
         return self._apply_error or self.job.error
 
     @property
@@ -333,20 +305,23 @@ class MRMLDenoiser:
     ----------
     scene : vtkMRMLScene
         ``slicer.mrmlScene`` in Slicer, or a ``vtkMRMLScene()`` with slicer-core.
+    python : str, optional
+        Interpreter of the worker process (see :class:`~.jobs.DenoiseJob`); ``sys.executable`` by default.
     """
 
-    def __init__(self, scene):
+    def __init__(self, scene, python: str | None = None):
         if scene is None:
             raise NSN2NError("A MRML scene is needed.")
         self.scene = scene
+        self.python = python
 
     def start(self, input_node, output_node=None, config=None, output_name: str | None = None, **options):
-        """Start denoising ``input_node`` in the background; returns an :class:`MRMLDenoiseJob` at once.
+        """Start denoising ``input_node`` in a worker process; returns an :class:`MRMLDenoiseJob` at once.
 
         Parameters
         ----------
         input_node : vtkMRMLScalarVolumeNode
-            Never modified.
+            Never modified; its voxels are written once to the job's folder before this returns.
         output_node : vtkMRMLScalarVolumeNode, optional
             Overwritten with the result when done; by default a new node "<input name> denoised".
         config : NSN2NConfig, optional
@@ -354,7 +329,7 @@ class MRMLDenoiser:
         output_name : str, optional
             Name of a newly created output node.
         **options
-            Passed to :func:`build_config` (preset, iterations, device, slice_axis, lambda_rc, ...).
+            Passed to :func:`build_config` (preset and the snake_case names of :data:`options.OPTIONS`).
 
         Raises
         ------
@@ -372,24 +347,16 @@ class MRMLDenoiser:
             raise InputError("The output volume must differ from the input volume; the input is never overwritten.")
         if config is None:
             config = build_config(**options)
-        job = start_job(voxels, spacing, config)
+        job = jobs.start_job(voxels, spacing, config, python=self.python)
         return MRMLDenoiseJob(self.scene, input_node, job, output_node=output_node, output_name=output_name)
 
     def process(self, input_node, output_node=None, config=None, output_name: str | None = None, **options):
         """Denoise and block until done; returns the output node.
 
         Same parameters as :meth:`start`. Raises the job's error (an :class:`NSN2NError` with a message saying
-        what to change, :class:`CancelledError` if cancelled from another thread).
+        what to change; :class:`CancelledError` if cancelled). Ctrl+C while waiting cancels the run.
         """
         mrml_job = self.start(input_node, output_node, config=config, output_name=output_name, **options)
-        try:
-            while not mrml_job.job.wait(0.2):  # short joins keep Ctrl+C working in a console
-                pass
-            state = mrml_job.poll()
-        except BaseException:
-            mrml_job.cancel()  # e.g. KeyboardInterrupt in a console: stop the thread too
-            mrml_job.job.wait()
-            raise
-        if state != DONE:
+        if mrml_job.wait() != DONE:
             raise mrml_job.error
         return mrml_job.output_node
