@@ -1,181 +1,75 @@
-"""Denoise one volume file with NSN2N in batch mode and save the result.
+"""Denoise one volume file in batch mode: a thin wrapper over the engine's worker (``NSN2NDenoiseLib.worker``),
+the code that the CLI module NSN2NDenoiseCLI runs.
 
 In 3D Slicer (no window)::
 
-    Slicer --no-main-window --python-script <module folder>/Scripts/nsn2n_batch.py --input IN --output OUT
+    Slicer --no-splash --no-main-window --python-script <module folder>/Scripts/nsn2n_batch.py \\
+        --input IN --output OUT [--preset fast|default|best] [--iterations N] [--device auto|cpu|cuda] ...
 
-With plain Python and the ``slicer-core`` package (no Slicer application)::
+With plain Python and the engine's dependencies (numpy, scipy, SimpleITK, torch)::
 
-    python nsn2n_batch.py --input IN --output OUT [--preset fast|default|best] [--iterations N] [--device auto|cpu|gpu]
+    python nsn2n_batch.py --input IN --output OUT [options]
 
-Any volume format that Slicer's volume archetype storage reads (NRRD, NIfTI, MetaImage, ...) is accepted; the
-output format follows the output file's extension. The output has the input's exact geometry. Exit status: 0 on
-success, 1 for a denoising or input error, 2 for bad arguments; errors are one line on stderr, progress goes to
-stderr. The script finds ``NSN2NDenoiseLib`` in the module folder above it.
+Every option other than ``--input`` and ``--output`` is the worker's (``--help`` lists them), with the same
+meaning as in the CLI module. The input is a volume file (NRRD, NIfTI, MetaImage) or a DICOM folder; the output
+format follows the output file's extension and the output has the input's geometry. Progress is printed on
+stdout in Slicer's CLI format; errors are one line on stderr; the exit status is that of
+``NSN2NDenoiseLib.errors.exit_code`` (0 ok, 1 unexpected, 2 bad input or options, 3 device, 130 cancelled).
+To denoise a folder of files from Slicer, loop over the CLI module instead (README, "Batch mode").
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
-import time
 
 MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def parse_args(argv):
+def worker_argv(argv: list[str]) -> list[str]:
+    """The worker's arguments: ``--input IN --output OUT`` become its positional INPUT OUTPUT; the rest pass on."""
+    from NSN2NDenoiseLib.options import OPTIONS
+
     parser = argparse.ArgumentParser(
         prog="nsn2n_batch.py",
         description="Denoise a CT or MRI volume file by NS-N2N self-supervised training on that volume.",
+        epilog="Other options (the CLI module's): "
+        + ", ".join(o.flag for o in OPTIONS)
+        + ", --report REPORT.json; python -m NSN2NDenoiseLib.worker --help describes them.",
     )
-    parser.add_argument("--input", required=True, help="input volume file (e.g. .nrrd, .nii.gz, .mha)")
+    parser.add_argument("--input", required=True, help="input volume file (e.g. .nrrd, .nii.gz, .mha) or DICOM folder")
     parser.add_argument("--output", required=True, help="output volume file; the format follows the extension")
-    parser.add_argument(
-        "--preset",
-        default="default",
-        choices=("fast", "default", "best"),
-        help="quality/time trade-off (default: %(default)s)",
-    )
-    parser.add_argument("--iterations", type=int, default=None, help="training iterations (default: the preset's)")
-    parser.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cpu", "gpu"),
-        help="'auto' uses a CUDA GPU when there is one (default: %(default)s)",
-    )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    return parser.parse_args(argv)
+    known, rest = parser.parse_known_args(argv)
+    return [*rest, known.input, known.output]
 
 
-def _scene():
-    import slicer
-
-    scene = getattr(slicer, "mrmlScene", None)
-    if scene is None:  # plain Python with slicer-core: no application, so make a scene
-        from slicer import vtkMRMLScene
-
-        scene = vtkMRMLScene()
-    return scene
-
-
-def _storage_node(scene, path):
-    from slicer import vtkMRMLVolumeArchetypeStorageNode
-
-    storage = vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(path)
-    scene.AddNode(storage)
-    return storage
-
-
-def load_volume(scene, path):
-    """Read a volume file into a new scalar volume node of ``scene``."""
-    from NSN2NDenoiseLib.errors import InputError
-
-    if not os.path.isfile(path):
-        raise InputError(f"Input file not found: {path}")
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", os.path.basename(path).split(".")[0])
-    storage = _storage_node(scene, path)
-    if not storage.ReadData(node):
-        raise InputError(f"Could not read a volume from {path}: unsupported format or damaged file.")
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    return node
-
-
-def save_volume(scene, node, path):
-    """Write ``node`` to ``path``; the format follows the extension."""
-    from NSN2NDenoiseLib.errors import NSN2NError
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise NSN2NError(f"Output folder does not exist: {folder}")
-    storage = _storage_node(scene, path)
-    if not storage.WriteData(node):
-        raise NSN2NError(f"Could not write {path}: check the extension (.nrrd, .nii.gz, .mha, ...) and permissions.")
-
-
-def _progress_printer(quiet):
-    last = {"t": 0.0, "phase": None}
-
-    def show(job):
-        progress = job.progress
-        if quiet or progress is None:
-            return
-        now = time.monotonic()
-        if progress.phase != last["phase"] or now - last["t"] >= 5.0:
-            last.update(t=now, phase=progress.phase)
-            print(f"NSN2N: {progress.describe()}", file=sys.stderr, flush=True)
-
-    return show
-
-
-def run(args) -> int:
+def main(argv: list[str] | None = None) -> int:
     if MODULE_DIR not in sys.path:
         sys.path.insert(0, MODULE_DIR)
-    import slicer
-
-    if getattr(slicer, "app", None) is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
-            print(
-                "error: PyTorch is not installed. Open the PyTorch Util module in Slicer to install it, "
-                "then run again.",
-                file=sys.stderr,
-            )
-            return 1
-
-    from NSN2NDenoiseLib.errors import NSN2NError
-    from NSN2NDenoiseLib.mrml import MRMLDenoiser
-
-    try:
-        scene = _scene()
-        input_node = load_volume(scene, args.input)
-        denoiser = MRMLDenoiser(scene)
-        job = denoiser.start(
-            input_node,
-            preset=args.preset,
-            iterations=args.iterations,
-            device=args.device,
-            threads=args.threads,
-            seed=args.seed,
-        )
-        show = _progress_printer(args.quiet)
-        try:
-            while not job.job.wait(0.5):
-                show(job)
-        except KeyboardInterrupt:
-            job.cancel()
-            job.job.wait()
-            print("error: interrupted; nothing was written.", file=sys.stderr)
-            return 130
-        state = job.poll()
-        if state != "done":
-            raise job.error
-        save_volume(scene, job.output_node, args.output)
-    except NSN2NError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if importlib.util.find_spec("torch") is None:
+        print("nsn2n: error: PyTorch is not installed: install it with Slicer's PyTorch Util module "
+              "(or pip install torch), then run again.", file=sys.stderr)  # fmt: skip
         return 1
-    if not args.quiet:
-        print(f"NSN2N: wrote {args.output} in {job.job.elapsed_s:.1f} s", file=sys.stderr)
-    return 0
+    from NSN2NDenoiseLib import worker
 
-
-def main(argv=None) -> int:
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = worker_argv(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse exits 2 on bad arguments and 0 on --help
         return int(exc.code or 0)
-    return run(args)
+    return worker.main(args)
 
 
 if __name__ == "__main__":
     status = main()
-    import slicer
+    try:
+        import slicer
 
-    if getattr(slicer, "app", None) is not None:
+        in_slicer = getattr(slicer, "app", None) is not None
+    except ImportError:
+        in_slicer = False
+    if in_slicer:
         slicer.util.exit(status)  # lets Slicer finish pending events, then exits with this status
     else:
         sys.exit(status)
