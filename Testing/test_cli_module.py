@@ -365,3 +365,21 @@ def test_sigterm_mid_run_leaves_no_output(noisy_nrrd):
     lines = process.stderr.read().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nsn2n: error:")
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no output, no temporary folder
+
+
+# -- the README's uses -----------------------------------------------------------------------------------------
+
+
+def test_readme_examples_use_the_module_and_parameter_names_slicer_gives():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```(?:python|bash)\n(.*?)```", readme, re.S) if "nsn2ndenoisecli" in b]
+    assert len(blocks) >= 2, "the console example and the batch folder loop"
+    assert SCRIPT.stem.lower() == "nsn2ndenoisecli"  # Slicer names the module after the script, in lower case
+    for block in blocks:
+        assert "slicer.cli.runSync(slicer.modules.nsn2ndenoisecli, None, params" in block
+        keys = set(re.findall(r"""["'](\w+)["']\s*:""", block))
+        assert {"inputVolume", "outputVolume"} <= keys <= set(BY_NAME)
+    listed = re.search(r"The other parameter names are (.*?)\.\n", readme, re.S)
+    assert listed, "README: the list of the other parameter names"
+    named = set(re.findall(r"`(\w+)`", listed.group(1)))
+    assert named | {"inputVolume", "outputVolume", "preset", "iterations", "device"} == set(BY_NAME)
