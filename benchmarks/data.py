@@ -83,8 +83,9 @@ def cranium_path() -> Path:
     raise DataMissingError("Cranium.inv3 not found: install it with `apt-get install -y invesalius-examples`.")
 
 
-def read_inv3(path: Path) -> tuple[np.ndarray, tuple[float, float, float], dict]:
-    """Read an InVesalius project (gzip tar of ``main.plist`` and a raw array).
+def read_inv3(path: Path, n_slices: int | None = None) -> tuple[np.ndarray, tuple[float, float, float], dict]:
+    """Read an InVesalius project (gzip tar of ``main.plist`` and a raw array): its first ``n_slices`` slices only
+    (all with None), so that slices reserved for independent evaluation are never read.
 
     Returns
     -------
@@ -99,8 +100,12 @@ def read_inv3(path: Path) -> tuple[np.ndarray, tuple[float, float, float], dict]
         members = {Path(m.name).name: m for m in tar.getmembers()}
         plist = plistlib.loads(tar.extractfile(members["main.plist"]).read())
         matrix = plist["matrix"]
-        raw = tar.extractfile(members[matrix["filename"]]).read()
-    volume = np.frombuffer(raw, dtype=np.dtype(matrix["dtype"])).reshape(matrix["shape"])
+        shape = list(matrix["shape"])
+        if n_slices is not None:
+            shape[0] = min(shape[0], n_slices)
+        dtype = np.dtype(matrix["dtype"])
+        raw = tar.extractfile(members[matrix["filename"]]).read(int(np.prod(shape)) * dtype.itemsize)
+    volume = np.frombuffer(raw, dtype=dtype).reshape(shape)
     sx, sy, sz = (float(s) for s in plist["spacing"])
     info = {k: v for k, v in plist.items() if isinstance(v, (str, int, float))}
     return volume, (sz, sy, sx), info
@@ -125,7 +130,7 @@ def load_cranium(first: int = 0, last: int = 47) -> Volume:
     The in-plane crop is applied later (after the projection-domain noise, which needs the whole slice).
     """
     path = cranium_path()
-    raw, spacing, info = read_inv3(path)
+    raw, spacing, info = read_inv3(path, n_slices=last + 1)
     data = raw[first : last + 1].astype(np.float32)
     crop = f"Cranium.inv3 slices {first}-{last} (K), all {data.shape[1]}x{data.shape[2]} in-plane"
     return Volume("cranium", data, spacing, "ct", crop, f"invesalius-examples: {path.name} ({info.get('name')})")

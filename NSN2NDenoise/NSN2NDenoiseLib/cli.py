@@ -1,8 +1,9 @@
 """The ``nsn2n`` command line: ``nsn2n denoise INPUT OUTPUT`` and ``nsn2n demo OUTDIR``.
 
 A front end of :func:`NSN2NDenoiseLib.denoise`: files in and out through :mod:`volume_io`, progress as a tqdm bar
-on stderr, errors as one line on stderr with a non-zero exit code (2 for bad input or options, 3 for device
-problems, 130 when interrupted).
+on stderr, errors as one line on stderr with the exit code of :func:`errors.exit_code` (2 for bad input or
+options, 3 for device or memory problems, 130 when interrupted, 1 for an unexpected error). The flags come from
+the one table of options, :data:`options.OPTIONS`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from pathlib import Path
 
 from . import __version__
 from .api import denoise
-from .config import DEVICES, PRESETS, make_config
-from .errors import CancelledError, ConfigError, DeviceError, InputError, NSN2NError
-
-_AXES = {"auto": "auto", "k": "k", "j": "j", "i": "i"}
+from .errors import CancelledError, InputError, exit_code, explain
+from .options import BY_NAME, OPTIONS, to_config
 
 
 class _Progress:
@@ -47,31 +46,22 @@ class _Progress:
             self.bar = None
 
 
-def _add_run_options(p: argparse.ArgumentParser, iterations_help: str) -> None:
-    p.add_argument(
-        "--preset",
-        choices=PRESETS,
-        default="default",
-        help="quality/time trade-off: 'fast' (under a minute on 2 CPU cores for 48x256x256), 'default', "
-        "or 'best' (meant for a GPU). Default: %(default)s.",
-    )
-    p.add_argument("--iterations", type=int, metavar="N", help=iterations_help)
-    p.add_argument(
-        "--device",
-        choices=DEVICES,
-        default="auto",
-        help="where to train: 'auto' uses a CUDA GPU when one is available, else the CPU. Default: %(default)s.",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, metavar="S", help="random seed; the same seed repeats a run. Default: 0."
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        metavar="T",
-        help="CPU threads for training (0: PyTorch's choice). On a busy machine 1 can be faster. Default: 0.",
-    )
+def _add_run_options(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """One flag per option of :data:`options.OPTIONS` named in ``names``; defaults None keep the preset's."""
+    for option in OPTIONS:
+        if option.name not in names:
+            continue
+        kwargs = {"type": option.type, "default": None, "help": f"{option.help} Default: the preset's value."}
+        if option.name == "preset":
+            kwargs["help"] = (
+                "quality/time trade-off: 'fast' (about 2 minutes for a 512x512x300 CT on 2 CPU cores), 'default', "
+                "or 'best' (meant for a GPU). Default: default."
+            )
+        if option.choices:
+            kwargs["choices"] = option.choices
+        if option.type in (int, float):
+            kwargs["metavar"] = option.name.upper().replace("_", "-")
+        p.add_argument(option.flag, dest=option.name, **kwargs)
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line.")
 
 
@@ -94,14 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("input", help="input volume: .nrrd, .nhdr, .nii, .nii.gz, .mha, .mhd, or a DICOM series folder")
     d.add_argument("output", help="output file: .nrrd, .nhdr, .nii, .nii.gz, .mha or .mhd")
-    _add_run_options(d, "training iterations (the main quality/time knob); default: the preset's value.")
-    d.add_argument(
-        "--slice-axis",
-        choices=tuple(_AXES),
-        default="auto",
-        help="array axis of the slices: k (the file's third axis, usually the acquisition axis), j, i, or auto "
-        "(the axis of largest spacing when the volume is clearly anisotropic, else k). Default: %(default)s.",
-    )
+    _add_run_options(d, tuple(BY_NAME))
     d.add_argument("--report", metavar="REPORT.json", help="write the run report (configuration, times, loss) as JSON.")
 
     m = sub.add_parser(
@@ -112,22 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         "PSNR before and after.",
     )
     m.add_argument("outdir", help="folder for the demo's files (created if missing)")
-    _add_run_options(m, "training iterations; default: the preset's value.")
+    _add_run_options(m, ("preset", "iterations", "device", "seed", "threads"))
     return parser
 
 
-def _config(args: argparse.Namespace, slice_axis: str):
-    training = {"seed": args.seed, "threads": args.threads}
-    if args.iterations is not None:
-        training["iterations"] = args.iterations
-    return make_config(args.preset, device=args.device, slice_axis=slice_axis, training=training)
+def _config(args: argparse.Namespace, **fixed):
+    return to_config({**{name: getattr(args, name, None) for name in BY_NAME}, **fixed})
 
 
 def _run_denoise(args: argparse.Namespace) -> int:
-    from .volume_io import check_output_path, read_volume, write_volume
+    from .volume_io import check_output_path, check_paths_differ, read_volume, write_volume
 
-    cfg = _config(args, _AXES[args.slice_axis])
+    cfg = _config(args)
     out_path = check_output_path(args.output)  # fail before training, not after
+    check_paths_differ(args.input, out_path)
     if args.report:
         check_output_path_json(args.report)
     loaded = read_volume(args.input)
@@ -166,7 +147,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    cfg = _config(args, "k")
+    cfg = _config(args, slice_axis="k")
     clean = make_phantom((32, 128, 128), seed=args.seed)
     noisy = add_inplane_correlated_noise(clean, sigma=60.0, correlation_px=1.0, seed=args.seed + 1)
     reference = sitk.GetImageFromArray(noisy)
@@ -217,18 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "denoise":
             return _run_denoise(args)
         return _run_demo(args)
-    except (InputError, ConfigError) as exc:
-        print(f"nsn2n: error: {exc}", file=sys.stderr)
-        return 2
-    except DeviceError as exc:
-        print(f"nsn2n: error: {exc}", file=sys.stderr)
-        return 3
-    except (CancelledError, KeyboardInterrupt):
-        print("nsn2n: interrupted; no output was written.", file=sys.stderr)
-        return 130
-    except NSN2NError as exc:  # pragma: no cover - every engine error has a subclass above
-        print(f"nsn2n: error: {exc}", file=sys.stderr)
-        return 1
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every error becomes one line and a code
+        err = explain(exc)
+        if isinstance(err, CancelledError):
+            print("nsn2n: interrupted; no output was written.", file=sys.stderr)
+        else:
+            print(f"nsn2n: error: {err}", file=sys.stderr)
+        return exit_code(err)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,7 +57,7 @@ def interslice_correlation(a: torch.Tensor, b: torch.Tensor, flat_share: float =
     out = []
     for k in range(a.shape[0]):
         values = g[k][body[k]].float()
-        flat = body[k] & (g[k] <= torch.quantile(values, flat_share))
+        flat = body[k] & (g[k] <= values.kthvalue(max(1, int(flat_share * values.numel()))).values)
         x = ra[k][flat] - ra[k][flat].mean()
         y = rb[k][flat] - rb[k][flat].mean()
         denom = ((x * x).sum() * (y * y).sum()).sqrt()

@@ -33,13 +33,23 @@ its noise variance is 17/18 of one slice's."""
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, H, W) images, reflect padding, truncated at 3 sigma."""
+    """Separable Gaussian blur of (B, H, W) images, reflect padding (the edge pixel not repeated), truncated at
+    3 sigma. On the CPU through SciPy's 1D filters, 10x faster than torch's convolution of one
+    channel; on a GPU through torch. Both give the same values (up to float rounding)."""
     radius = max(1, int(math.ceil(3.0 * sigma)))
+    small = radius >= min(images.shape[-2:])
+    if images.device.type == "cpu":
+        from scipy import ndimage
+
+        mode = "nearest" if small else "mirror"  # scipy's 'mirror' is torch's 'reflect'
+        out = ndimage.gaussian_filter1d(images.numpy(), sigma, axis=1, mode=mode, truncate=radius / sigma)
+        out = ndimage.gaussian_filter1d(out, sigma, axis=2, mode=mode, truncate=radius / sigma, output=out)
+        return torch.from_numpy(out)
     coords = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
     kernel = (kernel / kernel.sum()).to(images.dtype)
     x = images.unsqueeze(1)
-    mode = "reflect" if radius < min(images.shape[-2:]) else "replicate"
+    mode = "replicate" if small else "reflect"
     x = F.pad(x, (radius, radius, 0, 0), mode=mode)
     x = F.conv2d(x, kernel.view(1, 1, 1, -1))
     x = F.pad(x, (0, 0, radius, radius), mode=mode)
@@ -65,8 +75,15 @@ def body_mask(low_passed: torch.Tensor) -> torch.Tensor:
     return body | small.view(-1, 1, 1)
 
 
+MEDIAN_PIXELS = 2**16
+"""Medians of larger images are taken on every second row and column: a 512x512 slice still gives 65536 values,
+and the median costs a quarter (images up to 256x256 are exact)."""
+
+
 def masked_median(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,) median of each image of ``values`` (B, H, W) over its ``mask``."""
+    """(B,) median of each image of ``values`` (B, H, W) over its ``mask`` (see :data:`MEDIAN_PIXELS`)."""
+    if values.shape[-1] * values.shape[-2] > MEDIAN_PIXELS:
+        values, mask = values[:, ::2, ::2], mask[:, ::2, ::2]
     return torch.where(mask, values, torch.nan).flatten(1).nanmedian(dim=1).values
 
 
