@@ -31,19 +31,23 @@ FILES = sorted(
 GRAMMARS = sorted({MINIMUM_PYTHON} | {version[:2] for version in EMBEDDED_PYTHON.values()})
 
 
+def dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
+
+
 def test_the_files_checked_include_every_front_end():
     names = {path.name for path in FILES}
     assert {"NSN2NDenoise.py", "worker.py", "options.py", "nsn2n_batch.py", "NSN2NDenoiseCLI.py"} <= names
 
 
-@pytest.mark.parametrize("grammar", GRAMMARS, ids=lambda v: "py%d.%d" % v)
+@pytest.mark.parametrize("grammar", GRAMMARS, ids=lambda v: "py" + dotted(v))
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_file_parses_with_the_grammar(path, grammar):
     source = path.read_text(encoding="utf-8")
     try:
         ast.parse(source, filename=str(path), feature_version=grammar)
     except SyntaxError as exc:
-        pytest.fail(f"{path.relative_to(ROOT)}:{exc.lineno}: not Python {grammar[0]}.{grammar[1]} syntax: {exc.msg}")
+        pytest.fail(f"{path.relative_to(ROOT)}:{exc.lineno}: not Python {dotted(grammar)} syntax: {exc.msg}")
 
 
 def test_the_grammar_check_refuses_newer_syntax():
@@ -58,8 +62,8 @@ def test_the_grammar_check_refuses_newer_syntax():
 
 def test_packaging_and_lint_target_the_minimum_python():
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    assert re.search(r'^requires-python = ">=%d\.%d"' % MINIMUM_PYTHON, text, re.M)
-    assert re.search(r'^target-version = "py%d%d"' % MINIMUM_PYTHON, text, re.M)
+    assert f'requires-python = ">={dotted(MINIMUM_PYTHON)}"' in text
+    assert 'target-version = "py{}{}"'.format(*MINIMUM_PYTHON) in text
 
 
 def test_readme_states_the_supported_slicer_versions_and_their_python():
@@ -67,5 +71,5 @@ def test_readme_states_the_supported_slicer_versions_and_their_python():
     for slicer, python in EMBEDDED_PYTHON.items():
         row = re.search(rf"^\|\s*{re.escape(slicer)}\s*\|\s*([\d.]+)\s*\|", readme, re.M)
         assert row, f"README: no row for Slicer {slicer} in the supported versions table"
-        assert row.group(1) == "%d.%d.%d" % python, f"README: Slicer {slicer} embeds Python {python}"
-    assert "Python %d.%d" % MINIMUM_PYTHON in readme
+        assert row.group(1) == dotted(python), f"README: Slicer {slicer} embeds Python {python}"
+    assert f"Python {dotted(MINIMUM_PYTHON)}" in readme
