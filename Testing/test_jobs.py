@@ -151,7 +151,8 @@ def test_a_config_the_worker_cannot_receive_is_refused_before_anything_starts():
     args = jobs.worker_arguments(tiny_config(7))
     assert args[args.index("--iterations") + 1] == "7" and args[args.index("--preset") + 1] == "fast"
     parsed = worker.build_parser().parse_args([*args, "in.nrrd", "out.nrrd"])
-    assert to_config({k: v for k, v in vars(parsed).items() if k not in ("input", "output", "report")}) == tiny_config(7)
+    values = {k: v for k, v in vars(parsed).items() if k not in ("input", "output", "report")}
+    assert to_config(values) == tiny_config(7)
 
 
 class FakeJob(jobs.DenoiseJob):
