@@ -159,11 +159,13 @@ def train_network(
     device: torch.device,
     progress: ProgressFn | None = None,
     is_cancelled: CancelFn | None = None,
+    sampler: PatchSampler | None = None,
 ) -> tuple[UNet2D, list[tuple[int, float]]]:
     """Train a fresh network by NS-N2N on ``source`` (N >= 3 slices) with the maps ``targets``.
 
     Returns the trained network (in eval mode, on ``device``) and the loss curve as (iteration, mean total loss
-    over the last :data:`LOG_EVERY` iterations).
+    over the last :data:`LOG_EVERY` iterations). ``sampler`` replaces the :class:`PatchSampler` built from
+    ``source``, ``targets`` and ``cfg.training`` (the benchmarks' oracle rows pass one with clean targets).
 
     Raises
     ------
@@ -182,7 +184,8 @@ def train_network(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     need_next = lcfg.lambda_rc > 0 or lcfg.lambda_ic > 0
-    sampler = PatchSampler(source, targets, tcfg.patch_size, tcfg.batch_size, tcfg.seed, need_next, device)
+    if sampler is None:
+        sampler = PatchSampler(source, targets, tcfg.patch_size, tcfg.batch_size, tcfg.seed, need_next, device)
     bf16 = tcfg.mixed_precision and device.type == "cuda"
     curve: list[tuple[int, float]] = []
     running: torch.Tensor | float = 0.0
