@@ -1,17 +1,22 @@
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from NSN2NDenoiseLib import make_config
+from NSN2NDenoiseLib import CancelledError, make_config, training
+from NSN2NDenoiseLib.normalization import IntensityMap, NormalizedSlices
 from NSN2NDenoiseLib.training import (
+    Batch,
     PatchSampler,
-    context_input,
     dihedral,
-    either_target,
     inverse_dihedral,
     target_ramp,
     train_network,
 )
-from NSN2NDenoiseLib.weights import interpolation_offset
+from NSN2NDenoiseLib.weights import TrainingTargets, compute_targets
+
+CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("k", range(8))
@@ -20,78 +25,95 @@ def test_dihedral_is_inverted_exactly(k):
     assert torch.equal(inverse_dihedral(dihedral(x, k), k), x)
 
 
-def test_eight_dihedral_transforms_are_distinct():
+def test_eight_dihedral_transforms_are_distinct_and_start_with_the_identity():
     x = torch.arange(9, dtype=torch.float32).view(1, 3, 3)
     assert len({tuple(dihedral(x, k).flatten().tolist()) for k in range(8)}) == 8
+    assert torch.equal(dihedral(x, 0), x)
+    assert torch.equal(dihedral(x, 4), x.flip(-1))
+    assert torch.equal(dihedral(x, 1), torch.rot90(x, 1, dims=(-2, -1)))
 
 
-def test_either_target_picks_matching_neighbours_pixel_by_pixel():
-    one = torch.ones(1, 1, 1, 4)
-    x_prev, x_next = 2.0 * one, 4.0 * one
-    w_prev = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, 1, 1, 4)
-    w_next = torch.tensor([1.0, 0.0, 1.0, 0.0]).view(1, 1, 1, 4)
-    w_three = torch.zeros_like(one)
-    target, weights = either_target(x_prev, x_next, w_prev, w_next, w_three)
-    # both match: mean; only previous: previous; only next: next; none: weight 0 (left to the self term)
-    assert target.flatten().tolist()[:3] == [3.0, 2.0, 4.0]
-    assert weights.flatten().tolist() == [1.0, 1.0, 1.0, 0.0]
-    w_three[..., 3] = 1.0  # the 3-slice test passes where no single neighbour does: the mean
-    target, weights = either_target(x_prev, x_next, w_prev, w_next, w_three)
-    assert target.flatten()[3] == 3.0 and weights.flatten()[3] == 1.0
+def _np_dihedral(a: np.ndarray, k: int) -> np.ndarray:
+    if k >= 4:
+        a = a[..., ::-1]
+    return np.rot90(a, k % 4, axes=(-2, -1))
 
 
-def test_sampler_keeps_slices_and_weights_aligned():
-    n, h, w = 6, 16, 16
-    slices = torch.arange(n, dtype=torch.float32).view(n, 1, 1).expand(n, h, w).contiguous()
-    weights = 10 + torch.arange(n - 1, dtype=torch.float32).view(n - 1, 1, 1).expand(n - 1, h, w).contiguous()
-    extra = 100 + torch.arange(n - 2, dtype=torch.float32).view(n - 2, 1, 1).expand(n - 2, h, w).contiguous()
-    sampler = PatchSampler(slices, weights, 3, patch=8, batch=16, seed=0, extra=extra)
-    xs, ws = sampler.sample()
-    assert xs.shape == (16, 3, 8, 8) and ws.shape == (16, 3, 8, 8)
-    i = xs[:, 0, 0, 0]
-    assert torch.equal(xs[:, 1, 0, 0], i + 1) and torch.equal(xs[:, 2, 0, 0], i + 2)
-    assert torch.equal(ws[:, 0, 0, 0], 10 + i) and torch.equal(ws[:, 1, 0, 0], 11 + i)
-    assert torch.equal(ws[:, 2, 0, 0], 100 + i)
-
-
-@pytest.mark.parametrize("target", ["pair", "three_slice", "either", "cubic", "quintic"])
-def test_training_lowers_the_loss(target):
-    torch.manual_seed(0)
-    clean = torch.linspace(0, 1, 32).view(1, 1, 32).expand(8, 32, 32)
-    slices = (clean + 0.1 * torch.randn(8, 32, 32)).contiguous()
-    cfg = make_config("fast", training={"iterations": 60, "batch_size": 4, "patch_size": 16}, loss={"target": target})
-    extra = {}
-    if target in ("cubic", "quintic"):
-        offset = interpolation_offset(slices, 4 if target == "cubic" else 6)
-        extra = {"target_weights": torch.ones(6, 32, 32), "target_offset": offset}
-    _, curve = train_network(slices, torch.ones(7, 32, 32), cfg, **extra)
-    assert curve[-1][1] < curve[0][1]
-
-
-def test_context_input_mirrors_missing_slices():
-    slices = torch.arange(6, dtype=torch.float32).view(6, 1, 1).expand(6, 2, 2)
-    x = context_input(slices, slice(0, 6), 1)
-    assert x.shape == (6, 3, 2, 2)
-    assert x[:, :, 0, 0].tolist() == [[2, 0, 2], [3, 1, 3], [0, 2, 4], [1, 3, 5], [2, 4, 2], [3, 5, 3]]
-    assert context_input(slices, slice(1, 3), 0).shape == (2, 1, 2, 2)
-
-
-def test_training_with_context_slices_feeds_the_centre_slice_through():
-    """With context the residual network starts as the identity of the centre slice and trains."""
-    torch.manual_seed(0)
-    clean = torch.linspace(0, 1, 32).view(1, 1, 32).expand(8, 32, 32)
-    slices = (clean + 0.1 * torch.randn(8, 32, 32)).contiguous()
-    cfg = make_config(
-        "fast",
-        training={"iterations": 40, "batch_size": 4, "patch_size": 16},
-        network={"context_slices": 1},
-        loss={"target": "three_slice"},
+def _random_problem(n=7, h=12, w=14, seed=0, pairs=True):
+    """Slices that differ from each other and are not spatially constant; maps of independent random bits."""
+    rng = np.random.default_rng(seed)
+    vol = rng.normal(100.0, 30.0, (n, h, w)).astype(np.float32)
+    imap = IntensityMap(offset=50.0, scale=200.0)
+    targets = TrainingTargets(
+        weights=rng.integers(0, 2, (n, h, w), dtype=np.uint8),
+        keep=rng.integers(0, 2, (n, h, w), dtype=np.uint8),
+        pair_weights=rng.integers(0, 2, (n - 1, h, w), dtype=np.uint8) if pairs else None,
+        matched_fraction=0.5,
+        matched_per_slice=[0.5] * (n - 2),
     )
-    net, curve = train_network(slices, torch.ones(7, 32, 32), cfg, target_weights=torch.ones(6, 32, 32))
-    assert curve[-1][1] < curve[0][1]
-    fresh = type(net)(3, 1, depth=cfg.network.depth, width=cfg.network.width)
-    x = context_input(slices, slice(0, 8), 1)
-    assert torch.equal(fresh(x), x[:, 1:2])
+    return vol, imap, targets
+
+
+@pytest.mark.parametrize("ramp", [1.0, 0.3])
+def test_sampler_batch_equals_values_computed_by_hand(ramp):
+    """Every field of a Batch against its definition, crop and flip/rotation computed here from the draws of the
+    same seed: catches crossed fields (x/target, weights/keep), maps not rotated with their slices, and wrong
+    neighbours in the target."""
+    vol, imap, targets = _random_problem()
+    n, h, w = vol.shape
+    p, b, seed = 8, 24, 5
+    sampler = PatchSampler(NormalizedSlices(vol, 0, imap), targets, p, b, seed, need_next=True)
+    batch = sampler.sample(ramp)
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(1, n - 1, b)
+    ys, xs, ks = rng.integers(0, h - p + 1, b), rng.integers(0, w - p + 1, b), rng.integers(0, 8, b)
+    assert len(set(ks.tolist())) > 4 and {1, n - 2} <= set(centres.tolist())
+    norm = ((vol.astype(np.float64) - imap.offset) / imap.scale).astype(np.float64)
+    for field in ("x", "target", "weights", "keep", "x_next", "pair_weights"):
+        value = getattr(batch, field)
+        assert value.shape == (b, 1, p, p) and value.dtype == torch.float32, field
+    for j, (i, y, x, k) in enumerate(zip(centres, ys, xs, ks, strict=True)):
+
+        def crop(a, i=i, y=y, x=x, k=k):
+            return _np_dihedral(a[i, y : y + p, x : x + p].astype(np.float64), k)
+
+        m1 = 0.5 * (norm[i - 1] + norm[i + 1])
+        if 2 <= i <= n - 3:
+            cubic = 4.0 / 3.0 * m1 - 1.0 / 3.0 * (0.5 * (norm[i - 2] + norm[i + 2]))
+            target = m1 + ramp * (cubic - m1)
+        else:
+            target = m1
+        expected = {
+            "x": crop(norm),
+            "target": crop(target[None], i=0),
+            "weights": crop(targets.weights),
+            "keep": crop(targets.keep),
+            "x_next": crop(norm, i=i + 1),
+            "pair_weights": crop(targets.pair_weights),
+        }
+        for field, value in expected.items():
+            got = getattr(batch, field)[j, 0].numpy()
+            assert np.allclose(got, value, atol=1e-5), (field, j, int(i), int(k))
+
+
+def test_sampler_without_next_slice_and_without_pair_maps():
+    vol, imap, targets = _random_problem(pairs=False)
+    src = NormalizedSlices(vol, 0, imap)
+    batch = PatchSampler(src, targets, 8, 3, 0).sample()
+    assert batch.x_next is None and batch.pair_weights is None
+    batch = PatchSampler(src, targets, 8, 3, 0, need_next=True).sample()
+    assert batch.x_next is not None and batch.pair_weights is None
+
+
+def test_sampler_clips_the_patch_to_the_slice_and_repeats_with_its_seed():
+    vol, imap, targets = _random_problem(h=10, w=13)
+    src = NormalizedSlices(vol, 0, imap)
+    a = PatchSampler(src, targets, 64, 4, 3).sample()
+    assert a.x.shape == (4, 1, 10, 10)
+    b = PatchSampler(src, targets, 64, 4, 3).sample()
+    assert torch.equal(a.x, b.x) and torch.equal(a.weights, b.weights)
+    c = PatchSampler(src, targets, 64, 4, 4).sample()
+    assert not torch.equal(a.x, c.x)
 
 
 def test_target_ramp_moves_from_mean_to_interpolation():
@@ -99,3 +121,133 @@ def test_target_ramp_moves_from_mean_to_interpolation():
     assert target_ramp(100, 1000, 0.2) == pytest.approx(0.5)
     assert target_ramp(200, 1000, 0.2) == 1.0 and target_ramp(900, 1000, 0.2) == 1.0
     assert target_ramp(1, 1000, 0.0) == 1.0
+
+
+def _smooth_volume(n=8, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    clean = np.stack([0.5 + 0.3 * np.sin(5 * yy + 0.2 * k) * np.cos(4 * xx) for k in range(n)])
+    return (clean + 0.1 * rng.standard_normal(clean.shape)).astype(np.float32)
+
+
+def _problem(cfg, vol=None):
+    vol = _smooth_volume() if vol is None else vol
+    src = NormalizedSlices(vol, 0, IntensityMap(0.0, 1.0))
+    return src, compute_targets(src, cfg, CPU)
+
+
+def test_training_lowers_the_loss_and_logs_every_ten_iterations():
+    cfg = make_config("fast", device="cpu", training={"iterations": 60, "batch_size": 4, "patch_size": 16})
+    src, targets = _problem(cfg)
+    calls = []
+    net, curve = train_network(src, targets, cfg, CPU, progress=lambda *a: calls.append(a))
+    assert [s for s, _ in curve] == list(range(10, 61, 10))
+    assert curve[-1][1] < curve[0][1]
+    assert [c[:3] for c in calls] == [("training", s, 60) for s in range(10, 61, 10)]
+    assert calls[-1][3] == pytest.approx(curve[-1][1])
+    assert not net.training
+
+
+def test_regional_consistency_and_interslice_continuity_are_trained():
+    cfg = make_config(
+        "fast",
+        device="cpu",
+        loss={"lambda_rc": 0.5, "lambda_ic": 1.0},
+        training={"iterations": 7, "batch_size": 2, "patch_size": 16},
+    )
+    src, targets = _problem(cfg)
+    assert targets.pair_weights is not None and targets.pair_weights.shape == (7, 32, 32)
+    assert 0 < targets.pair_weights.mean() <= 1
+    _, curve = train_network(src, targets, cfg, CPU)
+    assert [s for s, _ in curve] == [7] and math.isfinite(curve[-1][1])
+
+
+@pytest.mark.parametrize("lambdas", [(0.5, 1.0), (0.5, 0.0), (0.0, 1.0), (0.0, 0.0)])
+def test_each_loss_term_gets_the_network_output_of_its_own_input(monkeypatch, lambdas):
+    """The fresh residual network is the identity: at the first step f(x_i) = x_i, f(x_i+1) = x_i+1 and
+    f((x_i + x_i+1) / 2) is their mean, so the outputs handed to the loss show which input each one came from."""
+    lambda_rc, lambda_ic = lambdas
+    cfg = make_config(
+        "fast",
+        device="cpu",
+        loss={"lambda_rc": lambda_rc, "lambda_ic": lambda_ic},
+        training={"iterations": 1, "batch_size": 3, "patch_size": 16},
+    )
+    src, targets = _problem(cfg)
+    seen = []
+    real = training.total_loss
+
+    def spy(outputs, batch, lcfg):
+        seen.append((outputs, batch, lcfg))
+        return real(outputs, batch, lcfg)
+
+    monkeypatch.setattr(training, "total_loss", spy)
+    train_network(src, targets, cfg, CPU)
+    ((outputs, batch, lcfg),) = seen
+    assert lcfg == cfg.loss
+    assert torch.allclose(outputs.out, batch.x, atol=1e-6)
+    if lambda_rc > 0 or lambda_ic > 0:
+        assert not torch.allclose(batch.x, batch.x_next)
+        assert torch.allclose(outputs.out_next, batch.x_next, atol=1e-6)
+    else:
+        assert outputs.out_next is None and batch.x_next is None
+    if lambda_ic > 0:
+        assert torch.allclose(outputs.out_mid, 0.5 * (batch.x + batch.x_next), atol=1e-6)
+    else:
+        assert outputs.out_mid is None
+    assert (batch.pair_weights is not None) == (lambda_rc > 0)
+
+
+def test_training_uses_the_sampler_it_is_given_and_the_warmup_ramp():
+    cfg = make_config(
+        "fast", device="cpu", loss={"target_warmup": 0.5}, training={"iterations": 4, "batch_size": 2, "patch_size": 16}
+    )
+    src, targets = _problem(cfg)
+    ramps = []
+
+    class Recording(PatchSampler):
+        def sample(self, ramp: float = 1.0) -> Batch:
+            ramps.append(ramp)
+            return super().sample(ramp)
+
+    sampler = Recording(src, targets, 16, 2, 0)
+    train_network(src, targets, cfg, CPU, sampler=sampler)
+    assert ramps == pytest.approx([0.5, 1.0, 1.0, 1.0])
+
+
+def test_same_seed_same_network_and_curve():
+    cfg = make_config("fast", device="cpu", training={"iterations": 3, "batch_size": 2, "patch_size": 16})
+    src, targets = _problem(cfg)
+    a, ca = train_network(src, targets, cfg, CPU)
+    b, cb = train_network(src, targets, cfg, CPU)
+    assert ca == cb
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_learning_rate_decays_by_a_cosine_to_its_final_fraction(monkeypatch):
+    cfg = make_config(
+        "fast",
+        device="cpu",
+        training={"iterations": 4, "batch_size": 1, "patch_size": 16, "learning_rate": 0.01, "final_lr_fraction": 0.1},
+    )
+    src, targets = _problem(cfg)
+    lrs = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    train_network(src, targets, cfg, CPU)
+    expected = [0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / 4))) for s in range(4)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_training_can_be_cancelled():
+    cfg = make_config("fast", device="cpu", training={"iterations": 50, "batch_size": 2, "patch_size": 16})
+    src, targets = _problem(cfg)
+    steps = []
+    with pytest.raises(CancelledError):
+        train_network(src, targets, cfg, CPU, progress=lambda *a: steps.append(a[1]), is_cancelled=lambda: bool(steps))
+    assert steps == [10]
