@@ -1,51 +1,120 @@
+import numpy as np
 import pytest
 import torch
 
 from NSN2NDenoiseLib import CancelledError
 from NSN2NDenoiseLib.config import InferenceConfig
-from NSN2NDenoiseLib.inference import apply_safeguard, predict_slices
+from NSN2NDenoiseLib.inference import TTA_ORDER, predict_into, use_bf16
+from NSN2NDenoiseLib.network import UNet2D
+from NSN2NDenoiseLib.normalization import IntensityMap, NormalizedSlices, denormalize, normalize
 from NSN2NDenoiseLib.training import dihedral, inverse_dihedral
+
+CPU = torch.device("cpu")
+IMAP = IntensityMap(offset=-20.0, scale=300.0)
 
 
 class _Shift(torch.nn.Module):
-    """A stand-in network that adds 1 and mirrors columns: not flip-equivariant, so TTA changes its output."""
+    """A stand-in network that mirrors columns and adds a ramp along them: equivariant to no flip or rotation, so
+    every TTA transform changes its output."""
 
     def forward(self, x):
-        return x.flip(-1) + 1.0
+        return x.flip(-1) + _ramp(x.shape[-1])
+
+
+def _ramp(w: int) -> torch.Tensor:
+    return torch.linspace(0.0, 1.0, w)
+
+
+def _volume(shape=(7, 5, 6), seed=0):
+    return np.random.default_rng(seed).normal(50.0, 100.0, shape).astype(np.float32)
+
+
+def _predict(net, vol, cfg, axis=0):
+    out = np.full(vol.shape, np.nan, dtype=np.float32)
+    predict_into(net, NormalizedSlices(vol, axis, IMAP), np.moveaxis(out, axis, 0), cfg, CPU)
+    return out
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 10])
-def test_every_slice_is_predicted_in_any_batching(batch_size):
-    slices = torch.rand(7, 5, 6)
-    out = predict_slices(_Shift(), slices, InferenceConfig(batch_size=batch_size, tta=False))
-    assert torch.allclose(out, slices.flip(-1) + 1.0)
+def test_every_slice_is_predicted_in_any_batching_and_denormalised(batch_size):
+    vol = _volume()
+    out = _predict(_Shift(), vol, InferenceConfig(batch_size=batch_size, tta=1))
+    expected = denormalize(normalize(vol, IMAP)[..., ::-1] + _ramp(vol.shape[-1]).numpy(), IMAP)
+    assert out.dtype == np.float32
+    assert np.allclose(out, expected, atol=1e-3)
 
 
-def test_tta_averages_the_eight_transforms():
-    slices = torch.rand(2, 6, 6)
-    out = predict_slices(_Shift(), slices, InferenceConfig(tta=True))
-    # mirrored and unmirrored inputs average out: the mean of x and its row/column mirrors, plus 1
-    expected = torch.zeros_like(slices)
-    for k in range(8):
-        expected += inverse_dihedral(dihedral(slices, k).flip(-1) + 1.0, k)
-    assert torch.allclose(out, expected / 8, atol=1e-6)
-    assert not torch.allclose(out, slices.flip(-1) + 1.0)
+@pytest.mark.parametrize("axis", [1, 2])
+def test_output_follows_the_slice_axis(axis):
+    vol = _volume((6, 7, 8))
+    out = _predict(_Shift(), vol, InferenceConfig(tta=1, batch_size=2), axis)
+    stack = np.moveaxis(normalize(vol, IMAP), axis, 0)
+    expected = np.moveaxis(denormalize(stack[..., ::-1] + _ramp(stack.shape[-1]).numpy(), IMAP), 0, axis)
+    assert np.allclose(out, expected, atol=1e-3)
 
 
-def test_inference_can_be_cancelled():
-    with pytest.raises(CancelledError):
-        predict_slices(_Shift(), torch.rand(4, 5, 5), InferenceConfig(), is_cancelled=lambda: True)
+@pytest.mark.parametrize("tta", [2, 4, 8])
+def test_tta_averages_the_first_transforms(tta):
+    vol = _volume((2, 6, 6))
+    out = _predict(_Shift(), vol, InferenceConfig(tta=tta))
+    x = torch.from_numpy(normalize(vol, IMAP))
+    expected = torch.zeros_like(x)
+    for k in TTA_ORDER[:tta]:
+        expected += inverse_dihedral(dihedral(x, k).flip(-1) + _ramp(6), k)
+    assert np.allclose(out, denormalize((expected / tta).numpy(), IMAP), atol=1e-3)
+    assert not np.allclose(out, _predict(_Shift(), vol, InferenceConfig(tta=1)), atol=1e-2)
 
 
-def test_safeguard_keeps_noise_removal_and_restores_removed_structure():
+def test_tta_order_starts_with_identity_and_flip_and_holds_all_eight():
+    assert TTA_ORDER[:2] == (0, 4) and sorted(TTA_ORDER) == list(range(8))
+
+
+def test_streamed_inference_equals_the_network_on_the_whole_stack():
+    """Batches of slices, read and normalised from the input, give what the network gives on every slice at once."""
     torch.manual_seed(0)
-    clean = torch.full((1, 64, 64), 0.5)
-    noise = 0.02 * torch.randn(1, 64, 64)
-    noisy = clean + noise
-    noisy[0, 30:34, 10:50] += 0.5  # a bright bar the "network" below wrongly erased
-    erased = clean.clone()  # removes the noise everywhere and the bar too
-    out, sigma = apply_safeguard(noisy, erased, factor=2.0)
-    assert sigma == pytest.approx(0.02, rel=0.3)
-    assert torch.allclose(out[0, :20], erased[0, :20]), "where only noise was removed, nothing changes"
-    bar = out[0, 31:33, 15:45] - clean[0, 31:33, 15:45]
-    assert bar.mean() > 0.35, "most of the erased bar comes back"
+    net = UNet2D(1, 1, depth=2, width=4, residual=True)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    net.eval()
+    vol = _volume((7, 12, 10), seed=1)
+    out = _predict(net, vol, InferenceConfig(batch_size=3, tta=4))
+    x = torch.from_numpy(normalize(vol, IMAP)).unsqueeze(1)
+    with torch.no_grad():
+        whole = sum(inverse_dihedral(net(dihedral(x, k)), k) for k in TTA_ORDER[:4]) / 4
+    assert np.allclose(out, denormalize(whole.squeeze(1).numpy(), IMAP), atol=1e-3)
+    assert not np.allclose(out, vol, atol=1.0)
+
+
+def test_progress_per_batch_and_cancel():
+    vol = _volume()
+    calls = []
+    predict_into(
+        _Shift(),
+        NormalizedSlices(vol, 0, IMAP),
+        np.empty_like(vol),
+        InferenceConfig(batch_size=3, tta=1),
+        CPU,
+        progress=lambda *a: calls.append(a),
+    )
+    assert calls == [("inference", 3, 7, None), ("inference", 6, 7, None), ("inference", 7, 7, None)]
+    with pytest.raises(CancelledError):
+        predict_into(
+            _Shift(),
+            NormalizedSlices(vol, 0, IMAP),
+            np.empty_like(vol),
+            InferenceConfig(),
+            CPU,
+            is_cancelled=lambda: True,
+        )
+
+
+def test_bf16_only_when_asked_and_on_cuda_or_a_bf16_cpu(monkeypatch):
+    from NSN2NDenoiseLib import inference
+
+    assert not use_bf16(CPU, False) and not use_bf16(torch.device("cuda"), False)
+    assert use_bf16(torch.device("cuda"), True)
+    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
+    assert not use_bf16(CPU, True)
+    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: True)
+    assert use_bf16(CPU, True)
