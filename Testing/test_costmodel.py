@@ -1,0 +1,99 @@
+import pytest
+
+from NSN2NDenoiseLib import costmodel, make_config
+from NSN2NDenoiseLib.costmodel import PHASES, estimate, overall_fraction
+from NSN2NDenoiseLib.errors import (
+    EXIT_CANCELLED,
+    EXIT_DEVICE,
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    OUT_OF_MEMORY_ADVICE,
+    CancelledError,
+    ConfigError,
+    DeviceError,
+    InputError,
+    NSN2NError,
+    exit_code,
+    explain,
+)
+
+CFG = make_config("default")
+
+
+def test_estimates_grow_linearly_with_voxels_and_iterations():
+    a = estimate((10, 100, 100), CFG)
+    b = estimate((20, 100, 100), CFG)
+    assert b.seconds["weights"] == pytest.approx(2 * a.seconds["weights"])
+    assert b.seconds["inference"] == pytest.approx(2 * a.seconds["inference"])
+    assert b.seconds["training"] == pytest.approx(a.seconds["training"])
+    assert b.host_bytes - a.host_bytes == costmodel.HOST_BYTES_PER_VOXEL * 10 * 100 * 100
+    more = estimate((10, 100, 100), CFG.replace(training={"iterations": 3000}))
+    assert more.seconds["training"] == pytest.approx(2 * a.seconds["training"])
+    assert more.seconds["weights"] == a.seconds["weights"]
+    assert a.total_seconds == pytest.approx(sum(a.seconds.values()))
+    assert set(a.seconds) == set(PHASES)
+
+
+def test_estimates_follow_width_tta_batch_precision_and_device():
+    base = estimate((10, 64, 64), CFG, bf16=False)
+    wide = estimate((10, 64, 64), CFG.replace(network={"width": 32}), bf16=False)
+    assert wide.seconds["training"] == pytest.approx(4 * base.seconds["training"])
+    tta1 = estimate((10, 64, 64), CFG.replace(inference={"tta": 1}), bf16=False)
+    assert base.seconds["inference"] == pytest.approx(8 * tta1.seconds["inference"])
+    batch = estimate((10, 64, 64), CFG.replace(training={"batch_size": 16}), bf16=False)
+    assert batch.seconds["training"] == pytest.approx(2 * base.seconds["training"])
+    fast = estimate((10, 64, 64), CFG, bf16=True)
+    assert fast.seconds["inference"] < base.seconds["inference"]
+    off = estimate((10, 64, 64), CFG.replace(training={"mixed_precision": False}), bf16=True)
+    assert off.seconds["inference"] == pytest.approx(base.seconds["inference"])
+    gpu = estimate((10, 64, 64), CFG, "cuda", bf16=False)
+    for phase in PHASES:
+        assert gpu.seconds[phase] == pytest.approx(base.seconds[phase] / costmodel.GPU_SPEEDUP)
+
+
+def test_overall_fraction_is_monotone_and_reaches_one():
+    est = estimate((40, 256, 256), CFG)
+    values = [overall_fraction(p, s, 10, est) for p in PHASES for s in range(11)]
+    assert values[0] == 0.0 and values[-1] == pytest.approx(1.0)
+    assert all(b >= a for a, b in zip(values[:-1], values[1:], strict=True))
+    assert overall_fraction("training", 0, 10, est) == pytest.approx(overall_fraction("weights", 10, 10, est))
+    assert overall_fraction("unknown", 3, 10, est) == 0.0
+    assert overall_fraction("inference", 20, 10, est) == pytest.approx(1.0)
+    assert overall_fraction("training", 0, 0, est) == overall_fraction("training", 5, 0, est)
+    # the share of a phase is its predicted time
+    w = est.seconds
+    assert overall_fraction("weights", 10, 10, est) == pytest.approx(w["weights"] / est.total_seconds)
+
+
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (None, EXIT_OK),
+        (CancelledError("x"), EXIT_CANCELLED),
+        (KeyboardInterrupt(), EXIT_CANCELLED),
+        (DeviceError("x"), EXIT_DEVICE),
+        (MemoryError(), EXIT_DEVICE),
+        (InputError("x"), EXIT_INPUT),
+        (ConfigError("x"), EXIT_INPUT),
+        (NSN2NError("x"), EXIT_FAILED),
+        (RuntimeError("x"), EXIT_FAILED),
+    ],
+)
+def test_exit_code_table(exc, code):
+    assert exit_code(exc) == code
+
+
+def test_exit_codes_are_distinct():
+    assert len({EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_DEVICE, EXIT_CANCELLED}) == 5 and EXIT_CANCELLED == 130
+
+
+def test_explain_turns_errors_into_actionable_ones():
+    e = InputError("bad")
+    assert explain(e) is e
+    assert isinstance(explain(KeyboardInterrupt()), CancelledError)
+    oom = explain(RuntimeError("CUDA out of memory. Tried to allocate"))
+    assert isinstance(oom, DeviceError) and OUT_OF_MEMORY_ADVICE in str(oom)
+    assert isinstance(explain(MemoryError()), DeviceError)
+    other = explain(ValueError("boom"))
+    assert type(other) is NSN2NError and "ValueError" in str(other) and "boom" in str(other)
