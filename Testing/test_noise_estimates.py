@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from NSN2NDenoiseLib.noise_estimates import (
+    MAX_PAIRS,
+    estimate_noise,
+    interslice_correlation,
+    noise_sigma,
+    sample_pairs,
+)
+from NSN2NDenoiseLib.normalization import IntensityMap, NormalizedSlices
+
+
+def test_sample_pairs_takes_all_or_evenly_spaced_pairs():
+    assert sample_pairs(3) == [0, 1]
+    assert sample_pairs(MAX_PAIRS + 1) == list(range(MAX_PAIRS))
+    many = sample_pairs(600)
+    assert len(many) == MAX_PAIRS and many[0] == 0 and many[-1] == 598
+    assert many == sorted(set(many))
+    gaps = np.diff(many)
+    assert gaps.max() - gaps.min() <= 1
+    assert sample_pairs(10, max_pairs=3) == [0, 4, 8]
+
+
+def _body(n=6, size=48):
+    yy, xx = np.mgrid[:size, :size]
+    disc = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) <= (0.4 * size) ** 2) * 0.5
+    smooth = 0.1 * np.sin(yy / 6.0) * np.cos(xx / 7.0) * disc
+    return np.repeat((disc + smooth)[None], n, axis=0)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.05])
+def test_noise_sigma_of_independent_noise(sigma):
+    rng = np.random.default_rng(0)
+    vol = _body() + sigma * rng.standard_normal((6, 48, 48))
+    x = torch.from_numpy(vol.astype(np.float32))
+    assert noise_sigma(x[:-1], x[1:]) == pytest.approx(sigma, rel=0.15)
+
+
+def test_noise_sigma_ignores_anatomy_that_changes_in_a_few_pixels():
+    rng = np.random.default_rng(1)
+    vol = _body() + 0.02 * rng.standard_normal((6, 48, 48))
+    vol[1::2, 20:26, 20:26] += 0.5
+    x = torch.from_numpy(vol.astype(np.float32))
+    assert noise_sigma(x[:-1], x[1:]) == pytest.approx(0.02, rel=0.2)
+
+
+def test_interslice_correlation_tells_correlated_noise_apart():
+    rng = np.random.default_rng(2)
+    white = rng.standard_normal((8, 48, 48))
+    clean = _body(8)
+    values = {}
+    for name, noise in (
+        ("independent", white),
+        ("across", ndimage.gaussian_filter(white, (1.5, 0.0, 0.0))),
+        ("same", np.repeat(white[:1], 8, axis=0)),
+    ):
+        x = torch.from_numpy((clean + 0.03 * noise / noise.std()).astype(np.float32))
+        values[name] = interslice_correlation(x[:-1], x[1:])
+    assert abs(values["independent"]) < 0.2
+    assert values["across"] > 0.5
+    assert values["same"] > 0.95
+
+
+def test_estimate_noise_reads_the_sampled_pairs_of_the_source():
+    rng = np.random.default_rng(3)
+    vol = (_body(5) + 0.03 * rng.standard_normal((5, 48, 48))).astype(np.float32)
+    units = vol * 1000.0 - 200.0
+    sigma, corr = estimate_noise(NormalizedSlices(units, 0, IntensityMap(-200.0, 1000.0)), torch.device("cpu"))
+    x = torch.from_numpy(vol)
+    assert sigma == pytest.approx(noise_sigma(x[:-1], x[1:]), rel=1e-4)
+    assert corr == pytest.approx(interslice_correlation(x[:-1], x[1:]), abs=1e-4)
+    moved = np.ascontiguousarray(np.moveaxis(units, 0, 2))
+    again = estimate_noise(NormalizedSlices(moved, 2, IntensityMap(-200.0, 1000.0)), torch.device("cpu"))
+    assert again == pytest.approx((sigma, corr), rel=1e-5)
