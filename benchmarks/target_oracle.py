@@ -6,11 +6,15 @@ time, so that the gap between NSN2N and the supervised ceiling splits into its c
 - ``supervised``: target x_i (clean), every pixel weighted 1: the ceiling.
 - ``oracle_unbiased_all``: the 3-slice mean of the *noisy* neighbours minus the clean volume's own bias
   ((c_i-1 + c_i+1) / 2 - c_i), every pixel weighted 1, no self term: a Noise2Noise target with no anatomical bias.
-- ``oracle_unbiased_maps``: the same target with NSN2N's weight maps and self term.
-- ``mean``, ``cubic``, ``quintic``: NSN2N itself (the default configuration) with the 3-slice mean, cubic or
-  quintic target.
-- ``cubic_clean_all``: the cubic interpolation of the *clean* neighbours as the target's bias correction, every
-  pixel weighted 1: what polynomial interpolation alone leaves where anatomy is not smooth along the slice axis.
+- ``oracle_unbiased_maps``: the same target with NSN2N's weight and keep maps (those of its cubic target).
+- ``nsn2n``: NSN2N itself (the default configuration: the cubic target after its warm-up from the 3-slice mean).
+- ``mean``: NSN2N with the 3-slice mean as target throughout (its maps unchanged).
+- ``cubic_clean_all``: the 3-slice mean of the noisy neighbours with the bias of the cubic interpolation of the
+  *clean* neighbours ((c_i-1 + c_i+1) / 2 - cubic(c)_i), every pixel weighted 1: what polynomial interpolation
+  alone leaves where anatomy is not smooth along the slice axis.
+
+Every row but ``nsn2n`` trains through :func:`NSN2NDenoiseLib.training.train_network` with an
+:class:`OracleSampler` in place of its patch sampler. Slices are along K (array axis 0).
 
 Usage: ``python -m benchmarks.target_oracle ct_ld_1e5 --quick --iterations 800 [--rows a,b,...]``; prints a
 Markdown table (PSNR in the head mask, as every benchmark row). Only for analysis: it needs the clean volume.
@@ -27,50 +31,98 @@ import torch
 
 from . import datasets, metrics
 
-ROWS = ("supervised", "oracle_unbiased_all", "oracle_unbiased_maps", "mean", "cubic", "quintic", "cubic_clean_all")
+ROWS = ("supervised", "oracle_unbiased_all", "oracle_unbiased_maps", "nsn2n", "mean", "cubic_clean_all")
+ALL_WEIGHTED = ("supervised", "oracle_unbiased_all", "cubic_clean_all")
+"""Rows trained with every pixel weighted 1 and no self term."""
+
+
+def oracle_sampler_class():
+    """:class:`OracleSampler`, defined on first use so that importing this module does not import the engine."""
+    from NSN2NDenoiseLib.training import Batch, PatchSampler, dihedral
+    from NSN2NDenoiseLib.weights import interpolate
+
+    class OracleSampler(PatchSampler):
+        """NSN2N's patch sampler with the target of one oracle ``row`` (see the module's docstring).
+
+        ``clean`` holds the clean volume's slices, normalised with the noisy volume's map; the crops, flips and
+        rotations are drawn as :class:`PatchSampler` draws them.
+        """
+
+        def __init__(self, source, targets, clean, row: str, patch: int, batch: int, seed: int, device=None):
+            super().__init__(source, targets, patch, batch, seed, False, device)
+            self.clean = clean
+            self.row = row
+
+        def sample(self, ramp: float = 1.0) -> Batch:
+            if self.row == "mean":
+                return super().sample(0.0)
+            n, p = self.n, self.size
+            _, h, w = self.source.shape
+            centres = self.rng.integers(1, n - 1, self.batch)
+            ys = self.rng.integers(0, h - p + 1, self.batch)
+            xs = self.rng.integers(0, w - p + 1, self.batch)
+            ks = self.rng.integers(0, 8, self.batch)
+            fields: dict[str, list[torch.Tensor]] = {"x": [], "target": [], "weights": [], "keep": []}
+            for i, y, x, k in zip(centres.tolist(), ys.tolist(), xs.tolist(), ks.tolist(), strict=True):
+                rows = np.clip(np.arange(i - 2, i + 3), 0, n - 1)
+                s = torch.from_numpy(self.source.patch(rows, y, x, p))
+                c = torch.from_numpy(self.clean.patch(rows, y, x, p))
+                if self.row == "supervised":
+                    target = c[2]
+                else:
+                    mean_c = 0.5 * (c[1] + c[3])
+                    if self.row == "cubic_clean_all":
+                        reference = interpolate(mean_c, 0.5 * (c[0] + c[4]), 2 <= i <= n - 3)
+                    else:
+                        reference = c[2]
+                    target = 0.5 * (s[1] + s[3]) - (mean_c - reference)
+                crops = {
+                    "x": s[2],
+                    "target": target,
+                    "weights": self._crop(self.targets.weights, i, y, x),
+                    "keep": self._crop(self.targets.keep, i, y, x),
+                }
+                for name, crop in crops.items():
+                    fields[name].append(dihedral(crop, k))
+            return Batch(**{name: torch.stack(v).unsqueeze(1).to(self.device) for name, v in fields.items()})
+
+    return OracleSampler
 
 
 def run_row(row: str, ds: datasets.Dataset, iterations: int) -> tuple[float, float]:
     """Train and score one row; returns (PSNR dB, seconds)."""
     from NSN2NDenoiseLib import make_config
-    from NSN2NDenoiseLib.config import INTERPOLATION_TARGETS
-    from NSN2NDenoiseLib.inference import predict_slices
-    from NSN2NDenoiseLib.normalization import denormalize, fit_intensity_map, normalize
+    from NSN2NDenoiseLib.inference import predict_into, use_bf16
+    from NSN2NDenoiseLib.normalization import NormalizedSlices, fit_intensity_map
     from NSN2NDenoiseLib.training import train_network
-    from NSN2NDenoiseLib.weights import compute_three_slice_maps, compute_weight_maps, interpolation_offset
+    from NSN2NDenoiseLib.weights import TrainingTargets, compute_targets
 
-    target = {"mean": "three_slice", "quintic": "quintic"}.get(row, "cubic")
-    cfg = make_config(
-        "default", device="cpu", training={"iterations": iterations, "threads": 1}, loss={"target": target}
-    )
+    if row not in ROWS:
+        raise ValueError(f"unknown row {row!r}; known: {', '.join(ROWS)}")
+    cfg = make_config("default", device="cpu", training={"iterations": iterations, "threads": 1})
+    device = torch.device("cpu")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    imap = fit_intensity_map(ds.noisy.astype(np.float64), cfg.normalization_percentiles)
-    y = torch.from_numpy(normalize(ds.noisy.astype(np.float64), imap).astype(np.float32))
-    c = torch.from_numpy(normalize(ds.clean.astype(np.float64), imap).astype(np.float32))
-    pairs = compute_weight_maps(y, cfg.weights).maps
-    mean_y = 0.5 * (y[:-2] + y[2:])
-    offset = None
-    if row in ("mean", "cubic", "quintic"):
-        points = INTERPOLATION_TARGETS.get(target)
-        offset = interpolation_offset(y, points) if points else None
-        three = compute_three_slice_maps(y, cfg.weights, offset)
-        maps, keep = three.maps, three.keep
-    else:
-        if row == "supervised":
-            offset = mean_y - c[1:-1]
-        elif row.startswith("oracle_unbiased"):
-            offset = 0.5 * (c[:-2] + c[2:]) - c[1:-1]
-        elif row == "cubic_clean_all":
-            offset = interpolation_offset(c, 4)
-        if row == "oracle_unbiased_maps":
-            three = compute_three_slice_maps(y, cfg.weights)
-            maps, keep = three.maps, three.keep
-        else:
-            maps, keep = torch.ones_like(mean_y), torch.zeros_like(mean_y)
-    net, _ = train_network(y, pairs, cfg, None, None, maps, keep, target_offset=offset)
-    out = predict_slices(net, y, cfg.inference, False, None, None).numpy()
-    psnr = metrics.psnr(ds.clean, denormalize(out, imap), ds.mask, ds.data_range)
+    imap = fit_intensity_map(ds.noisy)
+    source = NormalizedSlices(ds.noisy, 0, imap)
+    targets = compute_targets(source, cfg, device)
+    if row in ALL_WEIGHTED:
+        targets = TrainingTargets(
+            weights=np.ones_like(targets.weights),
+            keep=np.zeros_like(targets.keep),
+            pair_weights=None,
+            matched_fraction=1.0,
+            matched_per_slice=[1.0] * (source.shape[0] - 2),
+        )
+    sampler = None
+    if row != "nsn2n":
+        t = cfg.training
+        clean = NormalizedSlices(ds.clean, 0, imap)
+        sampler = oracle_sampler_class()(source, targets, clean, row, t.patch_size, t.batch_size, t.seed, device)
+    net, _ = train_network(source, targets, cfg, device, sampler=sampler)
+    out = np.empty(ds.noisy.shape, dtype=np.float32)
+    predict_into(net, source, out, cfg.inference, device, use_bf16(device, cfg.training.mixed_precision))
+    psnr = metrics.psnr(ds.clean, out, ds.mask, ds.data_range)
     return psnr, time.perf_counter() - t0
 
 
