@@ -105,3 +105,12 @@ def test_shape_errors(phantom_pair):
         residual_structure(noisy[0], clean[0])
     with pytest.raises(ValueError):
         blend_toward_input(noisy, clean, structure=np.zeros((2, 2, 2), np.float32))
+
+
+def test_local_edge_term_sees_blurring_and_only_adds(phantom_pair):
+    _, noisy = phantom_pair
+    blurred = ndimage.gaussian_filter(noisy, (0, 3, 3))
+    plain = local_structure(noisy, blurred, edge=False)
+    with_edge = local_structure(noisy, blurred, edge=True)
+    assert np.all(with_edge >= plain - 1e-6)
+    assert float(with_edge.mean()) > 0.5

@@ -55,6 +55,9 @@ BLEND_SIGMA_PX = 4.0
 BLEND_DEAD_ZONE = 0.2
 """Local correlations below this are read as noise (their estimation spread on a window of BLEND_SIGMA_PX); the
 blend weight is (rho - dead_zone) / (1 - dead_zone), clipped to 0..1."""
+BLEND_EDGE = False
+"""Whether the blend's structure map also counts local residual energy above the slice's noise level
+(:func:`local_structure`)."""
 
 
 @dataclass(frozen=True)
@@ -184,12 +187,7 @@ def residual_structure(
         if not removed:
             edge[k] = 0.0
             continue
-        low = ndimage.gaussian_filter(yk, sigma)
-        grad = np.hypot(ndimage.sobel(low, 0), ndimage.sobel(low, 1))[body]
-        res = rk[body] - rk[body].mean()
-        flat_cut, edge_cut = np.quantile(grad, [FLAT_SHARE, 1.0 - EDGE_SHARE])
-        e_edge = float(np.mean(res[grad >= edge_cut] ** 2))
-        e_flat = float(np.mean(res[grad <= flat_cut] ** 2))
+        e_edge, e_flat = _edge_flat_energy(rk, yk, body, sigma)
         if e_edge > 0:
             edge[k] = max(-1.0, 1.0 - e_flat / e_edge)
     with warnings.catch_warnings():  # all-NaN columns (slices without body) are NaN by design
@@ -213,6 +211,16 @@ def residual_structure(
     )
 
 
+def _edge_flat_energy(r: np.ndarray, y: np.ndarray, body: np.ndarray, sigma: float) -> tuple[float, float]:
+    """Mean squared residual (minus its body mean) on the output's edges and on its flat body pixels: the
+    :data:`EDGE_SHARE` strongest and the :data:`FLAT_SHARE` weakest gradients of the low-passed output."""
+    low = ndimage.gaussian_filter(y, sigma)
+    grad = np.hypot(ndimage.sobel(low, 0), ndimage.sobel(low, 1))[body]
+    res = r[body] - r[body].mean()
+    flat_cut, edge_cut = np.quantile(grad, [FLAT_SHARE, 1.0 - EDGE_SHARE])
+    return float(np.mean(res[grad >= edge_cut] ** 2)), float(np.mean(res[grad <= flat_cut] ** 2))
+
+
 def _nanmean(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else float("nan")
@@ -222,13 +230,18 @@ def local_structure(
     noisy: np.ndarray,
     denoised: np.ndarray,
     sigma_px: float = BLEND_SIGMA_PX,
+    edge: bool = False,
 ) -> np.ndarray:
-    """Local share of the residual that is structure shared with the neighbouring slices, (N, H, W) in -1..1.
+    """Local share of the residual r = noisy - denoised that is structure, (N, H, W), at most 1.
 
     For slice i, the windowed correlation G(r_i r_j) / sqrt(G(r_i^2) G(r_j^2)) with each neighbour j = i +- 1
     (Gaussian window G of ``sigma_px`` pixels, not mean-centred, so that a removed blob counts), averaged over the
     neighbours there are. It estimates S / (S + N) where the removed structure continues into the neighbours;
     about 0 (spread ~ 1 / (2.5 sigma_px) for white noise) where the residual is noise.
+
+    With ``edge=True``, the larger of that and the local energy excess 1 - N_i / G(r_i^2), N_i the slice's
+    residual energy on its flattest body pixels (the noise level): this also sees structure removed from one
+    slice only, but reads noise whose level varies within a slice as structure.
 
     Parameters
     ----------
@@ -236,6 +249,8 @@ def local_structure(
         Slice axis first, same units.
     sigma_px : float
         Window in pixels (:data:`BLEND_SIGMA_PX`).
+    edge : bool
+        Add the local energy excess (see above).
 
     Returns
     -------
@@ -244,10 +259,16 @@ def local_structure(
     x, y = _check_pair(noisy, denoised)
     n = x.shape[0]
     out = np.zeros(x.shape, dtype=np.float32)
-    count = np.zeros(n, dtype=np.float32)
+    flat = _flat_levels(x, y) if edge else None
 
     def residual(k: int) -> np.ndarray:
         return x[k].astype(np.float32) - y[k].astype(np.float32)
+
+    def finish(k: int, neighbours: int, energy: np.ndarray) -> None:
+        out[k] /= neighbours
+        if flat is not None and np.isfinite(flat[k]):
+            excess = np.divide(flat[k], energy, out=np.ones_like(energy), where=energy > 0)
+            np.maximum(out[k], 1.0 - excess, out=out[k])
 
     r_prev = residual(0)
     e_prev = ndimage.gaussian_filter(r_prev * r_prev, sigma_px)
@@ -259,11 +280,25 @@ def local_structure(
         rho = np.divide(cross, denom, out=np.zeros_like(cross), where=denom > 0)
         out[k - 1] += rho
         out[k] += rho
-        count[k - 1] += 1
-        count[k] += 1
+        finish(k - 1, 1 if k == 1 else 2, e_prev)  # slice k - 1 has seen both its neighbours
         r_prev, e_prev = r_k, e_k
-    out /= count[:, None, None]
+    finish(n - 1, 1, e_prev)
     return out
+
+
+def _flat_levels(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(N,) residual energy on each slice's flattest body pixels (the noise level); NaN without body."""
+    step = _stride(x.shape, MAX_PIXELS)
+    level, _ = _body_level(x, step)
+    sigma = max(0.7, LOWPASS_PX / step)
+    flat = np.full(x.shape[0], np.nan)
+    for k in range(x.shape[0]):
+        xs = x[k, ::step, ::step].astype(np.float32)
+        ys = y[k, ::step, ::step].astype(np.float32)
+        body = ndimage.gaussian_filter(xs, sigma) > level
+        if body.sum() >= MIN_BODY_PIXELS:
+            flat[k] = _edge_flat_energy(xs - ys, ys, body, sigma)[1]
+    return flat
 
 
 @dataclass(frozen=True)
@@ -291,6 +326,7 @@ def blend_toward_input(
     structure: np.ndarray | None = None,
     dead_zone: float = BLEND_DEAD_ZONE,
     sigma_px: float = BLEND_SIGMA_PX,
+    edge: bool = BLEND_EDGE,
 ) -> BlendResult:
     """Blend the output back toward the input where its residual holds structure, voxel by voxel.
 
@@ -306,6 +342,8 @@ def blend_toward_input(
         A precomputed :func:`local_structure` map; computed here when None.
     dead_zone, sigma_px : float
         :data:`BLEND_DEAD_ZONE`, :data:`BLEND_SIGMA_PX`.
+    edge : bool
+        :data:`BLEND_EDGE`: also blend where the local residual energy exceeds the slice's noise level.
 
     Returns
     -------
@@ -313,7 +351,7 @@ def blend_toward_input(
     """
     x, y = _check_pair(noisy, denoised)
     if structure is None:
-        structure = local_structure(x, y, sigma_px)
+        structure = local_structure(x, y, sigma_px, edge)
     elif structure.shape != x.shape:
         raise ValueError(f"structure has shape {structure.shape}, expected {x.shape}.")
     out = np.empty(x.shape, dtype=np.float32)
@@ -331,6 +369,7 @@ def blend_toward_input(
 
 __all__ = [
     "BLEND_DEAD_ZONE",
+    "BLEND_EDGE",
     "BLEND_SIGMA_PX",
     "THRESHOLD",
     "BlendResult",
