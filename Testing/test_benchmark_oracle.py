@@ -66,3 +66,52 @@ def test_oracle_targets_are_the_clean_volumes_in_the_same_crops(row, tiny_datase
     }[row]
     assert torch.allclose(oracle.target, expected, atol=1e-5)
     assert not torch.allclose(oracle.target, noisy_cubic.target, atol=1e-3)
+
+
+def test_deep_baselines_build_the_network_from_a_configuration_section(tiny_dataset):
+    from benchmarks import baselines, deep_baselines
+    from NSN2NDenoiseLib import make_config
+
+    ds = tiny_dataset
+    cfg = make_config("fast", network={"width": 8})
+    ctx = baselines.Context(
+        ds.spacing,
+        "ct",
+        score=lambda estimate: 0.0,
+        clean=ds.clean,
+        iterations=3,
+        network=cfg.to_dict()["network"],
+        training={"patch_size": 16, "batch_size": 2},
+    )
+    out, facts = deep_baselines.supervised(ds.noisy, ctx)
+    assert out.shape == ds.noisy.shape and np.isfinite(out).all()
+    assert facts["network"] == {"depth": cfg.network.depth, "width": 8, "residual": True}
+
+
+def test_ablation_table_compares_rows_cached_before_and_after_options_were_removed(tmp_path):
+    import json
+
+    from benchmarks import ablation_table
+    from NSN2NDenoiseLib import make_config
+
+    def row(name, cfg, psnr, seconds):
+        quality = {"psnr": psnr, "ssim": 0.9, "rmse": 10.0}
+        data = {"method": "nsn2n", "quality": quality, "cost": {"seconds": seconds}, "info": {"config": cfg}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+
+    new = make_config("default").to_dict()
+    old = json.loads(json.dumps(new))
+    old["loss"].pop("target_warmup")
+    old["weights"].update(soft=False, lowpass="gaussian")
+    old["inference"].update(tta=True, safeguard=False)
+    old_soft = json.loads(json.dumps(old))
+    old_soft["weights"]["soft"] = True
+    row("nsn2n_default_abc", {**new, "loss": {**new["loss"], "target_warmup": 0.0}}, 30.0, 10.0)
+    row("nsn2n_old_def", old, 29.0, 11.0)
+    row("nsn2n_soft_ghi", old_soft, 28.0, 12.0)
+    lines = ablation_table.table(tmp_path, "nsn2n_default", ct=False).splitlines()
+    by_name = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    assert by_name["nsn2n_default"].endswith("(reference) |")
+    assert by_name["nsn2n_old"].endswith("(reference) |"), "removed options at their kept value are no difference"
+    assert by_name["nsn2n_soft"].endswith("weights.soft=True |")
+    assert " -2.00 " in by_name["nsn2n_soft"]

@@ -34,13 +34,44 @@ def _rows(cache_dir: Path) -> dict[str, dict]:
 
 # Configuration fields added after some rows were cached, with the value that the rows run before them had in
 # effect: a row without the field is compared as if it had this value.
-BEFORE_FIELD = {"network.context_slices": 0, "loss.target_warmup": 0.0}
+BEFORE_FIELD = {"loss.target_warmup": 0.0}
+# Options removed from the engine (experiments that lost their ablation), with the behaviour the engine kept: a row
+# cached before the removal differs from the reference in such a field only where it ran another value, and a row
+# cached after it is compared as if it had this value.
+REMOVED_FIELD = {
+    "normalization_percentiles": [0.5, 99.5],
+    "weights.lowpass": "gaussian",
+    "weights.adaptive_tau": True,
+    "weights.soft": False,
+    "weights.energy_test": True,
+    "loss.symmetric": True,
+    "loss.normalization": "all",
+    "loss.target": "cubic",
+    "loss.three_slice_weights": "direct",
+    "network.residual": True,
+    "network.context_slices": 0,
+    "inference.safeguard": False,
+    "inference.safeguard_factor": 2.0,
+}
+# inference.tta was a flag (all 8 transforms or none) before it became their number.
+TTA_FLAG = {True: 8, False: 1}
+
+
+def _config(row: dict) -> dict:
+    """The flattened configuration of a cached row, with every field of :data:`BEFORE_FIELD` and
+    :data:`REMOVED_FIELD` filled in."""
+    cfg = {**BEFORE_FIELD, **REMOVED_FIELD, **_flatten(row["info"]["config"])}
+    if isinstance(cfg.get("inference.tta"), bool):
+        cfg["inference.tta"] = TTA_FLAG[cfg["inference.tta"]]
+    if isinstance(cfg.get("normalization_percentiles"), tuple):
+        cfg["normalization_percentiles"] = list(cfg["normalization_percentiles"])
+    return cfg
 
 
 def table(cache_dir: Path, reference: str, ct: bool) -> str:
     rows = _rows(cache_dir)
     ref = next((r for k, r in rows.items() if k.startswith(reference + "_") or k == reference), None)
-    ref_cfg = {**BEFORE_FIELD, **_flatten(ref["info"]["config"])} if ref else {}
+    ref_cfg = _config(ref) if ref else {}
     ref_psnr = ref["quality"]["psnr"] if ref else None
     skip = {"device", "preset", "training.threads"}
     tissue = " soft | bone |" if ct else ""
@@ -57,7 +88,7 @@ def table(cache_dir: Path, reference: str, ct: bool) -> str:
         name = key.rsplit("_", 1)[0] if key.startswith("nsn2n") else key
         diff = ""
         if key.startswith("nsn2n") and "config" in r.get("info", {}):
-            cfg = {**BEFORE_FIELD, **_flatten(r["info"]["config"])}
+            cfg = _config(r)
             diff = ", ".join(f"{k}={cfg[k]}" for k in sorted(cfg) if k not in skip and cfg[k] != ref_cfg.get(k))
             diff = diff or "(reference)"
         delta = f"{q['psnr'] - ref_psnr:+.2f}" if (ref_psnr is not None and key.startswith("nsn2n")) else ""

@@ -1,7 +1,7 @@
 """Self-supervised and supervised deep baselines, trained per volume with NSN2N's own 2D U-Net.
 
 Every method has the signature of :mod:`benchmarks.baselines` (``method(noisy, ctx) -> (denoised, info)``) and
-uses ``UNet2D`` with the depth, width and residual flag of the NSN2N configuration under test (``ctx.network``),
+uses NSN2N's residual ``UNet2D`` with the depth and width of the NSN2N configuration under test (``ctx.network``),
 the same patch size, batch size, learning rate, Adam with a cosine decay, and random flips/rotations. The
 self-supervised ones stop at NSN2N's wall-time budget (``ctx.budget_seconds``: its weights plus training time,
 the learning-rate schedule following elapsed time); the supervised ceiling runs NSN2N's iteration count.
@@ -25,7 +25,7 @@ N2V_RADIUS = 2
 """Masked pixels take the value of a random neighbour within this radius (5x5 window, centre excluded)."""
 NE2NE_GAMMA = 2.0
 """Neighbor2Neighbor regulariser weight at the end of training (ramped linearly from 0, as in the paper)."""
-DEFAULT_NETWORK = {"depth": 3, "width": 32, "residual": True}
+DEFAULT_NETWORK = {"depth": 3, "width": 32}
 DEFAULT_TRAINING = {"patch_size": 64, "batch_size": 8, "learning_rate": 1e-3, "final_lr_fraction": 0.05, "seed": 0}
 
 
@@ -38,8 +38,15 @@ def _torch():
 def _network(ctx):
     from NSN2NDenoiseLib.network import UNet2D
 
+    n = _network_fields(ctx)
+    return UNet2D(1, 1, depth=n["depth"], width=n["width"], residual=True)
+
+
+def _network_fields(ctx) -> dict:
+    """Depth and width of ``ctx.network`` (a configuration's ``network`` section), else the defaults; the network
+    is always residual, as NSN2N's (fields other than depth and width, e.g. of older reports, are ignored)."""
     n = {**DEFAULT_NETWORK, **(ctx.network or {})}
-    return UNet2D(1, 1, depth=n["depth"], width=n["width"], residual=n["residual"])
+    return {"depth": n["depth"], "width": n["width"]}
 
 
 def _training(ctx) -> dict:
@@ -146,7 +153,7 @@ def _run(noisy: np.ndarray, ctx, make_loss, supervised: bool = False):
     out = _predict(net, slices) * scale + low
     facts["inference_seconds"] = time.perf_counter() - t0
     facts["budget_seconds"] = None if supervised else (ctx.budget_seconds or 60.0)
-    facts["network"] = {**DEFAULT_NETWORK, **(ctx.network or {})}
+    facts["network"] = {**_network_fields(ctx), "residual": True}
     facts["patch_size"], facts["batch_size"] = tcfg["patch_size"], tcfg["batch_size"]
     return out.astype(np.float32), facts
 
