@@ -58,8 +58,23 @@ def options(threads: int) -> dict:
     return {"preset": "fast", "device": "cpu", "threads": threads}
 
 
+MAIN_THREAD = {"mode": "busy"}
+
+
 def busy_python(until: float) -> None:
-    """Pure-Python work (it holds the GIL) until ``until``, as Slicer's main thread does between events."""
+    """Hold the GIL until ``until``, as Slicer's main thread does between events.
+
+    'busy': pure-Python work, which also takes a whole CPU core from the run (on a 2-core machine that alone slows
+    any run down). 'hold': C calls that keep the GIL without using the CPU (``ctypes.PyDLL`` does not release it),
+    which isolates the effect of the lock.
+    """
+    if MAIN_THREAD["mode"] == "hold":
+        import ctypes
+
+        usleep = ctypes.PyDLL(None).usleep
+        while (left := until - time.perf_counter()) > 0:
+            usleep(int(min(left, 0.02) * 1e6))
+        return
     x = 0
     while time.perf_counter() < until:
         for i in range(200):
@@ -178,7 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=48, help="N of the 512x512xN volume (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of every run (default: %(default)s)")
     p.add_argument("--thread-contrast", action="store_true", help="also time the old in-thread design")
+    p.add_argument(
+        "--main-thread",
+        choices=("busy", "hold"),
+        default="busy",
+        help="how the simulated main thread holds the GIL: Python work using a core, or holding it idle (POSIX)",
+    )
     args = p.parse_args(argv)
+    MAIN_THREAD["mode"] = args.main_thread
     command = "python benchmarks/gui_harness.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     import tempfile
@@ -193,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "shape_kji": list(volume.shape),
         "options": options(args.threads),
+        "main_thread": args.main_thread,
         "switch_interval_s": SWITCH_INTERVAL_S,
         "tick_s": TICK_S,
         "direct": direct,

@@ -459,8 +459,8 @@ class DenoiseJob:
                 self._state = DONE
             else:
                 self._state, self._error = FAILED, self._worker_error(code)
-        except Exception as exc:  # noqa: BLE001 - a damaged output file is a failure with a message, not a crash
-            self._state, self._error = FAILED, NSN2NError(f"Reading the denoised volume back failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - e.g. no memory for the result: a failure with a message
+            self._state, self._error = FAILED, errors.explain(exc)
         finally:
             self._remove_folder()
             _release(self)
