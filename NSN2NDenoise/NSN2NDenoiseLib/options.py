@@ -190,7 +190,9 @@ def to_config(values: dict[str, Any] | None = None, base: NSN2NConfig | None = N
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}; known: {', '.join(BY_NAME)}.")
     preset = values.pop("preset", None)
-    cfg = make_config(preset) if preset is not None else (base or make_config())
+    if preset is not None and base is not None and preset != base.preset:
+        raise ConfigError(f"preset {preset!r} conflicts with the given configuration's preset {base.preset!r}.")
+    cfg = base or make_config(preset or "default")
     changes: dict[str, Any] = {}
     for name, value in values.items():
         option = BY_NAME[name]

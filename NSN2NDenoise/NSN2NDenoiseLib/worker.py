@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["choices"] = option.choices
         p.add_argument(option.flag, dest=option.name, **kwargs)
     p.add_argument("--report", metavar="REPORT.json", help="write the run report as JSON.")
+    p.add_argument(
+        "--config",
+        metavar="CONFIG.json",
+        help="a full configuration as JSON (the 'config' of a run report) to start from; the option flags "
+        "given on top of it override it.",
+    )
     p.add_argument("input", help="input volume file (NRRD, NIfTI, MetaImage) or DICOM folder")
     p.add_argument("output", help="output volume file")
     return p
@@ -48,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 class SlicerProgress:
     """The engine's progress callback, writing Slicer CLI progress lines to ``stream``."""
 
-    def __init__(self, stream: TextIO, estimate) -> None:
+    def __init__(self, stream: TextIO, estimate, device: str) -> None:
         self.stream = stream
         self.estimate = estimate
+        self.device = device
         self.t0 = time.perf_counter()
         self.phase: str | None = None
 
@@ -69,6 +76,7 @@ class SlicerProgress:
 
         fraction = overall_fraction(phase, step, total, self.estimate)
         record = {
+            "device": self.device,
             "phase": phase,
             "step": step,
             "total": total,
@@ -99,14 +107,22 @@ def run(args: argparse.Namespace, stream: TextIO) -> int:
     from .api import denoise, resolve_device
     from .volume_io import check_output_path, check_paths_differ, read_volume, write_volume
 
-    cfg = to_config({o.name: getattr(args, o.name) for o in OPTIONS})
+    base = None
+    if args.config:
+        from .config import NSN2NConfig
+
+        try:
+            base = NSN2NConfig.from_dict(json.loads(Path(args.config).read_text()))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"Cannot read the configuration {args.config}: {exc}") from exc
+    cfg = to_config({o.name: getattr(args, o.name) for o in OPTIONS}, base=base)
     out_path = check_output_path(args.output)
     check_paths_differ(args.input, out_path)
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise InputError(f"The report folder {Path(args.report).parent} does not exist: create it first.")
     loaded = read_volume(args.input)
     device = resolve_device(cfg.device)
-    progress = SlicerProgress(stream, costmodel.estimate(loaded.array.shape, cfg, device.type))
+    progress = SlicerProgress(stream, costmodel.estimate(loaded.array.shape, cfg, device.type), device.type)
     progress.start(f"{loaded.array.shape} voxels (K,J,I) on {device.type}")
     result, report = denoise(loaded.array, loaded.spacing_kji, cfg, progress=progress)
     del loaded.array
