@@ -1,4 +1,4 @@
-"""A small 2D U-Net for slice denoising (METHOD.md section 4).
+"""A small 2D U-Net for slice denoising (docs/METHOD.md section 4).
 
 Shapes: input (B, C_in, H, W) with any H and W; output (B, C_out, H, W), same dtype and device as the input.
 Sizes that are not multiples of 2**depth are reflect-padded and cropped back in :func:`pad_to_multiple` /
