@@ -2,7 +2,7 @@
 
 Every loader returns arrays in K,J,I order (slice, row, column; z,y,x) and spacing as (sk, sj, si) in mm.
 Nothing is copied into the repository: the files come from the ``invesalius-examples`` Debian package, nilearn's
-wheel and nibabel's wheel (see ``shared/docs/DATA.md`` of the project for their licences).
+wheel and nibabel's wheel, under their own licences (Cranium is GPL-2 data: used here, never copied).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Noise simulators of the benchmark (``shared/docs/DATA.md``, "Noise models"), with an on-disk cache.
+"""Noise simulators of the benchmark, each tested statistically (Testing/test_benchmark_noise.py), with an on-disk
+cache.
 
 All functions take and return float32 arrays in K,J,I order (slice, row, column) in the volume's own units, and
 are deterministic for a given ``seed``: the noise of slice k comes from ``SeedSequence(seed).spawn`` child k, so
