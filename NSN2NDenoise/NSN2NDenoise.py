@@ -73,9 +73,10 @@ class NSN2NDenoiseParameterNode:
         them (the widget then shows the preset's values).
     The other fields are the options of ``NSN2NDenoiseLib.options.OPTIONS``, named by ``Option.slicer_name``,
     with its choices and bounds, and the 'default' preset's values as defaults (iterations: 0 means the
-    preset's). They cannot be generated from that table here, because importing the engine imports torch,
-    which may not be installed when Slicer loads the module; Testing/test_slicer_static.py compares every
-    field with the table instead.
+    preset's). The table imports without torch, but the fields stay written out: every one needs a widget
+    named for it in the .ui file anyway, and a class built at load time could only be checked inside Slicer
+    (slicer-core has no parameterNodeWrapper). Testing/test_slicer_static.py compares every field, and its
+    widget, with the table, without torch.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -101,7 +102,8 @@ class NSN2NDenoiseParameterNode:
 class NSN2NDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Moves values between the GUI and the parameter node, starts the Logic's job and polls it from a timer."""
 
-    POLL_INTERVAL_MS = 200  # the worker is another process: the timer only reads its progress and the result
+    POLL_INTERVAL_MS = 200  # the worker is another process: the timer only reads its progress
+    FILL_POLL_INTERVAL_MS = 10  # then each poll copies one short part of the result into the scene
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -189,7 +191,7 @@ class NSN2NDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onParameterNodeModified()
 
     def _isRunning(self) -> bool:
-        return self._job is not None and not self._job.job.finished
+        return self._job is not None and self._job.state not in ("done", "failed", "cancelled")
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         self._showPresetValues()
@@ -296,7 +298,15 @@ class NSN2NDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         from NSN2NDenoiseLib.jobs import CANCELLED, DONE, FINISHED_STATES
 
-        state = self._job.poll()  # writes the output node here, on the main thread, when the result is ready
+        # Cheap while the worker runs; once its result has been read (in the job's thread), each poll copies a
+        # slab of it into an image outside the scene, and the last one adds the complete node.
+        state = self._job.poll()
+        filling = state not in FINISHED_STATES and self._job.filling
+        self._pollTimer.setInterval(self.FILL_POLL_INTERVAL_MS if filling else self.POLL_INTERVAL_MS)
+        if filling:
+            self.ui.progressBar.setFormat(_("Writing the result %p%"))
+            self.ui.statusLabel.text = _("Writing the denoised volume into the scene...")
+            return
         progress = self._job.progress
         if progress is not None:
             self.ui.progressBar.setValue(int(round(1000 * progress.fraction)))
@@ -305,6 +315,7 @@ class NSN2NDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if state not in FINISHED_STATES:
             return
         self._pollTimer.stop()
+        self._pollTimer.setInterval(self.POLL_INTERVAL_MS)
         job, self._job = self._job, None
         if state == DONE:
             self.ui.progressBar.setValue(1000)
@@ -571,13 +582,15 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
             The other options of ``NSN2NDenoiseLib.options.OPTIONS`` by their camelCase names; None keeps the
             preset's value.
         config : NSN2NDenoiseLib.NSN2NConfig, optional
-            A complete engine configuration instead of the options above (only fields the options can set).
+            A complete engine configuration instead of the options above (any fields; one the options cannot
+            express goes to the worker as a ``--config`` JSON file in the job's folder).
 
         Returns
         -------
         NSN2NDenoiseLib.mrml.MRMLDenoiseJob
-            ``poll()`` (call from the main thread; writes the output when done), ``wait()``, ``cancel()``,
-            ``progress``, ``output_node``, ``error``.
+            ``poll()`` (call from the main thread; once the run has ended, each call copies a part of the result
+            and the last one adds the complete output node), ``wait()``, ``cancel()``, ``progress``,
+            ``filling``, ``output_node``, ``error``.
         """
         if not self.isTorchAvailable():
             # Never install from here: a console or batch call must not start a multi-GB download by itself.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -143,16 +144,70 @@ def test_only_one_job_at_a_time_and_cancel_before_start():
         pending.start()
 
 
-def test_a_config_the_worker_cannot_receive_is_refused_before_anything_starts():
-    narrow = make_config("fast", network={"width": 8})
-    with pytest.raises(ConfigError, match="beyond the module's options"):
-        jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), narrow)
-    assert jobs.active_job() is None
+def test_worker_arguments_are_option_flags_or_a_config_file(tmp_path):
     args = jobs.worker_arguments(tiny_config(7))
+    assert "--config" not in args
     assert args[args.index("--iterations") + 1] == "7" and args[args.index("--preset") + 1] == "fast"
     parsed = worker.build_parser().parse_args([*args, "in.nrrd", "out.nrrd"])
-    values = {k: v for k, v in vars(parsed).items() if k not in ("input", "output", "report")}
+    values = {k: v for k, v in vars(parsed).items() if k not in ("input", "output", "report", "config")}
     assert to_config(values) == tiny_config(7)
+    narrow = make_config("fast", network={"width": 8})
+    with pytest.raises(ConfigError, match="beyond the module's options"):
+        jobs.worker_arguments(narrow)  # no folder for the file
+    args = jobs.worker_arguments(narrow, tmp_path)
+    path = args[args.index("--config") + 1]
+    assert path == str(tmp_path / "config.json")
+    from NSN2NDenoiseLib.config import NSN2NConfig
+
+    assert NSN2NConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == narrow
+
+
+def test_a_full_configuration_reaches_the_worker_through_its_config_file():
+    narrow = make_config(
+        "fast", device="cpu", network={"width": 8, "depth": 2},
+        training={"iterations": 5, "threads": 1, "patch_size": 16, "batch_size": 2},
+    )  # fmt: skip
+    assert not jobs.expressible_by_options(narrow)
+    job = jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), narrow)
+    assert job.wait(60)
+    assert job.poll() == jobs.DONE, job.error
+    assert job.report["config"]["network"]["width"] == 8
+    assert job.report["config"]["training"]["patch_size"] == 16
+
+
+def test_start_returns_before_the_input_is_written_and_cancel_then_starts_nothing(monkeypatch):
+    import threading
+
+    gate = threading.Event()
+    real = jobs.write_input
+
+    def slow_write(*args):
+        gate.wait(10)
+        real(*args)
+
+    monkeypatch.setattr(jobs, "write_input", slow_write)
+    job = jobs.start_job(smooth_noisy_volume(), (1.0, 1.0, 1.0), tiny_config())
+    assert job.poll() == jobs.RUNNING and not job.input_written and job._process is None
+    job.cancel()
+    gate.set()
+    assert job.wait(10)
+    assert job.poll() == jobs.CANCELLED and job._process is None and job.input_written
+    assert jobs.active_job() is None
+
+
+def test_the_result_is_a_view_that_keeps_its_image(tmp_path):
+    import gc
+
+    import SimpleITK as sitk
+
+    voxels = smooth_noisy_volume()
+    sitk.WriteImage(sitk.GetImageFromArray(voxels), str(tmp_path / "out.nrrd"))
+    result = jobs.read_output(tmp_path / "out.nrrd")
+    gc.collect()
+    assert result.dtype == np.float32 and not result.flags.owndata
+    np.testing.assert_array_equal(result, voxels)
+    sitk.WriteImage(sitk.GetImageFromArray(voxels.astype(np.int16)), str(tmp_path / "int.nrrd"))
+    assert jobs.read_output(tmp_path / "int.nrrd").dtype == np.float32
 
 
 class FakeJob(jobs.DenoiseJob):

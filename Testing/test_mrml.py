@@ -309,3 +309,125 @@ def test_build_config_maps_module_options():
         mrml.build_config(device="tpu")
     with pytest.raises(ConfigError, match="unknown option"):
         mrml.build_config(energy_test=False)  # an option the engine no longer has
+
+
+# -- the chunked fill: the finished result goes into the scene over several polls --------------------------------
+
+
+class FinishedJob:
+    """A DenoiseJob whose worker has ended and whose result has been read: what MRMLDenoiseJob sees at the end."""
+
+    def __init__(self, result, report=None):
+        self.result = result
+        self.report = report if report is not None else {"config": {"preset": "fast"}}
+        self.cancel_requested = False
+        self.error = None
+        self.progress = None
+
+    def poll(self):
+        return jobs.DONE
+
+    def cancel(self):
+        self.cancel_requested = True  # the process has ended: nothing else to do
+
+
+@pytest.fixture
+def slab_per_poll(monkeypatch):
+    """Two K slices of 32x32 per poll, whatever the time."""
+    monkeypatch.setattr(mrml, "FILL_CHUNK_BYTES", 2 * 32 * 32 * 4)
+    monkeypatch.setattr(mrml, "FILL_BUDGET_S", 0.0)
+
+
+def test_the_result_fills_over_several_polls_and_the_node_appears_only_when_complete(scene, slab_per_poll):
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
+    transform = add_transform(scene, node)
+    result = (smooth_noisy_volume(2) * 1.5 + 0.125).astype(np.float32)
+    before_ids, before_count = volume_node_ids(scene), scene.GetNumberOfNodes()
+    job = mrml.MRMLDenoiseJob(scene, node, FinishedJob(result))
+    states = []
+    while (state := job.poll()) == jobs.RUNNING:
+        states.append(state)
+        assert job.filling and job.output_node is None and job.report is None
+        assert volume_node_ids(scene) == before_ids and scene.GetNumberOfNodes() == before_count
+        assert len(states) < 10
+    assert state == jobs.DONE and job.state == jobs.DONE and not job.filling
+    assert len(states) == 3  # 6 slices, 2 per poll; the fourth poll adds the complete node
+    out = job.output_node
+    assert volume_node_ids(scene) - before_ids == {out.GetID()}
+    assert out.GetName() == "noisy denoised"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(out), result)  # bit-identical
+    assert slicer.util.arrayFromVolume(out).dtype == np.float32
+    assert out.GetSpacing() == node.GetSpacing() and out.GetOrigin() == node.GetOrigin()
+    assert_same_matrix(ijk_to_ras(out), ijk_to_ras(node))
+    assert out.GetTransformNodeID() == transform.GetID()
+    assert mrml.read_report(out) == {"config": {"preset": "fast"}}
+    assert out.GetAttribute("NSN2N.sourceVolumeID") == node.GetID()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    assert sh.GetItemParent(sh.GetItemByDataNode(out)) == sh.GetItemParent(sh.GetItemByDataNode(node))
+    assert out.GetDisplayNode() is not None
+    assert job.poll() == jobs.DONE and scene.GetNumberOfNodes() == before_count + 2  # volume and display node
+
+
+def test_cancel_during_the_fill_leaves_the_scene_unchanged(scene, slab_per_poll):
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
+    target = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mine")
+    slicer.util.updateVolumeFromArray(target, np.zeros((2, 3, 4), np.float32))
+    target_image = target.GetImageData()
+    before_count = scene.GetNumberOfNodes()
+    job = mrml.MRMLDenoiseJob(scene, node, FinishedJob(smooth_noisy_volume(2)), output_node=target)
+    assert job.poll() == jobs.RUNNING and job.filling
+    job.cancel()
+    assert job.poll() == jobs.CANCELLED and job.cancelled and not job.filling
+    assert isinstance(job.error, CancelledError)
+    assert job.poll() == jobs.CANCELLED  # stays cancelled; nothing more is copied
+    assert scene.GetNumberOfNodes() == before_count
+    assert target.GetImageData() is target_image and slicer.util.arrayFromVolume(target).shape == (2, 3, 4)
+    assert job.output_node is target and job.report is None
+
+
+def test_removing_the_input_during_the_fill_cancels_it(scene, slab_per_poll):
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
+    job = mrml.MRMLDenoiseJob(scene, node, FinishedJob(smooth_noisy_volume(2)))
+    assert job.poll() == jobs.RUNNING
+    scene.RemoveNode(node)
+    before_count = scene.GetNumberOfNodes()
+    assert job.poll() == jobs.CANCELLED
+    assert "removed" in str(job.error) and job.output_node is None
+    assert scene.GetNumberOfNodes() == before_count
+
+
+def test_a_result_of_the_wrong_shape_fails_without_touching_the_scene(scene):
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
+    before_count = scene.GetNumberOfNodes()
+    job = mrml.MRMLDenoiseJob(scene, node, FinishedJob(np.zeros((5, 32, 32), np.float32)))
+    assert job.poll() == jobs.FAILED
+    assert "shape" in str(job.error) and scene.GetNumberOfNodes() == before_count
+
+
+def test_no_poll_of_a_large_fill_takes_long(scene):
+    """A 96x512x512 result (96 MB) with the default slab size and time budget: several short polls."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "large")
+    slicer.util.updateVolumeFromArray(node, np.zeros((96, 512, 512), np.int16))
+    result = np.random.default_rng(0).random((96, 512, 512), dtype=np.float32)
+    job = mrml.MRMLDenoiseJob(scene, node, FinishedJob(result))
+    durations = []
+    while True:
+        t0 = time.perf_counter()
+        state = job.poll()
+        durations.append(time.perf_counter() - t0)
+        if state != jobs.RUNNING:
+            break
+    assert state == jobs.DONE and len(durations) >= 2
+    assert max(durations) < 0.5, durations  # about FILL_BUDGET_S + one slab; loose for a loaded machine
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(job.output_node), result)
+
+
+def test_blocking_wait_and_write_output_give_the_same_node(scene):
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
+    result = smooth_noisy_volume(3)
+    job = mrml.MRMLDenoiseJob(scene, node, FinishedJob(result))
+    assert job.wait(10) == jobs.DONE
+    direct = mrml.write_output(scene, node, result, {"a": 1})
+    assert direct.GetName() == "noisy denoised_1" or direct.GetName() != job.output_node.GetName()
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(direct), slicer.util.arrayFromVolume(job.output_node))
+    np.testing.assert_array_equal(ijk_to_ras(direct), ijk_to_ras(job.output_node))

@@ -5,12 +5,14 @@ events, so a training thread in Slicer's own interpreter is starved (4.3 times s
 process trains at full speed whatever the main thread does, a cancel ends it (GPU memory included), and a crash
 in torch cannot take Slicer down.
 
-A job owns a temporary folder. :meth:`DenoiseJob.start` writes the volume there as NRRD and starts
-``python -m NSN2NDenoiseLib.worker input.nrrd output.nrrd --report report.json <option flags>``. One daemon
-thread per pipe does nothing but blocking ``readline()`` calls (which release the GIL) and stores the parsed
-progress records and error lines under a lock. :meth:`DenoiseJob.poll`, called from the caller's thread (a Qt
-timer in Slicer, :func:`wait` elsewhere), reads the result back when the process has ended and removes the
-folder, whatever the outcome.
+A job owns a temporary folder. :meth:`DenoiseJob.start` checks the configuration and the interpreter, then
+returns at once; the job's own daemon thread writes the volume there as NRRD, starts
+``python -m NSN2NDenoiseLib.worker input.nrrd output.nrrd --report report.json <option flags>`` (with
+``--config config.json`` for a configuration beyond the option table), waits for it to end, reads the result
+back and removes the folder, whatever the outcome. SimpleITK releases Python's lock while it converts, writes
+and reads, so none of that file work stalls the caller's thread (a Qt timer in Slicer): :meth:`DenoiseJob.poll`
+only reads the state. One daemon thread per pipe does nothing but blocking ``readline()`` calls (which release
+the GIL) and stores the parsed progress records and error lines under a lock.
 
 Only one job runs at a time in a process: training uses every core or the whole GPU, and two jobs would only
 slow each other down and double the memory. :func:`start_job` raises :class:`BusyError` while one is running.
@@ -55,6 +57,8 @@ WARNING_PREFIX = "nsn2n: warning: "
 
 KILL_GRACE_S = 5.0
 """Seconds a cancelled worker gets to exit after SIGTERM before the whole process tree is killed."""
+FILL_POLL_INTERVAL_S = 0.005
+"""Seconds :func:`wait` sleeps between polls while a job copies its result into the scene."""
 REMAINING_MIN_FRACTION = 0.02
 """Time left is estimated only once this share of the run is done; earlier it is mostly start-up time."""
 
@@ -131,7 +135,8 @@ def write_input(path: str | os.PathLike, volume: np.ndarray, spacing_kji) -> Non
     """Write a K,J,I volume as an uncompressed NRRD file with the given K,J,I spacing (mm).
 
     Only the voxels and the spacing matter to the engine; the caller keeps the geometry. ``volume`` may be a view
-    (e.g. ``slicer.util.arrayFromVolume``): it is read once, here, and not kept.
+    (e.g. ``slicer.util.arrayFromVolume``): it is read once, here, and not kept. SimpleITK releases Python's lock
+    while it copies and writes, so this may run in a background thread without stalling the main thread.
     """
     import SimpleITK as sitk
 
@@ -141,34 +146,58 @@ def write_input(path: str | os.PathLike, volume: np.ndarray, spacing_kji) -> Non
 
 
 def read_output(path: str | os.PathLike) -> np.ndarray:
-    """The K,J,I float32 voxels of the worker's output file."""
+    """The K,J,I float32 voxels of the worker's output file.
+
+    A view of the SimpleITK image's buffer when the file holds float32 (the worker's output), so no copy; the
+    view keeps the image alive. Reading releases Python's lock (safe in a background thread).
+    """
     import SimpleITK as sitk
 
-    return np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), dtype=np.float32)
+    image = sitk.ReadImage(str(path))
+    view = sitk.GetArrayViewFromImage(image)
+    if view.dtype != np.float32:
+        return np.asarray(view, dtype=np.float32)
+    return np.asarray(_KeepAlive(view, image))
 
 
-def _worker_supports_config_file() -> bool:
-    from . import worker
+class _KeepAlive:
+    """Exposes a view of a SimpleITK image's buffer and holds the image: ``np.asarray`` of it is a plain array
+    whose ``base`` keeps the buffer alive (``GetArrayViewFromImage`` alone does not)."""
 
-    return "--config" in worker.build_parser()._option_string_actions
+    def __init__(self, view: np.ndarray, image) -> None:
+        self.__array_interface__ = view.__array_interface__
+        self._view, self._image = view, image
 
 
-def worker_arguments(config) -> list[str]:
-    """The worker's option flags that reproduce ``config``.
+def expressible_by_options(config) -> bool:
+    """True when the option flags of :data:`options.OPTIONS` reproduce ``config`` exactly."""
+    from .options import from_config, to_config
 
-    Configurations that the option table (:data:`options.OPTIONS`) cannot express, e.g. a narrower network for a
-    test, are refused with a :class:`ConfigError` naming the way out, rather than run silently with other values.
+    return to_config(from_config(config)) == config
+
+
+def worker_arguments(config, folder: str | os.PathLike | None = None) -> list[str]:
+    """The worker's arguments that reproduce ``config``.
+
+    A configuration of the option table (:data:`options.OPTIONS`) goes as option flags. Any other one (e.g. a
+    narrower network for a test, or a run report's ``config``) is written as ``config.json`` into ``folder``
+    (the job's temporary folder) and passed with ``--config``, with the option flags of its values on top (which
+    change nothing). Without a folder such a configuration raises :class:`ConfigError`.
     """
-    from .options import OPTIONS, from_config, to_config
+    from .options import OPTIONS, from_config
 
     values = from_config(config)
-    if to_config(values) != config:
-        raise ConfigError(
-            "This configuration sets fields beyond the module's options (preset, "
-            + ", ".join(o.name for o in OPTIONS[1:])
-            + "), which the worker process cannot receive yet; use those options instead."
-        )
     args: list[str] = []
+    if not expressible_by_options(config):
+        if folder is None:
+            raise ConfigError(
+                "This configuration sets fields beyond the module's options (preset, "
+                + ", ".join(o.name for o in OPTIONS[1:])
+                + "); the worker receives it as a --config file, which needs the job's folder."
+            )
+        path = Path(folder) / "config.json"
+        path.write_text(json.dumps(config.to_dict(), indent=1))
+        args += ["--config", str(path)]
     for option in OPTIONS:
         args += [option.flag, str(values[option.name])]
     return args
@@ -196,21 +225,23 @@ class DenoiseJob:
     Parameters
     ----------
     volume : numpy.ndarray
-        Volume in K,J,I order (slice, row, column), any real dtype. Written to the job's folder by :meth:`start`
-        and not kept, so a view of a volume node's voxels is enough.
+        Volume in K,J,I order (slice, row, column), any real dtype. Written to the job's folder by the job's
+        thread right after :meth:`start` and then released, so a view of a volume node's voxels is enough. The
+        caller must not change those voxels in place until :attr:`input_written` is True (a second or two for a
+        large volume); replacing the node's image data is safe, since the view keeps the old buffer alive.
     spacing : tuple of 3 floats
         Voxel spacing in mm in the same K,J,I order.
     config : NSN2NConfig
-        The run's configuration; see :func:`worker_arguments` for what the worker can receive.
+        The run's configuration; see :func:`worker_arguments` for how the worker receives it.
     python : str, optional
         The interpreter that runs the worker; ``sys.executable`` by default. Inside Slicer it must be
         ``PythonSlicer`` (the Slicer module picks it), since ``sys.executable`` is Slicer itself there.
 
     Notes
     -----
-    Use :func:`start_job` to create and start a job, so that only one runs at a time. ``progress``, ``error`` and
-    ``cancel()`` may be used from any thread; :meth:`poll` does the file work of a finished run, so call it from
-    one thread (the main thread in Slicer). Nothing here needs Qt.
+    Use :func:`start_job` to create and start a job, so that only one runs at a time. Every method and property
+    may be used from any thread: the file work (input, result, folder) happens in the job's own thread, so
+    :meth:`poll` only reads the state and returns in microseconds. Nothing here needs Qt.
     """
 
     def __init__(self, volume: np.ndarray, spacing, config, python: str | None = None):
@@ -223,6 +254,8 @@ class DenoiseJob:
         self._cancel_requested = False
         self._process: subprocess.Popen | None = None
         self._readers: list[threading.Thread] = []
+        self._runner: threading.Thread | None = None
+        self._command: list[str] = []
         self._folder: Path | None = None
         self._record: dict[str, Any] | None = None
         self._record_time = 0.0
@@ -244,53 +277,127 @@ class DenoiseJob:
     # -- control ---------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Write the input and start the worker. Prefer :func:`start_job`, which enforces one job at a time.
+        """Check the configuration and the interpreter, then start the job's thread, which writes the input and
+        starts the worker. Returns at once. Prefer :func:`start_job`, which enforces one job at a time.
 
         Raises
         ------
-        ConfigError
-            If the configuration cannot be passed to the worker.
         NSN2NError
-            If the job was started before, or the interpreter cannot be started.
+            If the job was started before, or the interpreter is not an executable file. (A failure to write the
+            input or to start the process afterwards makes the state 'failed'.)
         """
         with self._lock:
             if self._state != PENDING:
                 raise NSN2NError("This job has already been started; create a new job to run again.")
-            args = worker_arguments(self.config)
+            if shutil.which(self.python) is None:
+                raise NSN2NError(f"Could not start the denoising process with {self.python!r}: no such executable.")
             self._folder = Path(tempfile.mkdtemp(prefix="nsn2n-"))
             try:
-                write_input(self._folder / "input.nrrd", self._volume, self._spacing)
-                self._volume = None
-                command = [
-                    self.python, "-m", "NSN2NDenoiseLib.worker",
-                    str(self._folder / "input.nrrd"), str(self._folder / "output.nrrd"),
-                    "--report", str(self._folder / "report.json"), *args,
-                ]  # fmt: skip
-                env = dict(os.environ)
-                env["PYTHONPATH"] = os.pathsep.join(p for p in (LIB_PARENT, env.get("PYTHONPATH")) if p)
-                env["PYTHONUNBUFFERED"] = "1"
-                kwargs: dict[str, Any] = {}
-                if os.name == "nt":
-                    kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
-                else:
-                    kwargs["start_new_session"] = True  # its own process group: a cancel kills the whole tree
-                self._start_time = time.monotonic()
-                # Large buffers: when a reader thread gets the GIL it drains everything the pipe holds at once.
-                self._process = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    env=env, cwd=str(self._folder), bufsize=1 << 16, **kwargs,
-                )  # fmt: skip
-            except OSError as exc:
-                self._remove_folder()
-                raise NSN2NError(f"Could not start the denoising process with {self.python!r}: {exc}") from exc
+                args = worker_arguments(self.config, self._folder)
             except BaseException:
                 self._remove_folder()
                 raise
+            self._command = [
+                self.python, "-m", "NSN2NDenoiseLib.worker",
+                str(self._folder / "input.nrrd"), str(self._folder / "output.nrrd"),
+                "--report", str(self._folder / "report.json"), *args,
+            ]  # fmt: skip
             self._state = RUNNING
+            self._start_time = time.monotonic()
+            self._runner = threading.Thread(target=self._run, name="NSN2N job", daemon=True)
+            self._runner.start()
+
+    @property
+    def input_written(self) -> bool:
+        """True once the input volume has been written to the job's file (or the job ended before); from then on
+        the array given to the job is not read any more."""
+        with self._lock:
+            return self._volume is None
+
+    # -- the job's thread: input file, process, result file, folder ------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            if not self._start_process():
+                return
+            process = self._process
+            process.wait()
+            # The readers end at the pipes' EOF, right after the exit; the last error line must be in first.
+            for reader in self._readers:
+                reader.join(5.0)
+            self._collect(process.returncode)
+        except BaseException as exc:  # noqa: BLE001 - never leave the job running with nobody to end it
+            self._end(FAILED, errors.explain(exc) if isinstance(exc, Exception) else NSN2NError(str(exc)))
+
+    def _start_process(self) -> bool:
+        try:
+            write_input(self._folder / "input.nrrd", self._volume, self._spacing)
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk: a failure with a message
+            self._end(FAILED, errors.explain(exc))
+            return False
+        with self._lock:
+            self._volume = None
+            if self._cancel_requested:
+                self._end(CANCELLED, CancelledError("The run was cancelled before it started."))
+                return False
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (LIB_PARENT, env.get("PYTHONPATH")) if p)
+            env["PYTHONUNBUFFERED"] = "1"
+            kwargs: dict[str, Any] = {}
+            if os.name == "nt":
+                kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
+            else:
+                kwargs["start_new_session"] = True  # its own process group: a cancel kills the whole tree
+            try:
+                # Large buffers: when a reader thread gets the GIL it drains everything the pipe holds at once.
+                self._process = subprocess.Popen(
+                    self._command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    env=env, cwd=str(self._folder), bufsize=1 << 16, **kwargs,
+                )  # fmt: skip
+            except OSError as exc:
+                self._end(FAILED, NSN2NError(f"Could not start the denoising process with {self.python!r}: {exc}"))
+                return False
+            self._start_time = time.monotonic()
         for stream, handle in ((self._process.stdout, self._on_stdout), (self._process.stderr, self._on_stderr)):
             reader = threading.Thread(target=self._read, args=(stream, handle), name="NSN2N pipe reader", daemon=True)
             reader.start()
             self._readers.append(reader)
+        return True
+
+    def _collect(self, code: int) -> None:
+        """The end of a run: the result and report when it succeeded, else the error; then the folder goes."""
+        self.returncode = code
+        self._end_time = time.monotonic()
+        if self._cancel_requested:
+            self._end(CANCELLED, CancelledError("The run was cancelled; no result was kept."))
+            return
+        if code != errors.EXIT_OK:
+            with self._lock:
+                error = self._worker_error(code)
+            self._end(FAILED, error)
+            return
+        try:
+            result = read_output(self._folder / "output.nrrd")  # releases the GIL while it reads
+            report_path = self._folder / "report.json"
+            report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        except Exception as exc:  # noqa: BLE001 - e.g. no memory for the result: a failure with a message
+            self._end(FAILED, errors.explain(exc))
+            return
+        with self._lock:
+            if self._cancel_requested:  # cancelled while the result was read: keep nothing
+                self._end(CANCELLED, CancelledError("The run was cancelled; no result was kept."))
+                return
+            self._result, self._report = result, report
+            self._end(DONE, None)
+
+    def _end(self, state: str, error: NSN2NError | None) -> None:
+        with self._lock:
+            self._volume = None
+            if self._end_time is None:
+                self._end_time = time.monotonic()
+            self._remove_folder()
+            _release(self)  # before the state changes: a caller that sees the end may start the next job
+            self._state, self._error = state, error
 
     def cancel(self) -> None:
         """Stop the run: SIGTERM to the worker's process tree, SIGKILL after :data:`KILL_GRACE_S`. Returns at once."""
@@ -303,7 +410,7 @@ class DenoiseJob:
                 return
             process = self._process
         if process is None or process.poll() is not None:
-            return
+            return  # still writing the input (the job's thread checks the flag) or already ended
         _kill_tree(process, hard=False)
         threading.Thread(target=self._reap, args=(process,), name="NSN2N reaper", daemon=True).start()
 
@@ -328,19 +435,10 @@ class DenoiseJob:
     def poll(self) -> str:
         """The state now: :data:`PENDING`, :data:`RUNNING`, :data:`DONE`, :data:`FAILED` or :data:`CANCELLED`.
 
-        When the process has just ended, reads its result and report back and removes the job's folder first.
+        Only reads it: the job's thread writes the input, reads the result back (so :attr:`result` is set before
+        the state becomes 'done') and removes the folder. Cheap from any thread.
         """
         with self._lock:
-            state, process = self._state, self._process
-        if state != RUNNING or process.poll() is None:
-            return state
-        # The readers end at the pipes' EOF, right after the exit; the last error line must be in before we
-        # judge. Joined outside the lock, which the readers take for every line.
-        for reader in self._readers:
-            reader.join(5.0)
-        with self._lock:
-            if self._state == RUNNING:
-                self._finish()
             return self._state
 
     @property
@@ -444,27 +542,6 @@ class DenoiseJob:
             elif line.strip():
                 self._log.append(line)
 
-    # -- the end of a run (the caller's thread, under the lock) ----------------------------------------------
-
-    def _finish(self) -> None:
-        self.returncode = code = self._process.returncode
-        self._end_time = time.monotonic()
-        try:
-            if self._cancel_requested:
-                self._state, self._error = CANCELLED, CancelledError("The run was cancelled; no result was kept.")
-            elif code == errors.EXIT_OK:
-                self._result = read_output(self._folder / "output.nrrd")
-                report_path = self._folder / "report.json"
-                self._report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-                self._state = DONE
-            else:
-                self._state, self._error = FAILED, self._worker_error(code)
-        except Exception as exc:  # noqa: BLE001 - e.g. no memory for the result: a failure with a message
-            self._state, self._error = FAILED, errors.explain(exc)
-        finally:
-            self._remove_folder()
-            _release(self)
-
     def _worker_error(self, code: int) -> NSN2NError:
         if self._error_line is not None:
             return _ERROR_TYPES.get(code, NSN2NError)(self._error_line)
@@ -485,6 +562,7 @@ class DenoiseJob:
 
     def _kill_now(self) -> None:
         """At interpreter exit: end the process tree at once and remove the folder."""
+        self._cancel_requested = True  # the job's thread starts no process from now on
         if self._process is not None and self._process.poll() is None:
             _kill_tree(self._process, hard=True)
             try:
@@ -528,7 +606,10 @@ def wait(job, timeout: float | None = None, poll_interval: float = 0.1, callback
                 callback(job)
             if deadline is not None and time.monotonic() >= deadline:
                 return state
-            time.sleep(poll_interval if deadline is None else max(0.0, min(poll_interval, deadline - time.monotonic())))
+            # While a finished result is copied into the scene step by step (MRMLDenoiseJob.filling), poll again
+            # at once: the steps are short, and the callback still runs between them.
+            interval = FILL_POLL_INTERVAL_S if getattr(job, "filling", False) else poll_interval
+            time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
     except BaseException:
         job.cancel()
         end = time.monotonic() + KILL_GRACE_S + 10.0

@@ -3,7 +3,13 @@
 Runs inside 3D Slicer and with the ``slicer-core`` package outside it. Every function takes the scene as a
 parameter, because ``slicer-core`` has no ``slicer.mrmlScene``. All scene changes happen on the thread that
 calls :meth:`MRMLDenoiseJob.poll` or :meth:`MRMLDenoiseJob.wait` (the main thread in Slicer); the worker
-process of :mod:`.jobs` only sees the files the job writes and reads back.
+process of :mod:`.jobs` only sees the files the job writes and reads back, and the job's own thread does that
+file work.
+
+No call stalls the main thread for long, whatever the volume's size: the job's thread writes the input and
+reads the result, and :meth:`MRMLDenoiseJob.poll` copies the result into an off-scene image slab by slab
+(:data:`FILL_CHUNK_BYTES` at a time, for at most about :data:`FILL_BUDGET_S` per call) before it puts the
+complete node into the scene in one short last step.
 
 Axis order: ``slicer.util.arrayFromVolume`` gives arrays in K,J,I order (slice, row, column), while
 ``node.GetSpacing()`` is in I,J,K order; :func:`array_and_spacing` reverses the spacing so both are K,J,I.
@@ -12,6 +18,7 @@ Axis order: ``slicer.util.arrayFromVolume`` gives arrays in K,J,I order (slice, 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -25,6 +32,11 @@ REPORT_ATTRIBUTE = "NSN2N.report"
 """Node attribute holding the run report as JSON (configuration, device, timings, loss curve, warnings)."""
 SOURCE_ATTRIBUTE = "NSN2N.sourceVolumeID"
 """Node attribute holding the MRML node ID of the input volume."""
+FILL_CHUNK_BYTES = 32 * 2**20
+"""Most bytes of the result copied into the output image in one go (whole K slices, at least one)."""
+FILL_BUDGET_S = 0.04
+"""Seconds one :meth:`MRMLDenoiseJob.poll` may spend copying the result before it returns (it finishes the slab
+it is copying, so one call takes at most about this plus one slab's copy)."""
 
 
 def check_input_node(node) -> None:
@@ -64,7 +76,9 @@ def check_input_node(node) -> None:
 def array_and_spacing(node) -> tuple[np.ndarray, tuple[float, float, float]]:
     """The node's voxels in K,J,I order, as a view (no copy), and the spacing in mm in the same K,J,I order.
 
-    The view is what :func:`~.jobs.write_input` needs: it is written to the job's file once and not kept.
+    The view is what :func:`~.jobs.write_input` needs: the job's thread writes it to the job's file once, right
+    after the start, and then lets it go (see :attr:`.jobs.DenoiseJob.input_written`). Nothing in this package
+    changes the input's voxels; replacing its image data meanwhile is safe, as the view keeps the old buffer.
 
     Raises
     ------
@@ -118,19 +132,56 @@ def _report_dict(report) -> dict[str, Any]:
     return dict(report)
 
 
-def _set_up_display(scene, input_node, output_node) -> None:
+AUTO_PERCENTILES = (0.1, 99.9)
+"""Percentiles of the voxels that Slicer's automatic window/level spans (widened by :data:`AUTO_EXPANSION`)."""
+AUTO_EXPANSION = 0.1
+WINDOW_LEVEL_SAMPLES = 200_000
+"""About this many voxels, evenly spread, estimate the window/level of an output whose input has no display."""
+
+
+def _estimate_window_level(image) -> tuple[float, float]:
+    """Slicer's automatic window/level (percentiles 0.1-99.9, widened by 10 % each side) from a sample."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    flat = vtk_to_numpy(image.GetPointData().GetScalars())
+    sample = np.array(flat[:: max(1, flat.size // WINDOW_LEVEL_SAMPLES)], dtype=np.float64)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 1.0, 0.0
+    ranks = [int(round(p / 100.0 * (sample.size - 1))) for p in AUTO_PERCENTILES]
+    low, high = (float(v) for v in np.partition(sample, ranks)[ranks])
+    low, high = low - AUTO_EXPANSION * (high - low), high + AUTO_EXPANSION * (high - low)
+    return max(high - low, 1e-6), (low + high) / 2.0
+
+
+def _set_up_display(scene, input_node, output_node, image) -> None:
+    """Give the output the input's colour map and window/level (so that both compare at a glance), fixed.
+
+    The window/level is set, never automatic: Slicer's automatic one computes a histogram of the whole volume
+    on the main thread (about 2 s at 512x512x600). With no input display, it is estimated from a sample of the
+    output's voxels. Called before the image is attached to a node that already has a display node, so that
+    that node does not recompute its automatic window/level either.
+    """
+    import slicer
+
+    input_display = input_node.GetDisplayNode()
+    if input_display is not None:
+        window, level = input_display.GetWindow(), input_display.GetLevel()
+        color = input_display.GetColorNodeID()
+    else:
+        window, level = _estimate_window_level(image)
+        color = None
     display = output_node.GetDisplayNode()
     if display is None:
-        output_node.CreateDefaultDisplayNodes()
-        display = output_node.GetDisplayNode()
-    input_display = input_node.GetDisplayNode()
-    if display is None or input_display is None:
-        return
-    # Same colour map and window/level as the input, so that input and output compare at a glance.
-    display.SetAndObserveColorNodeID(input_display.GetColorNodeID())
-    display.SetAutoWindowLevel(input_display.GetAutoWindowLevel())
-    if not input_display.GetAutoWindowLevel():
-        display.SetWindowLevel(input_display.GetWindow(), input_display.GetLevel())
+        display = slicer.vtkMRMLScalarVolumeDisplayNode()
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevel(window, level)
+        scene.AddNode(display)
+        output_node.SetAndObserveDisplayNodeID(display.GetID())
+    else:
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevel(window, level)
+    display.SetAndObserveColorNodeID(color or display.GetColorNodeID() or "vtkMRMLColorTableNodeGrey")
 
 
 def _place_beside(scene, input_node, output_node) -> None:
@@ -148,8 +199,109 @@ def _place_beside(scene, input_node, output_node) -> None:
         sh.SetItemParent(output_item, parent)
 
 
+def _check_result_shape(input_node, result: np.ndarray) -> None:
+    dims = input_node.GetImageData().GetDimensions() if input_node.GetImageData() is not None else (0, 0, 0)
+    expected = (dims[2], dims[1], dims[0])
+    if tuple(result.shape) != expected:
+        raise NSN2NError(f"The denoised volume has shape {tuple(result.shape)}, expected the input's {expected}.")
+
+
+class ImageFill:
+    """Copies a K,J,I float32 array into a new ``vtkImageData``, outside any scene, a slab at a time.
+
+    :meth:`step` copies whole K slices, :data:`FILL_CHUNK_BYTES` at a time, until ``budget_s`` has passed;
+    ``image`` is complete once it returns True. The image is allocated at once (the memory is committed only as
+    the copy touches it) and seen by nothing else until it is attached to a node.
+    """
+
+    def __init__(self, result: np.ndarray):
+        import vtk
+        from vtk.util.numpy_support import vtk_to_numpy
+
+        self.result = np.asarray(result)
+        if self.result.ndim != 3:
+            raise NSN2NError(f"The denoised volume has {self.result.ndim} dimensions, expected 3.")
+        k, j, i = self.result.shape
+        self.image = vtk.vtkImageData()
+        self.image.SetDimensions(i, j, k)
+        self.image.AllocateScalars(vtk.VTK_FLOAT, 1)
+        self._target = vtk_to_numpy(self.image.GetPointData().GetScalars()).reshape(k, j, i)
+        self._slices = k
+        self._slab = max(1, FILL_CHUNK_BYTES // max(1, j * i * 4))
+        self.next_slice = 0
+
+    @property
+    def done(self) -> bool:
+        return self.next_slice >= self._slices
+
+    def step(self, budget_s: float | None = None) -> bool:
+        """Copy slabs for about ``budget_s`` seconds (:data:`FILL_BUDGET_S` by default; at least one slab); True
+        once the whole image is filled."""
+        budget_s = FILL_BUDGET_S if budget_s is None else budget_s
+        t0 = time.perf_counter()
+        slices = self._slices
+        while self.next_slice < slices:
+            start = time.perf_counter()
+            end = min(slices, self.next_slice + self._slab)
+            np.copyto(self._target[self.next_slice : end], self.result[self.next_slice : end], casting="same_kind")
+            self.next_slice = end
+            now = time.perf_counter()
+            if now - t0 + (now - start) > budget_s:  # the next slab would overrun the budget: stop here
+                break
+        if self.done and self.result is not None:
+            self.image.GetPointData().GetScalars().Modified()
+            self.image.Modified()
+            self._target = self.result = None  # the image holds the voxels now
+        return self.done
+
+
+def _copy_geometry(input_node, output_node) -> None:
+    """Spacing, origin and axis directions, each copied as is (``CopyOrientation`` goes through the IJK-to-RAS
+    matrix and can change the spacing by a rounding step)."""
+    import vtk
+
+    directions = vtk.vtkMatrix4x4()
+    input_node.GetIJKToRASDirectionMatrix(directions)
+    output_node.SetIJKToRASDirectionMatrix(directions)
+    output_node.SetSpacing(input_node.GetSpacing())
+    output_node.SetOrigin(input_node.GetOrigin())
+
+
+def attach_output(scene, input_node, image, report=None, output_node=None, name: str | None = None):
+    """Put a filled ``vtkImageData`` (same dimensions as the input's) into a volume node with the input's geometry.
+
+    The image is taken over, not copied (``SetAndObserveImageData``). A new node is built outside the scene
+    (name, IJK-to-RAS, parent transform, attributes, voxels) and added complete; a given ``output_node`` gets
+    the input's geometry and the image at once. Same parameters and result as :func:`write_output`.
+    """
+    import slicer
+
+    if output_node is not None and output_node is input_node:
+        raise InputError("The output volume must differ from the input volume; the input is never overwritten.")
+    new = output_node is None
+    if new:
+        output_node = slicer.vtkMRMLScalarVolumeNode()
+        output_node.SetName(scene.GenerateUniqueName(name or f"{input_node.GetName()} denoised"))
+    _copy_geometry(input_node, output_node)
+    output_node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
+    output_node.SetAttribute(SOURCE_ATTRIBUTE, input_node.GetID() or "")
+    output_node.SetAttribute(REPORT_ATTRIBUTE, json.dumps(_report_dict(report), default=_json_default))
+    if new:
+        output_node.SetAndObserveImageData(image)
+        if scene.AddNode(output_node) is None:
+            raise NSN2NError("Could not add the output volume node to the scene.")
+        _set_up_display(scene, input_node, output_node, image)
+    else:
+        _set_up_display(scene, input_node, output_node, image)
+        output_node.SetAndObserveImageData(image)
+    _place_beside(scene, input_node, output_node)
+    return output_node
+
+
 def write_output(scene, input_node, result: np.ndarray, report=None, output_node=None, name: str | None = None):
-    """Put a denoised K,J,I array into a volume node with the input's exact geometry.
+    """Put a denoised K,J,I array into a volume node with the input's exact geometry, in one call.
+
+    (:class:`MRMLDenoiseJob` does the same in steps, so that the main thread never waits long.)
 
     Parameters
     ----------
@@ -158,12 +310,12 @@ def write_output(scene, input_node, result: np.ndarray, report=None, output_node
     input_node : vtkMRMLScalarVolumeNode
         The volume that was denoised; never modified.
     result : numpy.ndarray
-        Denoised voxels, K,J,I order, same shape as the input.
+        Denoised voxels, K,J,I order, same shape as the input; stored as float32.
     report : RunReport or dict, optional
         Stored as JSON in the node attribute ``NSN2N.report``.
     output_node : vtkMRMLScalarVolumeNode, optional
-        Node to overwrite; by default a new node "<input name> denoised" is created with
-        ``vtkSlicerVolumesLogic.CloneVolumeWithoutImageData`` (IJK-to-RAS and parent transform copied).
+        Node to overwrite; by default a new node "<input name> denoised" is created with the input's
+        IJK-to-RAS matrix and parent transform.
     name : str, optional
         Name of the new node.
 
@@ -172,30 +324,12 @@ def write_output(scene, input_node, result: np.ndarray, report=None, output_node
     vtkMRMLScalarVolumeNode
         The output node, with a display node like the input's, beside the input in the subject hierarchy.
     """
-    import slicer.util
-    from slicer import vtkSlicerVolumesLogic
-
-    result = np.asarray(result, dtype=np.float32)
-    expected = tuple(slicer.util.arrayFromVolume(input_node).shape)
-    if result.shape != expected:
-        raise NSN2NError(f"The denoised volume has shape {result.shape}, expected the input's {expected}.")
-    if output_node is None:
-        output_node = vtkSlicerVolumesLogic.CloneVolumeWithoutImageData(
-            scene, input_node, name or f"{input_node.GetName()} denoised"
-        )
-        if output_node is None:
-            raise NSN2NError("Could not create the output volume node.")
-    else:
-        if output_node is input_node:
-            raise InputError("The output volume must differ from the input volume; the input is never overwritten.")
-        output_node.CopyOrientation(input_node)
-        output_node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
-    slicer.util.updateVolumeFromArray(output_node, result)
-    _set_up_display(scene, input_node, output_node)
-    _place_beside(scene, input_node, output_node)
-    output_node.SetAttribute(SOURCE_ATTRIBUTE, input_node.GetID() or "")
-    output_node.SetAttribute(REPORT_ATTRIBUTE, json.dumps(_report_dict(report), default=_json_default))
-    return output_node
+    if output_node is not None and output_node is input_node:
+        raise InputError("The output volume must differ from the input volume; the input is never overwritten.")
+    _check_result_shape(input_node, result)
+    fill = ImageFill(result)
+    fill.step(float("inf"))
+    return attach_output(scene, input_node, fill.image, report, output_node, name)
 
 
 def _json_default(value: Any) -> Any:
@@ -215,9 +349,12 @@ def read_report(node) -> dict[str, Any] | None:
 class MRMLDenoiseJob:
     """A :class:`~.jobs.DenoiseJob` tied to its input and output nodes; applies its result to the scene.
 
-    The output node is created (or the given one overwritten) only when the result is ready, inside
-    :meth:`poll` or :meth:`wait`, on the caller's thread. A cancelled or failed job changes nothing in the scene.
-    Removing the input node from the scene cancels the run (observed at once, and checked again in :meth:`poll`).
+    When the worker's result has been read (by the job's thread), the following :meth:`poll` calls copy it into
+    an image outside the scene, a slab per call (see :class:`ImageFill`), and the last one puts the complete
+    node into the scene (or the image into the given output node). Until then :meth:`poll` returns 'running'
+    (:attr:`filling` tells this stage apart), so 'done' means the node is complete and nothing of it is in the
+    scene before. A cancel or a failure at any stage changes nothing in the scene. Removing the input node from
+    the scene cancels the run (observed at once, and checked again in :meth:`poll`).
     """
 
     def __init__(self, scene, input_node, job, output_node=None, output_name: str | None = None):
@@ -227,46 +364,81 @@ class MRMLDenoiseJob:
         self.output_node = output_node
         """The output node, once :meth:`poll` returned 'done' (or the node given at start)."""
         self._output_name = output_name
-        self._applied = False
+        self._state = jobs.RUNNING
+        self._fill: ImageFill | None = None
         self._apply_error: NSN2NError | None = None
+        self._cancelled_here = False
         self._input_removed = False
         self._observer = scene.AddObserver(scene.NodeRemovedEvent, self._on_node_removed)
 
     def _on_node_removed(self, caller=None, event=None) -> None:
         if not self._input_removed and not self.scene.IsNodePresent(self.input_node):
             self._input_removed = True
-            self.job.cancel()
+            self.cancel()
+
+    @property
+    def state(self) -> str:
+        """The state :meth:`poll` returned last ('running' before the first call); reading it does no work."""
+        return self._state
+
+    @property
+    def filling(self) -> bool:
+        """True while :meth:`poll` is copying the finished result into the output image (poll often then)."""
+        return self._fill is not None
 
     def poll(self) -> str:
         """The state: one of the :mod:`.jobs` states ('pending', 'running', 'done', 'failed', 'cancelled').
 
-        When the run has just finished, writes the output node first (so call this from the thread that owns
-        the scene). A failure while writing makes the state 'failed'.
+        Call this from the thread that owns the scene. Once the run has finished, each call copies part of the
+        result (about :data:`FILL_BUDGET_S` of work) and returns 'running' until the output node is complete
+        and in the scene; then 'done'. A failure while writing makes the state 'failed'.
         """
+        if self._state in FINISHED_STATES:
+            return self._state
         self._on_node_removed()
-        state = self.job.poll()
-        if state in FINISHED_STATES and self._observer is not None:
-            self.scene.RemoveObserver(self._observer)
-            self._observer = None
-        if state == DONE and not self._applied:
-            self._applied = True
-            try:
-                if self.output_node is not None and not self.scene.IsNodePresent(self.output_node):
-                    self.output_node = None  # the chosen output was deleted meanwhile: make a new one instead
-                self.output_node = write_output(
-                    self.scene, self.input_node, self.job.result, self.job.report, self.output_node, self._output_name
-                )
-            except NSN2NError as exc:
-                self._apply_error = exc
-            except Exception as exc:  # noqa: BLE001 - report scene errors as messages, like the worker's
-                self._apply_error = NSN2NError(f"Writing the denoised volume failed ({type(exc).__name__}: {exc}).")
-        if state == DONE and self._apply_error is not None:
-            return FAILED
+        if self._cancelled_here:
+            state = CANCELLED
+        else:
+            state = self.job.poll()
+            if state == DONE:
+                state = self._apply_step()
+        if state in FINISHED_STATES:
+            self._fill = None
+            if self._observer is not None:
+                self.scene.RemoveObserver(self._observer)
+                self._observer = None
+        self._state = state
         return state
 
+    def _apply_step(self) -> str:
+        """One step of writing the result into the scene: 'running' until the node is complete, then 'done'."""
+        try:
+            if self._fill is None:
+                result = self.job.result
+                _check_result_shape(self.input_node, result)
+                self._fill = ImageFill(result)
+            if not self._fill.done:
+                self._fill.step()
+                return jobs.RUNNING  # the node goes into the scene in a poll of its own
+            if self.output_node is not None and not self.scene.IsNodePresent(self.output_node):
+                self.output_node = None  # the chosen output was deleted meanwhile: make a new one instead
+            self.output_node = attach_output(
+                self.scene, self.input_node, self._fill.image, self.job.report, self.output_node, self._output_name
+            )
+            return DONE
+        except NSN2NError as exc:
+            self._apply_error = exc
+        except Exception as exc:  # noqa: BLE001 - report scene errors as messages, like the worker's
+            self._apply_error = NSN2NError(f"Writing the denoised volume failed ({type(exc).__name__}: {exc}).")
+        return FAILED
+
     def cancel(self) -> None:
-        """Stop the run; the scene stays as it was. Returns at once."""
+        """Stop the run, or the writing of its result; the scene stays as it was. Returns at once."""
+        if self._state in FINISHED_STATES:
+            return
         self.job.cancel()
+        if self._fill is not None or self.job.poll() == DONE:
+            self._cancelled_here = True  # the process had ended: drop the result instead
 
     def wait(self, timeout: float | None = None, poll_interval: float = 0.1, callback=None) -> str:
         """Block until the run ends (or ``timeout`` seconds pass); returns the state. See :func:`.jobs.wait`."""
@@ -280,22 +452,24 @@ class MRMLDenoiseJob:
     @property
     def report(self):
         """The run report (a dict) once done, else None."""
-        return self.job.report
+        return self.job.report if self._state == DONE else None
 
     @property
     def error(self) -> NSN2NError | None:
         """Why the job failed or was cancelled, or None."""
-        if self._input_removed and self.job.poll() == CANCELLED:
+        if self._input_removed and self._state == CANCELLED:
             return CancelledError(
                 f"The input volume '{self.input_node.GetName()}' was removed from the scene, so the run was "
                 "cancelled; nothing was written."
             )
+        if self._cancelled_here and self._state == CANCELLED:
+            return CancelledError("The run was cancelled while its result was being written; nothing was written.")
         return self._apply_error or self.job.error
 
     @property
     def cancelled(self) -> bool:
         """True when the job ended because it was cancelled."""
-        return self.job.poll() == CANCELLED
+        return self._state == CANCELLED
 
 
 class MRMLDenoiser:
