@@ -114,3 +114,13 @@ def test_local_edge_term_sees_blurring_and_only_adds(phantom_pair):
     with_edge = local_structure(noisy, blurred, edge=True)
     assert np.all(with_edge >= plain - 1e-6)
     assert float(with_edge.mean()) > 0.5
+
+
+def test_blend_in_place_equals_copy(phantom_pair, cylinder_case):
+    clean, _ = phantom_pair
+    _, noisy = cylinder_case
+    copy = blend_toward_input(noisy, clean)
+    output = clean.copy()
+    in_place = blend_toward_input(noisy, output, out=output)
+    assert in_place.volume is output
+    np.testing.assert_array_equal(in_place.volume, copy.volume)

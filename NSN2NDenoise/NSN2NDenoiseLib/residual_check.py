@@ -327,6 +327,7 @@ def blend_toward_input(
     dead_zone: float = BLEND_DEAD_ZONE,
     sigma_px: float = BLEND_SIGMA_PX,
     edge: bool = BLEND_EDGE,
+    out: np.ndarray | None = None,
 ) -> BlendResult:
     """Blend the output back toward the input where its residual holds structure, voxel by voxel.
 
@@ -344,6 +345,9 @@ def blend_toward_input(
         :data:`BLEND_DEAD_ZONE`, :data:`BLEND_SIGMA_PX`.
     edge : bool
         :data:`BLEND_EDGE`: also blend where the local residual energy exceeds the slice's noise level.
+    out : ndarray float32 (N, H, W), optional
+        Where to write the result; may be ``denoised`` itself (slice by slice, after the structure map is
+        computed), which saves a volume of memory. A new array when None.
 
     Returns
     -------
@@ -354,7 +358,10 @@ def blend_toward_input(
         structure = local_structure(x, y, sigma_px, edge)
     elif structure.shape != x.shape:
         raise ValueError(f"structure has shape {structure.shape}, expected {x.shape}.")
-    out = np.empty(x.shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(x.shape, dtype=np.float32)
+    elif out.shape != x.shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {x.shape}, got {out.dtype} {out.shape}.")
     changed = 0
     total_w = 0.0
     for k in range(x.shape[0]):
