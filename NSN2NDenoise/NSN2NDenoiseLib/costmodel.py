@@ -1,8 +1,9 @@
 """Predicted time and memory of a run, from the cost model measured in benchmarks/RESULTS.md ("Real sizes").
 
-Each phase costs a fixed number of seconds per unit of work, measured on a 2-core CPU (AVX-512 with bf16) with 2
-threads; other machines scale roughly with their core count. The front ends use it to warn before a long CPU run
-and to weigh the phases of one overall progress bar. Shapes are in K,J,I order.
+Each phase costs a fixed number of seconds per unit of work, fitted to ``python -m benchmarks.scale`` on a 2-core
+CPU (AMD EPYC, AVX-512 with native bf16) with 2 threads; other machines scale roughly with their core count. The
+front ends use it to warn before a long CPU run and to weigh the phases of one overall progress bar. Shapes are in
+K,J,I order.
 """
 
 from __future__ import annotations
@@ -11,18 +12,26 @@ from dataclasses import dataclass
 
 from .config import NSN2NConfig
 
-# Seconds per voxel of the weights phase (three-slice maps, noise estimates), CPU.
-WEIGHTS_S_PER_VOXEL = 4.0e-8
-# Seconds per training iteration at the default network (width 16, depth 2) and batch 8 of 64x64 patches, CPU.
-TRAINING_S_PER_ITERATION = 0.06
-# Seconds per voxel of one forward pass at inference (width 16, depth 2), CPU, float32 and bf16.
-INFERENCE_S_PER_VOXEL_FP32 = 4.6e-7
-INFERENCE_S_PER_VOXEL_BF16 = 2.0e-7
-# A CUDA GPU is this many times faster than the 2-core CPU, phase by phase (a conservative figure).
+WEIGHTS_S_FIXED = 1.0
+"""Seconds of the weights phase that do not grow with the volume (the noise estimates on at most 32 pairs)."""
+WEIGHTS_S_PER_VOXEL = 5.0e-8
+"""Seconds per voxel of the maps (8.6 s for 512x512x600, 2.1 s for 512x512x100)."""
+TRAINING_S_PER_ITERATION = 0.037
+"""Seconds per iteration at the default network (width 16, depth 2), batch 8 of 64x64 patches: 54.7-55.7 s for
+1500 iterations, 13.9-14.8 s for 400, whatever the volume size."""
+INFERENCE_S_PER_VOXEL_BF16 = 1.5e-7
+"""Seconds per voxel and TTA transform, bf16 and channels-last, one 512x512 slice per pass (1.49e-7 to 1.59e-7
+measured at 100 and 600 slices, TTA 1 and 8)."""
+INFERENCE_S_PER_VOXEL_FP32 = 2.85e-7
+"""The same in float32 (no native bf16): 1.9x the bf16 time ("Real sizes", inference options)."""
 GPU_SPEEDUP = 20.0
-# Host memory of the engine beyond the caller's input: the float32 output, two uint8 maps per voxel, and torch.
+"""A CUDA GPU taken as this many times faster than the 2-core CPU, phase by phase: a conservative guess, not a
+measurement (no GPU was available to measure it)."""
 HOST_BYTES_PER_VOXEL = 4 + 2
-HOST_BYTES_FIXED = 600 * 2**20
+"""Host memory per voxel beyond the caller's input: the float32 output and two one-byte maps."""
+HOST_BYTES_FIXED = 850 * 2**20
+"""Host memory that does not grow with the volume: Python, torch, SimpleITK, the network, slabs (measured peak
+2110 MB at 512x512x600 with an int16 input of 300 MB)."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ def estimate(
     per_iter = TRAINING_S_PER_ITERATION * _width_factor(cfg) * (t.batch_size / 8) * (t.patch_size / 64) ** 2
     per_voxel = INFERENCE_S_PER_VOXEL_BF16 if (bf16 and t.mixed_precision) else INFERENCE_S_PER_VOXEL_FP32
     seconds = {
-        "weights": WEIGHTS_S_PER_VOXEL * voxels,
+        "weights": WEIGHTS_S_FIXED + WEIGHTS_S_PER_VOXEL * voxels,
         "training": per_iter * t.iterations,
         "inference": per_voxel * _width_factor(cfg) * voxels * cfg.inference.tta,
     }
