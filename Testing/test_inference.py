@@ -98,7 +98,7 @@ def test_progress_per_batch_and_cancel():
         progress=lambda *a: calls.append(a),
     )
     assert calls == [("inference", 3, 7, None), ("inference", 6, 7, None), ("inference", 7, 7, None)]
-    with pytest.raises(CancelledError):
+    with pytest.raises(CancelledError, match="Inference was cancelled"):
         predict_into(
             _Shift(),
             NormalizedSlices(vol, 0, IMAP),
@@ -113,8 +113,20 @@ def test_bf16_only_when_asked_and_on_cuda_or_a_bf16_cpu(monkeypatch):
     from NSN2NDenoiseLib import inference
 
     assert not use_bf16(CPU, False) and not use_bf16(torch.device("cuda"), False)
-    assert use_bf16(torch.device("cuda"), True)
     monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
+    assert use_bf16(torch.device("cuda"), True)
     assert not use_bf16(CPU, True)
     monkeypatch.setattr(inference, "cpu_has_bf16", lambda: True)
     assert use_bf16(CPU, True)
+
+
+def test_bf16_inference_runs_under_autocast_and_stays_close():
+    torch.manual_seed(1)
+    net = UNet2D(1, 1, depth=1, width=4, residual=False).eval()
+    vol = _volume((3, 8, 8), seed=2)
+    src = NormalizedSlices(vol, 0, IMAP)
+    fp32, bf16 = np.empty_like(vol), np.empty_like(vol)
+    predict_into(net, src, fp32, InferenceConfig(tta=1), CPU, bf16=False)
+    predict_into(net, src, bf16, InferenceConfig(tta=1), CPU, bf16=True)
+    assert not np.array_equal(fp32, bf16), "bf16 must reach the network"
+    assert np.allclose(fp32, bf16, atol=0.05 * IMAP.scale)

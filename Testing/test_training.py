@@ -9,6 +9,8 @@ from NSN2NDenoiseLib.normalization import IntensityMap, NormalizedSlices
 from NSN2NDenoiseLib.training import (
     Batch,
     PatchSampler,
+    autocast,
+    build_network,
     dihedral,
     inverse_dihedral,
     target_ramp,
@@ -114,6 +116,33 @@ def test_sampler_clips_the_patch_to_the_slice_and_repeats_with_its_seed():
     assert torch.equal(a.x, b.x) and torch.equal(a.weights, b.weights)
     c = PatchSampler(src, targets, 64, 4, 4).sample()
     assert not torch.equal(a.x, c.x)
+    vol, imap, targets = _random_problem(h=13, w=10)
+    assert PatchSampler(NormalizedSlices(vol, 0, imap), targets, 64, 2, 0).sample().x.shape == (2, 1, 10, 10)
+
+
+def test_sampler_default_is_the_full_cubic_target():
+    vol, imap, targets = _random_problem(n=9)
+    src = NormalizedSlices(vol, 0, imap)
+    assert torch.equal(
+        PatchSampler(src, targets, 8, 6, 1).sample().target, PatchSampler(src, targets, 8, 6, 1).sample(1.0).target
+    )
+    assert not torch.equal(
+        PatchSampler(src, targets, 8, 6, 1).sample().target, PatchSampler(src, targets, 8, 6, 1).sample(0.5).target
+    )
+
+
+def test_build_network_follows_the_configuration():
+    cfg = make_config(network={"depth": 3, "width": 8})
+    net = build_network(cfg)
+    assert net.depth == 3 and net.head.in_channels == 8 and net.head.out_channels == 1 and net.residual
+
+
+def test_autocast_runs_bf16_when_enabled():
+    a = torch.rand(4, 4)
+    with autocast(CPU, True):
+        assert torch.mm(a, a).dtype == torch.bfloat16
+    with autocast(CPU, False):
+        assert torch.mm(a, a).dtype == torch.float32
 
 
 def test_target_ramp_moves_from_mean_to_interpolation():
@@ -215,6 +244,27 @@ def test_training_uses_the_sampler_it_is_given_and_the_warmup_ramp():
     assert ramps == pytest.approx([0.5, 1.0, 1.0, 1.0])
 
 
+def test_curve_is_the_mean_loss_of_each_ten_iterations_and_cpu_training_is_float32(monkeypatch):
+    cfg = make_config("fast", device="cpu", training={"iterations": 23, "batch_size": 1, "patch_size": 16})
+    src, targets = _problem(cfg)
+    totals = []
+    real = training.total_loss
+
+    def spy(outputs, batch, lcfg):
+        out = real(outputs, batch, lcfg)
+        totals.append(float(out["total"].detach()))
+        return out
+
+    monkeypatch.setattr(training, "total_loss", spy)
+    _, curve = train_network(src, targets, cfg, CPU)
+    expected = [(10, np.mean(totals[:10])), (20, np.mean(totals[10:20])), (23, np.mean(totals[20:]))]
+    assert [s for s, _ in curve] == [s for s, _ in expected]
+    assert [v for _, v in curve] == pytest.approx([v for _, v in expected], rel=1e-5)
+    monkeypatch.setattr(training, "total_loss", real)
+    _, other = train_network(src, targets, cfg.replace(training={"mixed_precision": False}), CPU)
+    assert other == curve, "mixed precision is for CUDA only: CPU training stays float32"
+
+
 def test_same_seed_same_network_and_curve():
     cfg = make_config("fast", device="cpu", training={"iterations": 3, "batch_size": 2, "patch_size": 16})
     src, targets = _problem(cfg)
@@ -248,6 +298,6 @@ def test_training_can_be_cancelled():
     cfg = make_config("fast", device="cpu", training={"iterations": 50, "batch_size": 2, "patch_size": 16})
     src, targets = _problem(cfg)
     steps = []
-    with pytest.raises(CancelledError):
+    with pytest.raises(CancelledError, match="Training was cancelled"):
         train_network(src, targets, cfg, CPU, progress=lambda *a: steps.append(a[1]), is_cancelled=lambda: bool(steps))
     assert steps == [10]
