@@ -76,7 +76,7 @@ def test_total_loss_feeds_each_term_its_own_fields():
     """Each term against the field the method names: recon (out, target, weights), RC (out, out_next,
     pair_weights), IC (out_mid, out, out_next), self (out, x, keep)."""
     batch, o = _random_batch()
-    cfg = LossConfig(lambda_rc=0.5, lambda_ic=2.0, lambda_self=0.25)
+    cfg = LossConfig(lambda_rc=0.5, lambda_ic=0.75, lambda_self=0.25)
     parts = total_loss(o, batch, cfg)
     recon = ((o.out - batch.target) ** 2 * batch.weights).sum() / o.out.numel()
     rc = ((o.out - o.out_next) ** 2 * batch.pair_weights).sum() / o.out.numel()
@@ -86,7 +86,7 @@ def test_total_loss_feeds_each_term_its_own_fields():
     assert torch.isclose(parts["rc"], rc)
     assert torch.isclose(parts["ic"], ic)
     assert torch.isclose(parts["self"], own)
-    assert torch.isclose(parts["total"], recon + 0.5 * rc + 2.0 * ic + 0.25 * own)
+    assert torch.isclose(parts["total"], recon + 0.5 * rc + 0.75 * ic + 0.25 * own)
 
 
 def test_terms_whose_lambda_is_zero_are_zero_and_need_no_extra_outputs():

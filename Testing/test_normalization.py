@@ -32,8 +32,12 @@ def test_normalize_does_not_modify_its_input():
     before = vol.copy()
     imap = fit_intensity_map(vol)
     n = normalize(vol, imap)
-    denormalize(n, imap)
-    assert np.array_equal(vol, before)
+    n_before = n.copy()
+    back = denormalize(n, imap)
+    assert np.array_equal(vol, before) and np.array_equal(n, n_before)
+    assert not np.shares_memory(back, n) and not np.shares_memory(normalize(back, imap), back)
+    assert denormalize(n.astype(np.float64), imap).dtype == np.float32
+    assert normalize(vol.astype(np.int16), imap).dtype == np.float32
 
 
 def test_mostly_constant_volume_uses_full_range():

@@ -107,7 +107,7 @@ def test_slab_wise_maps_equal_the_whole_volume_computation(monkeypatch, slab):
     assert whole.matched_per_slice == pytest.approx(slabs.matched_per_slice, abs=1e-12)
     assert whole.matched_fraction == pytest.approx(slabs.matched_fraction, abs=1e-12)
     expected = math.ceil((vol.shape[0] - 2) / slab)
-    assert [c[:3] for c in calls] == [("weights", k + 1, expected, None)[:3] for k in range(expected)]
+    assert calls == [("weights", k + 1, expected, None) for k in range(expected)]
 
 
 def test_maps_equal_match_maps_of_each_slice_against_its_cubic_target():
@@ -117,7 +117,7 @@ def test_maps_equal_match_maps_of_each_slice_against_its_cubic_target():
     cfg = make_config(device="cpu", loss={"lambda_rc": 1.0})
     t = compute_targets(NormalizedSlices(vol, 0, UNIT), cfg, CPU)
     x = torch.from_numpy(vol)
-    weights_by_hand, keep_by_hand, share = [], [], []
+    weights_by_hand, keep_by_hand, share, bodies = [], [], [], []
     for i in range(1, n - 1):
         lo, hi = max(0, i - 2), min(n - 1, i + 2)
         m1 = 0.5 * (x[i - 1] + x[i + 1])
@@ -127,9 +127,11 @@ def test_maps_equal_match_maps_of_each_slice_against_its_cubic_target():
         weights_by_hand.append(matched[0].numpy())
         keep_by_hand.append(kp[0].numpy())
         share.append(float((matched & body).sum() / body.sum()))
+        bodies.append(float(body.sum()))
     assert np.array_equal(t.weights[1:-1], np.stack(weights_by_hand))
     assert np.array_equal(t.keep[1:-1], np.stack(keep_by_hand))
     assert t.matched_per_slice == pytest.approx(share)
+    assert t.matched_fraction == pytest.approx(sum(w * b for w, b in zip(share, bodies, strict=True)) / sum(bodies))
     pm, _, _ = match_maps(x[:-1], x[1:], cfg.weights)
     assert np.array_equal(t.pair_weights, pm.numpy())
     assert t.pair_weights.shape == (n - 1, *vol.shape[1:]) and t.pair_weights.dtype == np.uint8
@@ -160,6 +162,8 @@ def test_cubic_target_is_exact_for_cubic_change_along_the_slices(power):
     assert torch.allclose(target[2 : n - 2], x[2 : n - 2], atol=1e-5)
     mean = 0.5 * (x[:-2] + x[2:])
     assert torch.allclose(target[1], mean[0]) and torch.allclose(target[n - 2], mean[-1])
+    half = cubic_target(padded, 0, n, ramp=0.5)
+    assert torch.allclose(half[2 : n - 2], 0.5 * (x[2 : n - 2] + 0.5 * (x[1 : n - 3] + x[3 : n - 1])), atol=1e-5)
     mean_error = (mean - x[1:-1])[1:-1].abs().max()
     assert (power == 1) == bool(mean_error < 1e-5)
 
@@ -233,6 +237,14 @@ def test_masked_median_of_large_images_uses_a_quarter_of_the_pixels(monkeypatch)
     monkeypatch.setattr(weights, "MEDIAN_PIXELS", 63)
     sub = masked_median(values, mask).item()
     assert sub == values[:, ::2, ::2].flatten().median().item() and sub != exact
+    monkeypatch.setattr(weights, "MEDIAN_PIXELS", 64)
+    assert masked_median(values, mask).item() == exact, "64 pixels are not more than 64"
+    for shape in ((1, 4, 32), (1, 32, 4)):  # 128 pixels, neither side squared is above 100
+        values = torch.arange(128, dtype=torch.float32).view(shape)
+        monkeypatch.setattr(weights, "MEDIAN_PIXELS", 100)
+        assert masked_median(values, torch.ones_like(values, dtype=torch.bool)).item() == (
+            values[:, ::2, ::2].flatten().median().item()
+        )
 
 
 def test_match_maps_low_pass_threshold_rises_with_noise():
@@ -265,3 +277,27 @@ def test_match_maps_energy_test_rejects_strong_local_difference():
     matched, keep, _ = match_maps(x, t, WeightConfig(tau=1.0, keep_factor=8.0))
     assert not matched[0, 15:17, 15:17].any() and keep[0, 15:17, 15:17].all()
     assert matched[0, :6, :6].float().mean() > 0.8
+
+
+@pytest.mark.parametrize("keep_factor, energy_factor", [(0.0, 2.0), (0.5, 1.0), (8.0, 2.0)])
+def test_match_maps_equal_their_formula(keep_factor, energy_factor):
+    g = torch.Generator().manual_seed(3)
+    x = 0.4 + 0.05 * torch.randn(2, 24, 24, generator=g)
+    t = 0.4 + 0.05 * torch.randn(2, 24, 24, generator=g)
+    t[:, 5:12, 6:10] += 0.2
+    x[1, :, :3] = -0.2  # some background
+    cfg = WeightConfig(energy_factor=energy_factor, keep_factor=keep_factor)
+    matched, keep, body = match_maps(x, t, cfg)
+    lx, lt = gaussian_blur(x, cfg.lowpass_sigma), gaussian_blur(t, cfg.lowpass_sigma)
+    assert torch.equal(body, body_mask(torch.maximum(lx, lt)))
+    r = lt - lx
+    tau = torch.clamp(3.0 * robust_std(r, body), min=cfg.tau).view(-1, 1, 1)
+    energy = box_mean((t - x) ** 2, cfg.energy_window)
+    ref = masked_median(energy, body).view(-1, 1, 1)
+    expected = (r.abs() <= tau) & (energy <= energy_factor * ref)
+    assert torch.equal(matched, expected)
+    expected_keep = ~expected & (energy > keep_factor * ref) if keep_factor > 0 else ~expected
+    assert torch.equal(keep, expected_keep)
+    assert 0 < matched.float().mean() < 1 and keep.any()
+    if energy_factor == 1.0:
+        assert (energy == ref).any() and matched[energy == ref].any(), "the median pixel itself matches"
