@@ -301,3 +301,24 @@ def test_match_maps_equal_their_formula(keep_factor, energy_factor):
     assert 0 < matched.float().mean() < 1 and keep.any()
     if energy_factor == 1.0:
         assert (energy == ref).any() and matched[energy == ref].any(), "the median pixel itself matches"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_filters_and_maps_equal_the_cpu_ones():
+    """The filters have a SciPy path on the CPU and a torch path on the GPU: both give the same values."""
+    cuda = torch.device("cuda")
+    img = torch.rand(3, 20, 23, generator=torch.Generator().manual_seed(0))
+    for sigma in (1.0, 2.0):
+        assert torch.allclose(gaussian_blur(img.to(cuda), sigma).cpu(), gaussian_blur(img, sigma), atol=1e-5)
+    for window in (1, 3, 5):
+        assert torch.allclose(box_mean(img.to(cuda), window).cpu(), box_mean(img, window), atol=1e-5)
+    small = torch.rand(1, 3, 30)
+    assert torch.allclose(gaussian_blur(small.to(cuda), 2.0).cpu(), gaussian_blur(small, 2.0), atol=1e-5)
+    vol = _structured_volume()
+    cfg = make_config(device="cpu", loss={"lambda_rc": 0.5})
+    on_cpu = compute_targets(NormalizedSlices(vol, 0, UNIT), cfg, CPU)
+    on_gpu = compute_targets(NormalizedSlices(vol, 0, UNIT), cfg, cuda)
+    for name in ("weights", "keep", "pair_weights"):
+        a, b = getattr(on_cpu, name), getattr(on_gpu, name)
+        assert (a != b).mean() < 0.002, name  # float rounding may flip a pixel at a threshold
