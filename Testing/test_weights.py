@@ -139,7 +139,7 @@ def test_maps_equal_match_maps_of_each_slice_against_its_cubic_target():
 
 def test_compute_targets_is_cancelled_between_slabs():
     vol = _structured_volume(n=6)
-    with pytest.raises(CancelledError):
+    with pytest.raises(CancelledError, match="cancelled while building weight maps"):
         compute_targets(NormalizedSlices(vol, 0, UNIT), make_config(device="cpu"), CPU, is_cancelled=lambda: True)
 
 
@@ -198,10 +198,29 @@ def _torch_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.squeeze(1).float()
 
 
-@pytest.mark.parametrize("shape, sigma", [((2, 20, 23), 2.0), ((1, 9, 12), 1.0), ((1, 5, 30), 2.0)])
+@pytest.mark.parametrize(
+    "shape, sigma",
+    [((2, 20, 23), 2.0), ((1, 9, 12), 1.0), ((1, 5, 30), 2.0), ((1, 3, 12), 1.0), ((1, 12, 3), 1.0), ((1, 8, 8), 0.3)],
+)
 def test_gaussian_blur_is_a_reflect_padded_truncated_gaussian(shape, sigma):
     img = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(gaussian_blur(img, sigma), _torch_blur(img, sigma), atol=1e-5)
+
+
+def _torch_box(images: torch.Tensor, window: int) -> torch.Tensor:
+    r = window // 2
+    mode = "reflect" if r < min(images.shape[-2:]) else "replicate"
+    x = F.pad(images.double().unsqueeze(1), (r, r, r, r), mode=mode)
+    return F.avg_pool2d(x, window, stride=1).squeeze(1).float()
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 11), (1, 2, 9), (1, 9, 2), (1, 3, 3)])
+@pytest.mark.parametrize("window", [3, 5])
+def test_box_mean_is_a_reflect_padded_window_mean(shape, window):
+    img = torch.rand(shape, generator=torch.Generator().manual_seed(2))
+    out = box_mean(img, window)
+    assert out.shape == img.shape
+    assert torch.allclose(out, _torch_box(img, window), atol=1e-5)
 
 
 def test_box_mean_is_the_window_mean():
