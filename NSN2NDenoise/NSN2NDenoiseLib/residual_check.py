@@ -17,8 +17,11 @@ blending that share back, y + w r, minimises the squared error of a structure-re
 
 Every array here is (N, H, W) with the **slice axis first**: the engine passes its slice stack in the order it
 denoised it (``np.moveaxis(volume, slice_axis, 0)``), in the volume's own intensity units (HU, MRI units); the
-scores are unitless. Computations run slice by slice on the CPU with numpy/SciPy, in float32, holding a few
-slices at a time.
+scores are unitless. Computations run slice by slice on the CPU with numpy/SciPy, in float32: the score holds a
+few slices at a time; the blend holds one float32 map of the volume's size (plus its output, unless written in
+place). Limits, measured in benchmarks/results/residual_check: noise correlated between slices reads as
+structure (the engine's inter-slice noise warning covers it), and anatomy that changes at the pixel scale from one
+slice to the next (thick, low-resolution EPI) reads as noise.
 """
 
 from __future__ import annotations
