@@ -22,6 +22,7 @@ from .inference import predict_into, use_bf16
 from .noise_estimates import estimate_noise
 from .normalization import NormalizedSlices, fit_intensity_map
 from .report import RunReport
+from .residual_check import residual_structure
 from .training import train_network
 from .weights import compute_targets
 
@@ -228,7 +229,20 @@ def denoise(
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
+    t0 = time.perf_counter()
+    check = residual_structure(np.moveaxis(arr, axis, 0), np.moveaxis(denoised, axis, 0))
+    phase_seconds["residual_check"] = time.perf_counter() - t0
     warnings = []
+    if check.warn:
+        shown = ", ".join(str(k) for k in check.flagged[:8]) + (" ..." if len(check.flagged) > 8 else "")
+        where = f" (slices {shown} along axis {'KJI'[axis]})" if check.flagged else ""
+        cause = " or noise correlated between slices" if correlation > CORRELATION_WARNING else ""
+        warnings.append(
+            f"The removed residual holds structure{where}: score {check.score:.2f} against the threshold "
+            f"{check.threshold:.2f}, i.e. anatomy{cause} was removed along with the noise. Look at the residual "
+            "(input minus output) there; try the 'fast' preset or fewer iterations, another slice axis, or keep the "
+            "input for those slices."
+        )
     if correlation > CORRELATION_WARNING:
         warnings.append(
             f"Neighbouring slices' noise may be correlated (correlation {correlation:.2f} in flat regions): NS-N2N "
@@ -257,6 +271,7 @@ def denoise(
         noise_sigma=sigma * imap.scale,
         peak_gpu_mb=peak_gpu_mb,
         interslice_noise_correlation=correlation,
+        residual_check=check.to_dict(),
         warnings=warnings,
         versions={"nsn2n": __version__, "torch": torch.__version__, "numpy": np.__version__},
     )

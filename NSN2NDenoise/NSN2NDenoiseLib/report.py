@@ -25,7 +25,7 @@ class RunReport:
     """Array axis (0=K, 1=J, 2=I) used as the slice axis."""
     iterations: int
     phase_seconds: dict[str, float]
-    """Wall time of 'weights' (maps and noise estimates), 'training' and 'inference'."""
+    """Wall time of 'weights' (maps and noise estimates), 'training', 'inference' and 'residual_check'."""
     total_seconds: float
     loss_curve: list[list[float]]
     """[iteration, mean loss] every few iterations."""
@@ -37,6 +37,9 @@ class RunReport:
     """Estimated noise standard deviation, in input units."""
     interslice_noise_correlation: float
     """Correlation of neighbouring slices' noise in flat regions (0..1); high values break NS-N2N's assumption."""
+    residual_check: dict[str, Any] | None = None
+    """The reference-free check of the removed residual (``residual_check.ResidualCheck.to_dict()``): the share of
+    its energy that is structure, overall and per slice of the slice axis, and the flagged slices."""
     peak_gpu_mb: float | None = None
     """Peak GPU memory allocated by PyTorch during the run, in MiB (None on the CPU)."""
     warnings: list[str] = field(default_factory=list)
