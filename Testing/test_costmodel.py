@@ -24,7 +24,10 @@ CFG = make_config("default")
 def test_estimates_grow_linearly_with_voxels_and_iterations():
     a = estimate((10, 100, 100), CFG)
     b = estimate((20, 100, 100), CFG)
-    assert b.seconds["weights"] == pytest.approx(2 * a.seconds["weights"])
+    # weights: a fixed cost plus a cost per voxel
+    assert b.seconds["weights"] - a.seconds["weights"] == pytest.approx(costmodel.WEIGHTS_S_PER_VOXEL * 10 * 100 * 100)
+    c = estimate((30, 100, 100), CFG)
+    assert c.seconds["weights"] - b.seconds["weights"] == pytest.approx(b.seconds["weights"] - a.seconds["weights"])
     assert b.seconds["inference"] == pytest.approx(2 * a.seconds["inference"])
     assert b.seconds["training"] == pytest.approx(a.seconds["training"])
     assert b.host_bytes - a.host_bytes == costmodel.HOST_BYTES_PER_VOXEL * 10 * 100 * 100
