@@ -54,3 +54,39 @@ def smooth_noisy_volume(seed: int = 0, dtype=np.float32) -> np.ndarray:
     k, j, i = np.meshgrid(np.arange(6), np.arange(32), np.arange(32), indexing="ij")
     clean = 100.0 + 50.0 * np.sin(j / 5.0) * np.cos(i / 6.0) + 2.0 * k
     return (clean + rng.normal(0.0, 10.0, clean.shape)).astype(dtype)
+
+
+MISSING = "missing: "
+"""Prefix of every skip reason that means "a package the tests need is not installed"."""
+STRICT_ENV = "NSN2N_STRICT_SKIPS"
+"""When this environment variable is 1 (the README's test command and CI set it), a skip for a missing package
+fails the run: a suite that silently skipped the Slicer-side tests must not look green."""
+
+
+def require(module: str, install: str):
+    """Import ``module`` or skip the calling test module with a reason that says what to install."""
+    return pytest.importorskip(module, reason=f"{MISSING}{module} (install {install})")
+
+
+def _missing(config) -> list[str]:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    reasons = {str(r.longrepr[2]) for r in skipped if isinstance(r.longrepr, tuple)}
+    return sorted(reason for reason in reasons if MISSING in reason)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import os
+
+    if _missing(session.config) and os.environ.get(STRICT_ENV) == "1" and exitstatus in (0, 5):
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    import os
+
+    missing = _missing(config)
+    if missing:
+        terminalreporter.write_line("Skipped for missing packages: " + "; ".join(missing), yellow=True)
+        if os.environ.get(STRICT_ENV) == "1":
+            terminalreporter.write_line(f"{STRICT_ENV}=1: these skips fail the run.", red=True)

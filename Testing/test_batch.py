@@ -11,13 +11,14 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require
 
 from NSN2NDenoiseLib.errors import EXIT_INPUT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "NSN2NDenoise", "Scripts", "nsn2n_batch.py")
 
-sitk = pytest.importorskip("SimpleITK")
+sitk = require("SimpleITK", "the engine: pip install -e .")
 
 DIRECTION = (0.8, 0.0, -0.6, 0.0, 1.0, 0.0, 0.6, 0.0, 0.8)  # oblique (rotation about y), LPS as ITK stores it
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
 if importlib.util.find_spec("benchmarks") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -133,7 +134,7 @@ def test_lowdose_ct_is_deterministic_and_independent_of_workers():
 
 @pytest.mark.slow
 def test_benchmark_runner_smoke(tmp_path, monkeypatch):
-    pytest.importorskip("torch")
+    require("torch", "torch==2.13.0 first, see README")
     if importlib.util.find_spec("nibabel") is None:
         pytest.skip("nibabel (which ships the example4d volume) is not installed")
     from benchmarks import run

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
 from NSN2NDenoiseLib import __version__, worker
 from NSN2NDenoiseLib.config import PRESETS
 from NSN2NDenoiseLib.errors import EXIT_CANCELLED, EXIT_INPUT
 from NSN2NDenoiseLib.options import OPTIONS, to_config
 
-sitk = pytest.importorskip("SimpleITK")
+sitk = require("SimpleITK", "the engine: pip install -e .")
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_DIR = ROOT / "NSN2NDenoiseCLI"

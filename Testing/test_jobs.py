@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import smooth_noisy_volume
+from conftest import require, smooth_noisy_volume
 
 MODULE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "NSN2NDenoise")
 if MODULE_DIR not in sys.path:
     sys.path.insert(0, MODULE_DIR)
 
-pytest.importorskip("torch")
+require("torch", "torch==2.13.0 first, see README")
 
 from NSN2NDenoiseLib import (  # noqa: E402
     CancelledError,

@@ -9,17 +9,18 @@ import time
 
 import numpy as np
 import pytest
-from conftest import smooth_noisy_volume
+from conftest import MISSING, require, smooth_noisy_volume
 
 MODULE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "NSN2NDenoise")
 if MODULE_DIR not in sys.path:
     sys.path.insert(0, MODULE_DIR)
 
-torch = pytest.importorskip("torch")
-slicer = pytest.importorskip("slicer")
+torch = require("torch", "torch==2.13.0 first, see README")
+slicer = require("slicer", "the test extra: pip install -e .[test] (slicer-core, vtk)")
 if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("slicer-core is not installed (the 'slicer' module found has no MRML classes)", allow_module_level=True)
-vtk = pytest.importorskip("vtk")
+    pytest.skip(f"{MISSING}slicer-core (the 'slicer' module found has no MRML classes; pip install -e .[test])",
+                allow_module_level=True)
+vtk = require("vtk", "the test extra: pip install -e .[test]")
 import slicer.util  # noqa: E402
 
 from NSN2NDenoiseLib import CancelledError, ConfigError, InputError, jobs, make_config, mrml, options  # noqa: E402

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh ".[test]"
 .venv/bin/ruff check .
-.venv/bin/python -m pytest "$@"
+NSN2N_STRICT_SKIPS=1 .venv/bin/python -m pytest "$@"
