@@ -90,3 +90,38 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line("Skipped for missing packages: " + "; ".join(missing), yellow=True)
         if os.environ.get(STRICT_ENV) == "1":
             terminalreporter.write_line(f"{STRICT_ENV}=1: these skips fail the run.", red=True)
+
+
+def job_folders() -> set[str]:
+    """The temporary folders of module jobs (``nsn2n-*`` in the system's temporary folder)."""
+    import os
+    import tempfile
+
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("nsn2n-")}
+
+
+@pytest.fixture
+def no_job_leaks():
+    """After a test: no module job left running (it is cancelled) and no job folder left behind."""
+    from NSN2NDenoiseLib import jobs
+
+    folders = job_folders()
+    yield
+    job = jobs.active_job()
+    if job is not None:  # never leak a running job into the next test
+        job.cancel()
+        job.wait(30)
+    assert job_folders() <= folders, "a job left its temporary folder behind"
+
+
+def wait_for_training(job, timeout: float = 60.0) -> None:
+    """Poll ``job`` (a jobs.DenoiseJob or an mrml job) until its worker reports the training phase."""
+    import time
+
+    from NSN2NDenoiseLib import jobs
+
+    deadline = time.monotonic() + timeout
+    while (job.progress is None or job.progress.phase != "training") and time.monotonic() < deadline:
+        assert job.poll() == jobs.RUNNING, job.error
+        time.sleep(0.05)
+    assert job.progress is not None and job.progress.phase == "training"

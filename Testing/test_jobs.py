@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import require, smooth_noisy_volume
+from conftest import require, smooth_noisy_volume, wait_for_training
 
 MODULE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "NSN2NDenoise")
 if MODULE_DIR not in sys.path:
@@ -35,29 +35,7 @@ def tiny_config(iterations: int = 20):
     return to_config({"preset": "fast", "iterations": iterations, "device": "cpu", "threads": 1})
 
 
-def job_folders() -> set[str]:
-    import tempfile
-
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("nsn2n-")}
-
-
-@pytest.fixture(autouse=True)
-def _no_leaks():
-    folders = job_folders()
-    yield
-    job = jobs.active_job()
-    if job is not None:  # never leak a running job into the next test
-        job.cancel()
-        job.wait(30)
-    assert job_folders() <= folders, "a job left its temporary folder behind"
-
-
-def wait_for_training(job, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while (job.progress is None or job.progress.phase != "training") and time.monotonic() < deadline:
-        assert job.poll() == jobs.RUNNING, job.error
-        time.sleep(0.05)
-    assert job.progress is not None and job.progress.phase == "training"
+pytestmark = pytest.mark.usefixtures("no_job_leaks")
 
 
 def test_worker_process_denoises_end_to_end_with_report_and_progress():

@@ -55,6 +55,8 @@ without the engine's dependencies, and checked equal by the tests)."""
 ERROR_PREFIX = "nsn2n: error: "
 WARNING_PREFIX = "nsn2n: warning: "
 
+YIELD_S = 0.003
+"""Seconds each poll() of a running job releases Python's lock for the job's threads (see :meth:`DenoiseJob.poll`)."""
 KILL_GRACE_S = 5.0
 """Seconds a cancelled worker gets to exit after SIGTERM before the whole process tree is killed."""
 FILL_POLL_INTERVAL_S = 0.005
@@ -300,7 +302,7 @@ class DenoiseJob:
             self._command = [
                 self.python, "-m", "NSN2NDenoiseLib.worker",
                 str(self._folder / "input.nrrd"), str(self._folder / "output.nrrd"),
-                "--report", str(self._folder / "report.json"), *args,
+                "--report", str(self._folder / "report.json"), "--no-compress", *args,
             ]  # fmt: skip
             self._state = RUNNING
             self._start_time = time.monotonic()
@@ -437,9 +439,16 @@ class DenoiseJob:
 
         Only reads it: the job's thread writes the input, reads the result back (so :attr:`result` is set before
         the state becomes 'done') and removes the folder. Cheap from any thread.
+
+        While the job runs, the call also gives up Python's lock for :data:`YIELD_S`: inside Slicer the main thread
+        holds the lock between events, and this timer callback is when the job's own threads (writing the input,
+        reading the worker's progress and result) get it.
         """
         with self._lock:
-            return self._state
+            state = self._state
+        if state in (PENDING, RUNNING):
+            time.sleep(YIELD_S)
+        return state
 
     @property
     def finished(self) -> bool:

@@ -176,6 +176,19 @@ OPTIONS: tuple[Option, ...] = (
 """Every option a front end shows, in display order."""
 
 BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def add_arguments(parser, names: tuple[str, ...] | None = None, help_suffix: str = "") -> None:
+    """Add one ``argparse`` flag per option (all, or those in ``names``), default None (the preset's value)."""
+    for option in OPTIONS:
+        if names is not None and option.name not in names:
+            continue
+        kwargs: dict[str, Any] = {"type": option.type, "default": None, "help": option.help + help_suffix}
+        if option.choices:
+            kwargs["choices"] = option.choices
+        elif option.type in (int, float):
+            kwargs["metavar"] = option.name.upper().replace("_", "-")
+        parser.add_argument(option.flag, dest=option.name, **kwargs)
 BY_SLICER_NAME = {o.slicer_name: o for o in OPTIONS}
 
 

@@ -142,8 +142,10 @@ def check_paths_differ(input_path: str | os.PathLike, output_path: str | os.Path
         )
 
 
-def write_volume(path: str | os.PathLike, array: np.ndarray, reference: sitk.Image) -> Path:
-    """Write ``array`` (K, J, I) as float32 with the geometry (spacing, origin, direction) of ``reference``.
+def write_volume(path: str | os.PathLike, array: np.ndarray, reference: sitk.Image, compress: bool = True) -> Path:
+    """Write ``array`` (K, J, I) as float32 with the geometry (spacing, origin, direction) of ``reference``,
+    compressed where the format allows it unless ``compress`` is false (a temporary file read back at once: gzip
+    costs seconds for a large volume).
 
     The file appears complete or not at all: it is written in a temporary folder beside the target and moved
     into place (both files of a .mhd/.raw pair), so a failed write leaves no broken output.
@@ -157,7 +159,7 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, reference: sitk.Ima
     parent = p.parent if str(p.parent) else Path(".")
     tmp = Path(tempfile.mkdtemp(prefix=".nsn2n-", dir=parent))
     try:
-        sitk.WriteImage(image, str(tmp / p.name), useCompression=_suffix(p) != ".nii")
+        sitk.WriteImage(image, str(tmp / p.name), useCompression=compress and _suffix(p) != ".nii")
         for produced in tmp.iterdir():
             os.replace(produced, parent / produced.name)
     except RuntimeError as exc:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import InputError, exit_code, explain
-from .options import OPTIONS, to_config
+from .options import OPTIONS, add_arguments, to_config
 
 FILTER_NAME = "NSN2N Denoise"
 PROGRESS_PREFIX = "nsn2n-progress "
@@ -34,17 +34,19 @@ PROGRESS_PREFIX = "nsn2n-progress "
 def build_parser() -> argparse.ArgumentParser:
     """Positional INPUT and OUTPUT, ``--report``, and one flag per option of :data:`options.OPTIONS`."""
     p = argparse.ArgumentParser(prog="NSN2NDenoiseCLI", description="Denoise one volume file by NS-N2N.")
-    for option in OPTIONS:
-        kwargs = {"help": option.help, "default": None, "type": option.type}
-        if option.choices:
-            kwargs["choices"] = option.choices
-        p.add_argument(option.flag, dest=option.name, **kwargs)
+    add_arguments(p)
     p.add_argument("--report", metavar="REPORT.json", help="write the run report as JSON.")
     p.add_argument(
         "--config",
         metavar="CONFIG.json",
         help="a full configuration as JSON (the 'config' of a run report) to start from; the option flags "
         "given on top of it override it.",
+    )
+    p.add_argument(
+        "--no-compress",
+        dest="compress",
+        action="store_false",
+        help="write OUTPUT uncompressed (a temporary file that the caller reads back at once).",
     )
     p.add_argument("input", help="input volume file (NRRD, NIfTI, MetaImage) or DICOM folder")
     p.add_argument("output", help="output volume file")
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace, stream: TextIO) -> int:
     progress.start(f"{loaded.array.shape} voxels (K,J,I) on {device.type}")
     result, report = denoise(loaded.array, loaded.spacing_kji, cfg, progress=progress)
     del loaded.array
-    write_volume(out_path, result, loaded.image)
+    write_volume(out_path, result, loaded.image, compress=args.compress)
     if args.report:
         Path(args.report).write_text(report.to_json())
     for warning in report.warnings:
