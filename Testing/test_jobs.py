@@ -27,7 +27,7 @@ from NSN2NDenoiseLib import (  # noqa: E402
     worker,
 )
 from NSN2NDenoiseLib.errors import EXIT_CANCELLED  # noqa: E402
-from NSN2NDenoiseLib.options import to_config  # noqa: E402
+from NSN2NDenoiseLib.options import BY_NAME, to_config  # noqa: E402
 
 
 def tiny_config(iterations: int = 20):
@@ -127,7 +127,7 @@ def test_worker_arguments_are_option_flags_or_a_config_file(tmp_path):
     assert "--config" not in args
     assert args[args.index("--iterations") + 1] == "7" and args[args.index("--preset") + 1] == "fast"
     parsed = worker.build_parser().parse_args([*args, "in.nrrd", "out.nrrd"])
-    values = {k: v for k, v in vars(parsed).items() if k not in ("input", "output", "report", "config")}
+    values = {k: v for k, v in vars(parsed).items() if k in BY_NAME}
     assert to_config(values) == tiny_config(7)
     narrow = make_config("fast", network={"width": 8})
     with pytest.raises(ConfigError, match="beyond the module's options"):
