@@ -32,13 +32,17 @@ CUBIC = (4.0 / 3.0, -1.0 / 3.0)
 its noise variance is 17/18 of one slice's."""
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+def _backend(images: torch.Tensor, backend: str | None) -> str:
+    return backend or ("scipy" if images.device.type == "cpu" else "torch")
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float, backend: str | None = None) -> torch.Tensor:
     """Separable Gaussian blur of (B, H, W) images, reflect padding (the edge pixel not repeated), truncated at
-    3 sigma. On the CPU through SciPy's 1D filters, 10x faster than torch's convolution of one
-    channel; on a GPU through torch. Both give the same values (up to float rounding)."""
+    3 sigma. ``backend`` None: SciPy's 1D filters on the CPU (10x faster than torch's convolution of one channel),
+    torch on a GPU; 'scipy' (CPU tensors only) or 'torch' to choose. Both give the same values (float rounding)."""
     radius = max(1, int(math.ceil(3.0 * sigma)))
     small = radius >= min(images.shape[-2:])
-    if images.device.type == "cpu":
+    if _backend(images, backend) == "scipy":
         from scipy import ndimage
 
         mode = "nearest" if small else "mirror"  # scipy's 'mirror' is torch's 'reflect'
@@ -57,12 +61,13 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.squeeze(1)
 
 
-def box_mean(images: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean over a ``window`` x ``window`` box of (B, H, W) images, reflect padding."""
+def box_mean(images: torch.Tensor, window: int, backend: str | None = None) -> torch.Tensor:
+    """Mean over a ``window`` x ``window`` box of (B, H, W) images, reflect padding; ``backend`` as for
+    :func:`gaussian_blur`."""
     if window == 1:
         return images
     r = window // 2
-    if images.device.type == "cpu":  # SciPy's separable box filter: 4x faster than torch's pooling on the CPU
+    if _backend(images, backend) == "scipy":  # SciPy's separable box filter: 4x faster than torch's pooling
         from scipy import ndimage
 
         mode = "mirror" if r < min(images.shape[-2:]) else "nearest"
