@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -147,8 +147,10 @@ def denoise(
     config: NSN2NConfig | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
-) -> tuple[np.ndarray, RunReport]:
-    """Denoise one volume by NS-N2N, learned from that volume alone.
+    init_model: Mapping[str, torch.Tensor] | None = None,
+    return_model: bool = False,
+):
+    """Denoise one volume by NS-N2N, learned from that volume alone (or warm-started from another's network).
 
     Parameters
     ----------
@@ -164,17 +166,26 @@ def denoise(
         training loss of the last few iterations (None outside training).
     cancel : CancelToken, threading.Event or callable returning bool, optional
         Checked before every slab of weight maps, training iteration and inference batch.
+    init_model : mapping of str to Tensor, optional
+        The network's starting weights (a state dict, e.g. ``model_io.load_model(path).state``), trained on
+        another volume with the same ``config.network``; training starts from it instead of the identity.
+    return_model : bool
+        Also return the trained network's state dict (CPU tensors), e.g. for ``model_io.save_model``.
 
     Returns
     -------
     denoised : ndarray, float32, shape (K, J, I)
         In the input's units, same shape as the input.
     report : RunReport
+    state : dict of str to Tensor
+        Only with ``return_model=True``: the trained weights, on the CPU.
 
     Raises
     ------
     InputError
         A volume NSN2N cannot denoise (2D, 4D, < 3 slices, NaN/Inf, constant, ...), with what to do.
+    ConfigError
+        ``init_model`` does not fit ``config.network``.
     DeviceError
         CUDA requested but unavailable, or out of GPU memory.
     CancelledError
@@ -185,6 +196,10 @@ def denoise(
     is_cancelled = _cancel_check(cancel)
     arr = validate_volume(volume)
     sp = _check_spacing(spacing)
+    if init_model is not None:
+        from .model_io import check_state
+
+        check_state(init_model, cfg)  # a clear ConfigError before any work, not torch's at training
     axis = choose_slice_axis(arr.shape, sp, cfg.slice_axis)
     if arr.shape[axis] < 3:
         raise InputError(
@@ -210,7 +225,7 @@ def denoise(
         phase_seconds["weights"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        net, curve = train_network(source, targets, cfg, device, progress, is_cancelled)
+        net, curve = train_network(source, targets, cfg, device, progress, is_cancelled, init_state=init_model)
         matched_fraction, matched_per_slice = targets.matched_fraction, targets.matched_per_slice
         del targets  # the maps are not needed any more: free them before the output is allocated
         phase_seconds["training"] = time.perf_counter() - t0
@@ -275,6 +290,8 @@ def denoise(
         warnings=warnings,
         versions={"nsn2n": __version__, "torch": torch.__version__, "numpy": np.__version__},
     )
+    if return_model:
+        return denoised, report, {name: t.detach().cpu().contiguous() for name, t in net.state_dict().items()}
     return denoised, report
 
 

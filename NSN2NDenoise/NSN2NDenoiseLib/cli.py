@@ -1,9 +1,10 @@
-"""The ``nsn2n`` command line: ``nsn2n denoise INPUT OUTPUT`` and ``nsn2n demo OUTDIR``.
+"""The ``nsn2n`` command line: ``nsn2n denoise INPUT OUTPUT``, ``nsn2n batch INPUTS`` and ``nsn2n demo OUTDIR``.
 
 A front end of :func:`NSN2NDenoiseLib.denoise`: files in and out through :mod:`volume_io`, progress as a tqdm bar
 on stderr, errors as one line on stderr with the exit code of :func:`errors.exit_code` (2 for bad input or
-options, 3 for device or memory problems, 130 when interrupted, 1 for an unexpected error). The flags come from
-the one table of options, :data:`options.OPTIONS`.
+options, 3 for device or memory problems, 130 when interrupted, 1 for an unexpected error, and for ``batch`` when
+any volume failed: its row in the summary says why). The flags come from the one table of options,
+:data:`options.OPTIONS`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .api import denoise
-from .errors import CancelledError, InputError, exit_code, explain
+from .errors import EXIT_FAILED, CancelledError, InputError, exit_code, explain
 from .options import BY_NAME, OPTIONS, to_config
 
 
@@ -86,6 +87,75 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("output", help="output file: .nrrd, .nhdr, .nii, .nii.gz, .mha or .mhd")
     _add_run_options(d, tuple(BY_NAME))
     d.add_argument("--report", metavar="REPORT.json", help="write the run report (configuration, times, loss) as JSON.")
+    d.add_argument(
+        "--save-model",
+        metavar="MODEL.safetensors",
+        help="save the trained network and its configuration (safetensors), to warm-start other volumes.",
+    )
+    d.add_argument(
+        "--init-from",
+        metavar="MODEL.safetensors",
+        help="start training from a model saved by --save-model (its network settings are used); fewer "
+        "iterations then suffice for a similar volume (see README, 'Cohorts').",
+    )
+
+    b = sub.add_parser(
+        "batch",
+        help="denoise many volumes in parallel (needs: pip install .[cluster])",
+        description="Denoise every volume of INPUTS (a folder, a quoted glob pattern such as 'scans/*.nii.gz', or a "
+        "CSV manifest with the columns input,output) as parallel tasks of Ray: on a local Ray started for the run, "
+        "or on an existing cluster (--address). Each task takes one GPU where the cluster has GPUs, else "
+        "--threads-per-task CPU threads. A summary CSV (status, time, device, matched fraction, noise estimate, "
+        "warnings, error per volume) is updated as volumes finish; a rerun skips finished volumes (--force redoes "
+        "them); a volume that fails gets an error row and the others go on. Ctrl-C stops cleanly, keeping every "
+        "finished volume.",
+    )
+    b.add_argument("inputs", help="a folder of volumes (and DICOM series folders), a quoted glob pattern, or a .csv")
+    b.add_argument("--output-dir", metavar="DIR", help="folder of the outputs (folder or pattern inputs; created)")
+    b.add_argument(
+        "--output-suffix", default=".nrrd", metavar="SUFFIX", help="output file type, e.g. .nii.gz. Default: .nrrd."
+    )
+    b.add_argument(
+        "--summary",
+        metavar="SUMMARY.csv",
+        help="the summary file. Default: summary.csv in --output-dir, or beside the manifest.",
+    )
+    b.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="an existing Ray cluster (as printed by 'ray start --head'; 'auto' finds a local one). "
+        "Default: start a local Ray for this run. Paths must be visible to every node under the same name.",
+    )
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="volumes at a time on the local Ray. Default: CPU cores // --threads-per-task (at least 1).",
+    )
+    b.add_argument(
+        "--threads-per-task",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU threads (Ray CPUs) per volume where there is no GPU. Default: 1.",
+    )
+    b.add_argument("--force", action="store_true", help="redo volumes the summary lists as done.")
+    b.add_argument("--init-from", metavar="MODEL.safetensors", help="start every volume from this saved model.")
+    b.add_argument(
+        "--reuse",
+        action="store_true",
+        help="train the first volume fully, save its network in the output folder, and warm-start the others "
+        "from it with --reuse-iterations iterations.",
+    )
+    b.add_argument(
+        "--reuse-iterations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="iterations of a warm-started volume with --reuse. Default: the measured value (README, 'Cohorts').",
+    )
+    _add_run_options(b, tuple(n for n in BY_NAME if n != "threads"))
 
     m = sub.add_parser(
         "demo",
@@ -111,15 +181,31 @@ def _run_denoise(args: argparse.Namespace) -> int:
     check_paths_differ(args.input, out_path)
     if args.report:
         check_output_path_json(args.report)
+    init_state = None
+    if args.save_model or args.init_from:
+        from . import model_io
+
+        if args.save_model and not args.save_model.lower().endswith(model_io.SUFFIX):
+            raise InputError(f"--save-model {args.save_model}: the file name must end in {model_io.SUFFIX}.")
+        if args.save_model:
+            check_output_path_json(args.save_model)
+        if args.init_from:
+            saved = model_io.load_model(args.init_from)
+            cfg = cfg.replace(network=saved.config.network)  # the model decides the network
+            init_state = saved.state
     loaded = read_volume(args.input)
     progress = _Progress(args.quiet)
     try:
-        result, report = denoise(loaded.array, loaded.spacing_kji, cfg, progress=progress)
+        result, report, state = denoise(
+            loaded.array, loaded.spacing_kji, cfg, progress=progress, init_model=init_state, return_model=True
+        )
     finally:
         progress.close()
     write_volume(out_path, result, loaded.image)
     if args.report:
         Path(args.report).write_text(report.to_json())
+    if args.save_model:
+        model_io.save_model(args.save_model, state, cfg, trained_on=Path(args.input).name)
     for warning in report.warnings:
         print(f"nsn2n: warning: {warning}", file=sys.stderr)
     if not args.quiet:
@@ -129,6 +215,85 @@ def _run_denoise(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+class _CohortProgress:
+    """One tqdm bar over the cohort's volumes (done and time left) on stderr; failures are counted beside it."""
+
+    def __init__(self, total: int, done: int, quiet: bool) -> None:
+        self.bar = None
+        self.failed = 0
+        if not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc="volumes", unit="vol", file=sys.stderr)
+
+    def __call__(self, row: dict) -> None:
+        self.failed += row.get("status") == "failed"
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(failed=self.failed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    import os
+
+    from . import cohort
+
+    cfg = _config(args)
+    if args.threads_per_task < 1:
+        raise InputError("--threads-per-task must be at least 1.")
+    if args.workers is not None and args.workers < 1:
+        raise InputError("--workers must be at least 1.")
+    if args.reuse and args.init_from:
+        raise InputError("Give either --reuse or --init-from, not both.")
+    if args.output_dir:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    items = cohort.collect_items(args.inputs, args.output_dir, args.output_suffix)
+    if args.summary:
+        summary = Path(args.summary)
+    elif args.output_dir:
+        summary = Path(args.output_dir) / cohort.SUMMARY_NAME
+    else:
+        summary = Path(args.inputs).with_name(Path(args.inputs).stem + "_" + cohort.SUMMARY_NAME)
+    if args.init_from:
+        from .model_io import load_model
+
+        cfg = cfg.replace(network=load_model(args.init_from).config.network)  # fails early on a bad model
+    workers = args.workers or max(1, (os.cpu_count() or 1) // args.threads_per_task)
+    previous = {} if args.force else cohort.read_summary(summary)
+    done = sum(1 for i in items if previous.get(i.input, {}).get("status") == "done" and os.path.exists(i.output))
+    progress = _CohortProgress(len(items), done, args.quiet)
+    try:
+        rows = cohort.run_cohort(
+            items,
+            cfg,
+            summary,
+            address=args.address,
+            workers=workers,
+            threads=args.threads_per_task,
+            force=args.force,
+            init_from=args.init_from,
+            reuse=args.reuse,
+            reuse_iterations=args.reuse_iterations or cohort.REUSE_ITERATIONS,
+            on_row=progress,
+        )
+    finally:
+        progress.close()
+    failed = [r for r in rows if r.get("status") != "done"]
+    for row in failed:
+        print(f"nsn2n: error: {row['input']}: {row.get('error') or row.get('status')}", file=sys.stderr)
+    if not args.quiet:
+        print(
+            f"nsn2n: {len(rows) - len(failed)} of {len(rows)} volumes done ({done} from an earlier run); "
+            f"summary: {summary}",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if failed else 0
 
 
 def check_output_path_json(path: str) -> None:
@@ -148,8 +313,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     cfg = _config(args, slice_axis="k")
-    clean = make_phantom((32, 128, 128), seed=args.seed)
-    noisy = add_inplane_correlated_noise(clean, sigma=60.0, correlation_px=1.0, seed=args.seed + 1)
+    clean = make_phantom((32, 128, 128), seed=cfg.training.seed)
+    noisy = add_inplane_correlated_noise(clean, sigma=60.0, correlation_px=1.0, seed=cfg.training.seed + 1)
     reference = sitk.GetImageFromArray(noisy)
     reference.SetSpacing((0.8, 0.8, 2.0))  # x, y, z in mm
     progress = _Progress(args.quiet)
@@ -197,10 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "denoise":
             return _run_denoise(args)
+        if args.command == "batch":
+            return _run_batch(args)
         return _run_demo(args)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every error becomes one line and a code
         err = explain(exc)
-        if isinstance(err, CancelledError):
+        if isinstance(err, CancelledError) and args.command == "batch":
+            print("nsn2n: interrupted; every finished volume is kept (rerun to go on).", file=sys.stderr)
+        elif isinstance(err, CancelledError):
             print("nsn2n: interrupted; no output was written.", file=sys.stderr)
         else:
             print(f"nsn2n: error: {err}", file=sys.stderr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,12 +160,15 @@ def train_network(
     progress: ProgressFn | None = None,
     is_cancelled: CancelFn | None = None,
     sampler: PatchSampler | None = None,
+    init_state: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[UNet2D, list[tuple[int, float]]]:
-    """Train a fresh network by NS-N2N on ``source`` (N >= 3 slices) with the maps ``targets``.
+    """Train a network by NS-N2N on ``source`` (N >= 3 slices) with the maps ``targets``.
 
     Returns the trained network (in eval mode, on ``device``) and the loss curve as (iteration, mean total loss
     over the last :data:`LOG_EVERY` iterations). ``sampler`` replaces the :class:`PatchSampler` built from
     ``source``, ``targets`` and ``cfg.training`` (the benchmarks' oracle rows pass one with clean targets).
+    ``init_state`` (a state dict of a network of the same ``cfg.network``, e.g. from :mod:`model_io`) is the
+    starting point instead of the identity (a warm start); the optimiser and its schedule start afresh.
 
     Raises
     ------
@@ -174,7 +177,10 @@ def train_network(
     """
     tcfg, lcfg = cfg.training, cfg.loss
     torch.manual_seed(tcfg.seed)
-    net = build_network(cfg).to(device, memory_format=torch.channels_last)
+    net = build_network(cfg)
+    if init_state is not None:
+        net.load_state_dict(init_state)  # strict: keys and shapes are checked where the state was loaded
+    net = net.to(device, memory_format=torch.channels_last)
     net.train()
     optimiser = torch.optim.Adam(net.parameters(), lr=tcfg.learning_rate)
     final, total = tcfg.final_lr_fraction, tcfg.iterations
