@@ -27,6 +27,8 @@ from .errors import InputError, exit_code, explain
 from .options import OPTIONS, add_arguments, to_config
 
 FILTER_NAME = "NSN2N Denoise"
+MIN_INTERVAL_S = 0.25
+"""Progress lines within a phase are written at most this often (the first and last step of a phase always)."""
 PROGRESS_PREFIX = "nsn2n-progress "
 """A stdout line starting with this carries one JSON progress record: phase, step, total, loss, fraction."""
 
@@ -62,6 +64,7 @@ class SlicerProgress:
         self.device = device
         self.t0 = time.perf_counter()
         self.phase: str | None = None
+        self.last = -1.0
 
     def _write(self, text: str) -> None:
         self.stream.write(text + "\n")
@@ -76,6 +79,10 @@ class SlicerProgress:
     def __call__(self, phase: str, step: int, total: int, loss: float | None) -> None:
         from .costmodel import overall_fraction
 
+        now = time.perf_counter()
+        if phase == self.phase and step < total and now - self.last < MIN_INTERVAL_S:
+            return  # a few lines a second are enough for a progress bar, and keep Slicer's CLI log short
+        self.last = now
         fraction = overall_fraction(phase, step, total, self.estimate)
         record = {
             "device": self.device,
