@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .api import denoise
 from .errors import EXIT_FAILED, CancelledError, InputError, exit_code, explain
-from .options import BY_NAME, OPTIONS, to_config
+from .options import BY_NAME, add_arguments, to_config
 
 
 class _Progress:
@@ -48,21 +48,8 @@ class _Progress:
 
 
 def _add_run_options(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
-    """One flag per option of :data:`options.OPTIONS` named in ``names``; defaults None keep the preset's."""
-    for option in OPTIONS:
-        if option.name not in names:
-            continue
-        kwargs = {"type": option.type, "default": None, "help": f"{option.help} Default: the preset's value."}
-        if option.name == "preset":
-            kwargs["help"] = (
-                "quality/time trade-off: 'fast' (about 2 minutes for a 512x512x300 CT on 2 CPU cores), 'default', "
-                "or 'best' (meant for a GPU). Default: default."
-            )
-        if option.choices:
-            kwargs["choices"] = option.choices
-        if option.type in (int, float):
-            kwargs["metavar"] = option.name.upper().replace("_", "-")
-        p.add_argument(option.flag, dest=option.name, **kwargs)
+    """The flags of the options ``names`` (from the one table, :data:`options.OPTIONS`) and ``--quiet``."""
+    add_arguments(p, names, help_suffix=" Default: the preset's value.")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line.")
 
 
