@@ -13,8 +13,9 @@ denoise
 
 and reports the time ratio (a)/(b) (target <= 1.2), the longest stall of the main thread between timer
 callbacks beyond the planned 100 ms, the longest callback (``poll()``, which at the end copies the result into
-the scene slab by slab) and the time the start call takes on the main thread (each target < 200 ms). The volume is ``phantom.make_phantom`` of 512x512xN
-plus Gaussian noise, denoised with the 'fast' preset on the CPU with the same thread count in every run.
+the scene slab by slab) and the time the start call takes on the main thread (each target < 200 ms). The volume
+is ``phantom.make_phantom`` of 512x512xN plus Gaussian noise, denoised with the 'fast' preset on the CPU with
+the same thread count in every run.
 
 Run from the repository root (it uses the CPU for a few minutes; run it on an otherwise idle machine)::
 
