@@ -224,3 +224,51 @@ def test_progress_records_are_parsed_with_overall_fraction_device_and_time_left(
 @pytest.mark.parametrize("seconds, text", [(4.4, "4 s"), (125, "2 min 05 s"), (3720, "1 h 02 min")])
 def test_format_seconds(seconds, text):
     assert jobs.format_seconds(seconds) == text
+
+
+def test_the_worker_saves_the_model_at_a_relative_path_of_the_callers_folder(tmp_path, monkeypatch):
+    from NSN2NDenoiseLib import model_io
+
+    monkeypatch.chdir(tmp_path)  # the worker runs in the job's folder: the job passes an absolute path
+    job = jobs.start_job(
+        smooth_noisy_volume(), (3.0, 0.8, 0.8), tiny_config(), save_model="m.safetensors", trained_on="CT 1"
+    )
+    assert "--save-model" in job._command and str(tmp_path / "m.safetensors") in job._command
+    assert job.wait(60) and job.poll() == jobs.DONE, job.error
+    saved = model_io.load_model(tmp_path / "m.safetensors")
+    assert saved.metadata["trained_on"] == "CT 1"
+    assert saved.config.training.iterations == 20
+
+    again = jobs.start_job(smooth_noisy_volume(1), (3.0, 0.8, 0.8), tiny_config(10), init_model="m.safetensors")
+    assert "--init-from" in again._command and "--save-model" not in again._command
+    assert again.wait(60) and again.poll() == jobs.DONE, again.error
+    assert again.result.shape == (6, 32, 32)
+
+
+def test_a_bad_model_reaching_the_worker_fails_the_job_with_one_line(tmp_path):
+    import torch
+
+    pickle_file = tmp_path / "model.safetensors"
+    torch.save({"w": torch.zeros(3)}, pickle_file)
+    job = jobs.start_job(smooth_noisy_volume(), (3.0, 0.8, 0.8), tiny_config(), init_model=pickle_file)
+    assert job.wait(60) and job.poll() == jobs.FAILED
+    assert isinstance(job.error, InputError)
+    assert "pickle" in str(job.error) and "\n" not in str(job.error)
+    assert job.traceback is None and job.result is None
+
+
+def test_worker_model_flags_are_checked_before_the_input_is_read(tmp_path, capsys):
+    missing_input = str(tmp_path / "none.nrrd")
+    out = str(tmp_path / "out.nrrd")
+    for flags, pattern in (
+        (["--save-model", str(tmp_path / "m.pt")], "must end in .safetensors"),
+        (["--save-model", str(tmp_path / "no" / "m.safetensors")], "does not exist"),
+        (["--init-from", str(tmp_path / "absent.safetensors")], "absent.safetensors does not exist"),
+    ):
+        args = worker.build_parser().parse_args([missing_input, out, *flags])
+        with pytest.raises(InputError, match=pattern):
+            worker._model_options(args, tiny_config())
+        capsys.readouterr()
+        assert worker.main([missing_input, out, *flags]) == 2
+        message = capsys.readouterr().err
+        assert message.count("\n") == 1 and "none.nrrd" not in message and message.startswith("nsn2n: error: ")

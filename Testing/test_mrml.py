@@ -411,3 +411,96 @@ def test_blocking_wait_and_write_output_give_the_same_node(scene):
     assert direct.GetName() == "noisy denoised_1" or direct.GetName() != job.output_node.GetName()
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(direct), slicer.util.arrayFromVolume(job.output_node))
     np.testing.assert_array_equal(ijk_to_ras(direct), ijk_to_ras(job.output_node))
+
+
+# -- saving a run's model and starting a run from it -------------------------------------------------------------
+
+
+def narrow_model(path, width: int = 8):
+    """A model file of an untrained network narrower than the presets' (the run must take the model's network)."""
+    from NSN2NDenoiseLib import model_io
+    from NSN2NDenoiseLib.config import NetworkConfig
+    from NSN2NDenoiseLib.training import build_network
+
+    cfg = plumbing_config()
+    cfg = cfg.replace(network=NetworkConfig(depth=cfg.network.depth, width=width))
+    model_io.save_model(path, build_network(cfg).state_dict(), cfg, trained_on="narrow")
+    return cfg.network
+
+
+def test_a_run_saves_its_model_and_a_second_run_starts_from_it(scene, tmp_path):
+    from NSN2NDenoiseLib import model_io
+
+    first = add_volume(scene, smooth_noisy_volume(1, np.int16), name="first")
+    model = tmp_path / "protocol.safetensors"
+    fast = {"preset": "fast", "device": "cpu", "threads": 1}
+    out1 = mrml.MRMLDenoiser(scene).process(first, save_model_path=str(model), iterations=20, **fast)
+    assert out1 is not None and model.is_file()
+    saved = model_io.load_model(model)
+    assert saved.metadata["trained_on"] == "first" and saved.metadata["iterations"] == "20"
+    assert not list(tmp_path.glob(".nsn2n-model-*")), "the model is written atomically, no temporary file left"
+
+    second = add_volume(scene, smooth_noisy_volume(2, np.int16), name="second")
+    before_ids = volume_node_ids(scene)
+    out2 = mrml.MRMLDenoiser(scene).process(second, init_model_path=model, iterations=10, **fast)
+    assert volume_node_ids(scene) - before_ids == {out2.GetID()}
+    assert out2.GetName() == "second denoised"
+    result = slicer.util.arrayFromVolume(out2)
+    assert result.shape == (6, 32, 32) and np.all(np.isfinite(result))
+    assert mrml.read_report(out2)["config"]["training"]["iterations"] == 10
+    assert model.stat().st_size > 0  # starting from a model leaves it as it was
+
+
+def test_a_run_started_from_a_model_takes_its_network(scene, tmp_path):
+    model = tmp_path / "narrow.safetensors"
+    network = narrow_model(model)
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
+    out = mrml.MRMLDenoiser(scene).process(
+        node, init_model_path=model, preset="fast", iterations=10, device="cpu", threads=1
+    )
+    assert mrml.read_report(out)["config"]["network"] == {"depth": network.depth, "width": network.width}
+
+
+def test_a_start_model_halves_the_presets_iterations_unless_they_are_given():
+    assert mrml.WARM_START_ITERATION_FRACTION == 0.5
+    for preset in ("fast", "default", "best"):
+        cold = mrml.build_config(preset).training.iterations
+        assert mrml.build_config(preset, warm_start=True).training.iterations == cold // 2
+        assert mrml.build_config(preset, warm_start=True, iterations=0).training.iterations == cold // 2
+        assert mrml.build_config(preset, warm_start=True, iterations=77).training.iterations == 77
+
+
+def test_unset_model_paths_are_off():
+    for unset in (None, "", ".", "  "):
+        assert mrml.check_model_paths(unset, unset) is None
+
+
+def test_bad_model_files_give_one_clear_error_before_any_work_and_no_node(scene, tmp_path):
+    import safetensors.torch
+
+    from NSN2NDenoiseLib.config import NetworkConfig
+    from NSN2NDenoiseLib.training import build_network
+
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
+    before_count = scene.GetNumberOfNodes()
+    pickle_file = tmp_path / "model.safetensors"
+    torch.save({"w": torch.zeros(3)}, pickle_file)  # a torch.save file (pickle), whatever its name
+    misfit = tmp_path / "misfit.safetensors"  # tensors of a narrower network under the metadata of a wider one
+    cfg = plumbing_config()
+    header = {"format": "nsn2n-model", "format_version": "1", "config": json.dumps(cfg.to_dict())}
+    narrow = build_network(cfg.replace(network=NetworkConfig(depth=cfg.network.depth, width=4))).state_dict()
+    safetensors.torch.save_file(narrow, str(misfit), metadata=header)
+    cases = [
+        ({"init_model_path": pickle_file}, InputError, "pickle"),
+        ({"init_model_path": misfit}, ConfigError, "does not fit"),
+        ({"init_model_path": tmp_path / "missing.safetensors"}, InputError, "does not exist"),
+        ({"save_model_path": tmp_path / "model.pt"}, InputError, r"must end in \.safetensors"),
+        ({"save_model_path": tmp_path / "no" / "m.safetensors"}, InputError, "does not exist"),
+    ]
+    for paths, error, pattern in cases:
+        with pytest.raises(error, match=pattern) as info:
+            mrml.MRMLDenoiser(scene).start(node, config=plumbing_config(), **paths)
+        assert "\n" not in str(info.value), str(info.value)
+        assert jobs.active_job() is None, "nothing was started"
+        assert scene.GetNumberOfNodes() == before_count
+    assert not (tmp_path / "no").exists()

@@ -148,13 +148,43 @@ def test_every_engine_option_has_a_parameter_and_a_widget_that_agree_with_the_en
         kind = "choices" if option.choices else option.type
         assert bound[name].get("class") == WIDGET_CLASS[kind], name
     option_names = {o.slicer_name for o in OPTIONS}
-    extra = set(fields) - option_names - {"inputVolume", "outputVolume", "overridePreset"}
+    extra = set(fields) - option_names - {"inputVolume", "outputVolume", "overridePreset", *MODEL_PATH_FIELDS}
     assert not extra, f"parameter node fields the engine does not have: {sorted(extra)}"
     module = read(MODULE_FILE)
     advanced = re.search(r"ADVANCED_OPTIONS = \(([^)]*)\)", module).group(1)
     assert [a.strip().strip('"') for a in advanced.split(",") if a.strip()] == [
         o.slicer_name for o in OPTIONS if o.advanced
     ]
+
+
+MODEL_PATH_FIELDS = {"saveModelPath": "Save the trained model to:", "initModelPath": "Start from a saved model:"}
+
+
+def test_model_path_fields_are_optional_path_edits_in_the_advanced_section():
+    """Save / start-from model files: pathlib.Path fields (empty = off, no default) bound to ctkPathLineEdit
+    widgets in the Advanced section, filtered to .safetensors, with the warm-start rule in the tooltip."""
+    fields = parameter_node_declarations()
+    tree = ast.parse(read(MODULE_FILE))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NSN2NDenoiseParameterNode")
+    annotations = {i.target.id: ast.unparse(i.annotation) for i in cls.body if isinstance(i, ast.AnnAssign)}
+    root = ET.parse(UI_FILE).getroot()
+    advanced = next(w for w in root.iter("widget") if w.get("name") == "advancedCollapsibleButton")
+    in_advanced = {w.get("name"): w for w in advanced.iter("widget")}
+    labels = {ui_property(w, "text") for w in in_advanced.values() if w.get("class") == "QLabel"}
+    for name, label in MODEL_PATH_FIELDS.items():
+        assert annotations[name] == "pathlib.Path", name
+        assert fields[name][2] is None, f"{name} must have no default (an empty path: off)"
+        widget = next(w for w in in_advanced.values() if ui_property(w, "SlicerParameterName") == name)
+        assert widget.get("class") == "ctkPathLineEdit", name
+        assert ui_property(widget, "nameFilters") == ["NSN2N model (*.safetensors)"], name
+        assert label in labels, label
+    assert "Writable" in ui_property(in_advanced["saveModelPathLineEdit"], "filters")  # a save dialog
+    tooltip = ui_property(in_advanced["initModelPathLineEdit"], "toolTip")
+    assert "half the preset's iterations" in tooltip and "0.15 dB" in tooltip
+    assert "ctkPathLineEdit" in {c.findtext("class") for c in root.iter("customwidget")}
+    module = read(MODULE_FILE)
+    assert re.search(r'MODEL_PATHS = \("saveModelPath", "initModelPath"\)', module)
+    assert "import pathlib" in module
 
 
 def test_ui_selectors_and_required_controls():
@@ -265,7 +295,10 @@ def test_license_is_apache_2():
 
 # -- import rules ----------------------------------------------------------------------------------------------
 
-ALLOWED_MODULE_IMPORTS = {"logging", "os", "shutil", "sys", "time", "typing", "numpy", "qt", "ctk", "vtk", "slicer"}
+ALLOWED_MODULE_IMPORTS = {
+    *("logging", "os", "pathlib", "shutil", "sys", "time", "typing"),
+    *("numpy", "qt", "ctk", "vtk", "slicer"),
+}
 
 
 def top_level_imports(path):

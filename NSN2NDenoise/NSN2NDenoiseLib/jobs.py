@@ -8,7 +8,8 @@ in torch cannot take Slicer down.
 A job owns a temporary folder. :meth:`DenoiseJob.start` checks the configuration and the interpreter, then
 returns at once; the job's own daemon thread writes the volume there as NRRD, starts
 ``python -m NSN2NDenoiseLib.worker input.nrrd output.nrrd --report report.json <option flags>`` (with
-``--config config.json`` for a configuration beyond the option table), waits for it to end, reads the result
+``--config config.json`` for a configuration beyond the option table, and ``--save-model`` / ``--init-from``
+with absolute paths when the job saves or starts from a model), waits for it to end, reads the result
 back and removes the folder, whatever the outcome. SimpleITK releases Python's lock while it converts, writes
 and reads, so none of that file work stalls the caller's thread (a Qt timer in Slicer): :meth:`DenoiseJob.poll`
 only reads the state. One daemon thread per pipe does nothing but blocking ``readline()`` calls (which release
@@ -238,6 +239,14 @@ class DenoiseJob:
     python : str, optional
         The interpreter that runs the worker; ``sys.executable`` by default. Inside Slicer it must be
         ``PythonSlicer`` (the Slicer module picks it), since ``sys.executable`` is Slicer itself there.
+    save_model : path, optional
+        Where the worker saves the trained model (``.safetensors``, written atomically after a successful run;
+        see :mod:`.model_io`). None saves nothing.
+    init_model : path, optional
+        A model saved before, to start training from (the worker uses its network settings; a model that does
+        not fit or a file that is not a safetensors model fails the job with one line). None starts from scratch.
+    trained_on : str, optional
+        The name the saved model records as the volume it was trained on (e.g. the volume node's name).
 
     Notes
     -----
@@ -246,11 +255,24 @@ class DenoiseJob:
     :meth:`poll` only reads the state and returns in microseconds. Nothing here needs Qt.
     """
 
-    def __init__(self, volume: np.ndarray, spacing, config, python: str | None = None):
+    def __init__(
+        self,
+        volume: np.ndarray,
+        spacing,
+        config,
+        python: str | None = None,
+        save_model: str | os.PathLike | None = None,
+        init_model: str | os.PathLike | None = None,
+        trained_on: str | None = None,
+    ):
         self._volume: np.ndarray | None = volume
         self._spacing = tuple(float(s) for s in spacing)
         self.config = config
         self.python = python or sys.executable
+        # Absolute: the worker runs in the job's folder.
+        self.save_model = str(Path(save_model).expanduser().resolve()) if save_model else None
+        self.init_model = str(Path(init_model).expanduser().resolve()) if init_model else None
+        self.trained_on = trained_on
         self._lock = threading.RLock()
         self._state = PENDING
         self._cancel_requested = False
@@ -296,6 +318,12 @@ class DenoiseJob:
             self._folder = Path(tempfile.mkdtemp(prefix="nsn2n-"))
             try:
                 args = worker_arguments(self.config, self._folder)
+                if self.save_model:
+                    args += ["--save-model", self.save_model]
+                    if self.trained_on:
+                        args += ["--trained-on", self.trained_on]
+                if self.init_model:
+                    args += ["--init-from", self.init_model]
             except BaseException:
                 self._remove_folder()
                 raise
@@ -644,7 +672,15 @@ def active_job() -> DenoiseJob | None:
         return _active_job
 
 
-def start_job(volume: np.ndarray, spacing, config, python: str | None = None) -> DenoiseJob:
+def start_job(
+    volume: np.ndarray,
+    spacing,
+    config,
+    python: str | None = None,
+    save_model: str | os.PathLike | None = None,
+    init_model: str | os.PathLike | None = None,
+    trained_on: str | None = None,
+) -> DenoiseJob:
     """Create a :class:`DenoiseJob` and start it, unless another job is still running.
 
     Parameters are those of :class:`DenoiseJob`.
@@ -659,7 +695,9 @@ def start_job(volume: np.ndarray, spacing, config, python: str | None = None) ->
         previous = _active_job
     if previous is not None and not previous.finished:  # poll() outside the lock: it may release itself
         raise BusyError("A denoising run is already in progress. Wait for it to finish or cancel it first.")
-    job = DenoiseJob(volume, spacing, config, python=python)
+    job = DenoiseJob(
+        volume, spacing, config, python=python, save_model=save_model, init_model=init_model, trained_on=trained_on
+    )
     with _active_lock:
         if _active_job is not None and _active_job is not previous:
             raise BusyError("A denoising run is already in progress. Wait for it to finish or cancel it first.")

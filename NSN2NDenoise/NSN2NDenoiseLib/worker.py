@@ -1,8 +1,11 @@
 """A denoising run in its own process, speaking the progress protocol of Slicer's CLI modules.
 
-``python -m NSN2NDenoiseLib.worker INPUT OUTPUT [--report R.json] [option flags of options.OPTIONS]`` reads a
-volume file, denoises it, writes OUTPUT atomically (nothing is written on failure or cancel) and exits with
-:func:`errors.exit_code`. On stdout it prints, flushed line by line, what Slicer's CLI infrastructure reads:
+``python -m NSN2NDenoiseLib.worker INPUT OUTPUT [--report R.json] [--save-model M.safetensors]
+[--init-from M.safetensors] [option flags of options.OPTIONS]`` reads a volume file, denoises it, writes OUTPUT
+atomically (nothing is written on failure or cancel) and exits with :func:`errors.exit_code`. ``--save-model``
+and ``--init-from`` behave as in ``nsn2n denoise`` (:mod:`.model_io`): the paths are checked and the start model
+is read before anything else, the start model's network settings are used, and the trained model is written
+atomically after a successful run. On stdout it prints, flushed line by line, what Slicer's CLI infrastructure reads:
 ``<filter-start>``, ``<filter-progress>F</filter-progress>`` with F the fraction of the whole run (phases weighed
 by :mod:`costmodel`), ``<filter-comment>`` with the phase, step and loss, and ``<filter-end>``; and one JSON
 record per progress call after :data:`PROGRESS_PREFIX`, which the Slicer module's job parses. Errors are one
@@ -43,6 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CONFIG.json",
         help="a full configuration as JSON (the 'config' of a run report) to start from; the option flags "
         "given on top of it override it.",
+    )
+    p.add_argument(
+        "--save-model",
+        metavar="MODEL.safetensors",
+        help="save the trained network and its configuration (safetensors), to warm-start other volumes.",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL.safetensors",
+        help="start training from a model saved by --save-model (its network settings are used).",
+    )
+    p.add_argument(
+        "--trained-on",
+        metavar="TEXT",
+        help="what --save-model records as the volume it was trained on (default: INPUT's file name).",
     )
     p.add_argument(
         "--no-compress",
@@ -110,6 +128,27 @@ def _raise_interrupt(signum, frame):  # a cancel from Slicer or a job: unwind, s
     raise KeyboardInterrupt
 
 
+def _model_options(args: argparse.Namespace, cfg):
+    """Check ``--save-model`` and read ``--init-from`` before any work, as ``nsn2n denoise`` does.
+
+    Returns the configuration (with the start model's network settings) and the start model's state dict or None.
+    """
+    if not (args.save_model or args.init_from):
+        return cfg, None
+    from . import model_io
+
+    if args.save_model:
+        if not args.save_model.lower().endswith(model_io.SUFFIX):
+            raise InputError(f"--save-model {args.save_model}: the file name must end in {model_io.SUFFIX}.")
+        folder = Path(args.save_model).resolve().parent
+        if not folder.is_dir():
+            raise InputError(f"The model's folder {folder} does not exist: create it first.")
+    if not args.init_from:
+        return cfg, None
+    saved = model_io.load_model(args.init_from)
+    return cfg.replace(network=saved.config.network), saved.state  # the model decides the network
+
+
 def run(args: argparse.Namespace, stream: TextIO) -> int:
     """Denoise ``args.input`` into ``args.output``; raises engine errors."""
     from . import costmodel
@@ -129,15 +168,22 @@ def run(args: argparse.Namespace, stream: TextIO) -> int:
     check_paths_differ(args.input, out_path)
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise InputError(f"The report folder {Path(args.report).parent} does not exist: create it first.")
+    cfg, init_state = _model_options(args, cfg)
     loaded = read_volume(args.input)
     device = resolve_device(cfg.device)
     progress = SlicerProgress(stream, costmodel.estimate(loaded.array.shape, cfg, device.type), device.type)
     progress.start(f"{loaded.array.shape} voxels (K,J,I) on {device.type}")
-    result, report = denoise(loaded.array, loaded.spacing_kji, cfg, progress=progress)
-    del loaded.array
+    result, report, state = denoise(
+        loaded.array, loaded.spacing_kji, cfg, progress=progress, init_model=init_state, return_model=True
+    )
+    del loaded.array, init_state
     write_volume(out_path, result, loaded.image, compress=args.compress)
     if args.report:
         Path(args.report).write_text(report.to_json())
+    if args.save_model:
+        from .model_io import save_model
+
+        save_model(args.save_model, state, cfg, trained_on=args.trained_on or Path(args.input).name)
     for warning in report.warnings:
         print(f"nsn2n: warning: {warning}", file=sys.stderr, flush=True)
     progress.end()
