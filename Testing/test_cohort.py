@@ -9,6 +9,7 @@ everywhere.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -275,3 +276,32 @@ def test_two_nodes_through_the_command_line(two_node_cluster, cohort_dir):
     rows = cohort.read_summary(outputs / "summary.csv")
     assert [r["status"] for r in rows.values()] == ["done"] * 4
     assert len({r["node"] for r in rows.values()}) == 2, "both nodes should have run volumes"
+
+
+def test_ctrl_c_on_the_command_line_keeps_finished_volumes(ray, cohort_dir):
+    outputs = cohort_dir / "outputs"
+    summary = outputs / "summary.csv"
+    cmd = [sys.executable, "-m", "NSN2NDenoiseLib.cli", "batch", str(cohort_dir / "inputs"), "--output-dir"]
+    cmd += [str(outputs), "--workers", "1", "--iterations", "300", "--preset", "fast", "--device", "cpu", "--quiet"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "NSN2NDenoise"), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=str(cohort_dir))
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(r["status"] == "done" for r in cohort.read_summary(summary).values()):
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "every finished volume is kept" in err
+    rows = cohort.read_summary(summary)
+    done = {Path(k).name for k, r in rows.items() if r["status"] == "done"}
+    assert 1 <= len(done) < 3, "the interrupt came too late to test anything: the volumes finished first"
+    assert all(Path(r["output"]).exists() for r in rows.values() if r["status"] == "done")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(cohort_dir), timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {r["status"] for r in cohort.read_summary(summary).values()} == {"done"}
