@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(d, tuple(BY_NAME))
     d.add_argument("--report", metavar="REPORT.json", help="write the run report (configuration, times, loss) as JSON.")
     d.add_argument(
+        "--residual",
+        metavar="RESIDUAL.nrrd",
+        help="also write what was removed (input minus output, float32, the input's geometry): it should look like "
+        "noise, with no edges or anatomy in it; the run report's residual_check scores that.",
+    )
+    d.add_argument(
         "--save-model",
         metavar="MODEL.safetensors",
         help="save the trained network and its configuration (safetensors), to warm-start other volumes.",
@@ -167,6 +173,12 @@ def _run_denoise(args: argparse.Namespace) -> int:
     cfg = _config(args)
     out_path = check_output_path(args.output)  # fail before training, not after
     check_paths_differ(args.input, out_path)
+    residual_path = None
+    if args.residual:
+        residual_path = check_output_path(args.residual)
+        check_paths_differ(args.input, residual_path)
+        if residual_path.resolve() == out_path.resolve():
+            raise InputError("--residual must differ from the output path.")
     if args.report:
         check_output_path_json(args.report)
     init_state = None
@@ -190,6 +202,10 @@ def _run_denoise(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     write_volume(out_path, result, loaded.image)
+    if residual_path is not None:
+        result -= loaded.array  # in place: output - input, float32; negated below without another copy
+        result *= -1.0
+        write_volume(residual_path, result, loaded.image)
     if args.report:
         Path(args.report).write_text(report.to_json())
     if args.save_model:
