@@ -38,7 +38,7 @@ ALL_WEIGHTED = ("supervised", "oracle_unbiased_all", "cubic_clean_all")
 
 def oracle_sampler_class():
     """:class:`OracleSampler`, defined on first use so that importing this module does not import the engine."""
-    from NSN2NDenoiseLib.training import Batch, PatchSampler, dihedral
+    from NSN2NDenoiseLib.training import Batch, PatchSampler
     from NSN2NDenoiseLib.weights import interpolate
 
     class OracleSampler(PatchSampler):
@@ -54,37 +54,20 @@ def oracle_sampler_class():
             self.row = row
 
         def sample(self, ramp: float = 1.0) -> Batch:
+            return super().sample(0.0 if self.row == "mean" else ramp)
+
+        def _target(self, s, i, rows, y, x, ramp):
             if self.row == "mean":
-                return super().sample(0.0)
-            n, p = self.n, self.size
-            _, h, w = self.source.shape
-            centres = self.rng.integers(1, n - 1, self.batch)
-            ys = self.rng.integers(0, h - p + 1, self.batch)
-            xs = self.rng.integers(0, w - p + 1, self.batch)
-            ks = self.rng.integers(0, 8, self.batch)
-            fields: dict[str, list[torch.Tensor]] = {"x": [], "target": [], "weights": [], "keep": []}
-            for i, y, x, k in zip(centres.tolist(), ys.tolist(), xs.tolist(), ks.tolist(), strict=True):
-                rows = np.clip(np.arange(i - 2, i + 3), 0, n - 1)
-                s = torch.from_numpy(self.source.patch(rows, y, x, p))
-                c = torch.from_numpy(self.clean.patch(rows, y, x, p))
-                if self.row == "supervised":
-                    target = c[2]
-                else:
-                    mean_c = 0.5 * (c[1] + c[3])
-                    if self.row == "cubic_clean_all":
-                        reference = interpolate(mean_c, 0.5 * (c[0] + c[4]), 2 <= i <= n - 3)
-                    else:
-                        reference = c[2]
-                    target = 0.5 * (s[1] + s[3]) - (mean_c - reference)
-                crops = {
-                    "x": s[2],
-                    "target": target,
-                    "weights": self._crop(self.targets.weights, i, y, x),
-                    "keep": self._crop(self.targets.keep, i, y, x),
-                }
-                for name, crop in crops.items():
-                    fields[name].append(dihedral(crop, k))
-            return Batch(**{name: torch.stack(v).unsqueeze(1).to(self.device) for name, v in fields.items()})
+                return super()._target(s, i, rows, y, x, 0.0)
+            c = torch.from_numpy(self.clean.patch(rows, y, x, self.size))
+            if self.row == "supervised":
+                return c[2]
+            mean_c = 0.5 * (c[1] + c[3])
+            if self.row == "cubic_clean_all":
+                reference = interpolate(mean_c, 0.5 * (c[0] + c[4]), 2 <= i <= self.n - 3)
+            else:
+                reference = c[2]
+            return 0.5 * (s[1] + s[3]) - (mean_c - reference)
 
     return OracleSampler
 

@@ -121,7 +121,7 @@ class PatchSampler:
             s = torch.from_numpy(self.source.patch(rows, y, x, p))  # x_i-2 .. x_i+2
             crops = {
                 "x": s[2],
-                "target": interpolate(0.5 * (s[1] + s[3]), 0.5 * (s[0] + s[4]), 2 <= i <= n - 3, ramp),
+                "target": self._target(s, i, rows, y, x, ramp),
                 "weights": self._crop(self.targets.weights, i, y, x),
                 "keep": self._crop(self.targets.keep, i, y, x),
             }
@@ -132,6 +132,11 @@ class PatchSampler:
             for name, crop in crops.items():
                 fields[name].append(dihedral(crop, k))
         return Batch(**{name: torch.stack(v).unsqueeze(1).to(self.device) for name, v in fields.items()})
+
+    def _target(self, s: torch.Tensor, i: int, rows: np.ndarray, y: int, x: int, ramp: float) -> torch.Tensor:
+        """The target of slice i from its patch stack ``s`` = x_i-2 .. x_i+2 (rows ``rows``, corner y, x): the
+        ramped cubic interpolation (:func:`weights.interpolate`). The benchmarks' oracle rows override it."""
+        return interpolate(0.5 * (s[1] + s[3]), 0.5 * (s[0] + s[4]), 2 <= i <= self.n - 3, ramp)
 
     def _crop(self, maps: np.ndarray, i: int, y: int, x: int) -> torch.Tensor:
         return torch.from_numpy(maps[i, y : y + self.size, x : x + self.size].astype(np.float32))
