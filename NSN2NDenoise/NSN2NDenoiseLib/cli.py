@@ -185,14 +185,9 @@ def _run_denoise(args: argparse.Namespace) -> int:
     if args.save_model or args.init_from:
         from . import model_io
 
-        if args.save_model and not args.save_model.lower().endswith(model_io.SUFFIX):
-            raise InputError(f"--save-model {args.save_model}: the file name must end in {model_io.SUFFIX}.")
         if args.save_model:
-            check_output_path_json(args.save_model)
-        if args.init_from:
-            saved = model_io.load_model(args.init_from)
-            cfg = cfg.replace(network=saved.config.network)  # the model decides the network
-            init_state = saved.state
+            model_io.check_save_path(args.save_model)
+        cfg, init_state = model_io.start_from(cfg, args.init_from)
     loaded = read_volume(args.input)
     progress = _Progress(args.quiet)
     try:
@@ -265,9 +260,9 @@ def _run_batch(args: argparse.Namespace) -> int:
     else:
         summary = Path(args.inputs).with_name(Path(args.inputs).stem + "_" + cohort.SUMMARY_NAME)
     if args.init_from:
-        from .model_io import load_model
+        from .model_io import start_from
 
-        cfg = cfg.replace(network=load_model(args.init_from).config.network)  # fails early on a bad model
+        cfg, _ = start_from(cfg, args.init_from)  # fails early on a bad model
     workers = args.workers or max(1, (os.cpu_count() or 1) // args.threads_per_task)
     previous = {} if args.force else cohort.read_summary(summary)
     done = sum(1 for i in items if previous.get(i.input, {}).get("status") == "done" and os.path.exists(i.output))

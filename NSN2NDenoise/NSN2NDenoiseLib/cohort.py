@@ -193,13 +193,9 @@ def denoise_file(
         row["iterations"] = cfg.training.iterations
         out = check_output_path(item.output)
         check_paths_differ(item.input, out)
-        init_state = None
-        if init_from:
-            from .model_io import load_model
+        from .model_io import start_from
 
-            saved = load_model(init_from)
-            cfg = cfg.replace(network=saved.config.network)  # the model decides the network, as in nsn2n denoise
-            init_state = saved.state
+        cfg, init_state = start_from(cfg, init_from)  # the model decides the network, as in nsn2n denoise
         loaded = read_volume(item.input)
         result, report, state = denoise(loaded.array, loaded.spacing_kji, cfg, init_model=init_state, return_model=True)
         write_volume(out, result, loaded.image)

@@ -114,6 +114,32 @@ def check_compatible(saved: SavedModel, cfg: NSN2NConfig) -> None:
     check_state(saved.state, cfg)
 
 
+def check_save_path(path: str | os.PathLike) -> Path:
+    """Fail before any work when a model cannot be written at ``path``: every front end calls this first.
+
+    Raises
+    ------
+    InputError
+        The path does not end in ``.safetensors`` or its folder does not exist.
+    """
+    p = Path(path).expanduser()
+    if p.suffix.lower() != SUFFIX:
+        raise InputError(f"Cannot write the model {p.name!r}: the file name must end in {SUFFIX}.")
+    parent = p.resolve().parent
+    if not parent.is_dir():
+        raise InputError(f"The model's folder {parent} does not exist: create it first.")
+    return p
+
+
+def start_from(cfg: NSN2NConfig, path: str | os.PathLike | None) -> tuple[NSN2NConfig, dict | None]:
+    """The configuration and initial weights of a run started from the model at ``path`` (None: ``cfg`` and no
+    weights). The model decides the network settings; everything else stays ``cfg``'s."""
+    if not path:
+        return cfg, None
+    saved = load_model(path)
+    return cfg.replace(network=saved.config.network), saved.state
+
+
 def save_model(
     path: str | os.PathLike,
     state: Mapping[str, torch.Tensor],
@@ -130,12 +156,8 @@ def save_model(
         ``state`` does not match ``cfg``'s network.
     """
     st = _require_safetensors()
-    p = Path(path)
-    if p.suffix.lower() != SUFFIX:
-        raise InputError(f"Cannot write the model {p.name!r}: the file name must end in {SUFFIX}.")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"The model's folder {parent} does not exist: create it first.")
+    p = check_save_path(path)
+    parent = p.resolve().parent
     check_state(state, cfg, "The model to save")
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in state.items()}
     metadata = {

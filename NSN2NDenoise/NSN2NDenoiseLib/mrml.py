@@ -157,16 +157,10 @@ def check_model_paths(save_model_path=None, init_model_path=None):
     save_model_path, init_model_path = _model_path(save_model_path), _model_path(init_model_path)
     if not (save_model_path or init_model_path):
         return None
-    from pathlib import Path
-
     from . import model_io
 
     if save_model_path:
-        if not save_model_path.lower().endswith(model_io.SUFFIX):
-            raise InputError(f"The model to save, {save_model_path}: the file name must end in {model_io.SUFFIX}.")
-        folder = Path(save_model_path).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise InputError(f"The folder of the model to save, {folder}, does not exist: create it first.")
+        model_io.check_save_path(save_model_path)
     return model_io.load_model(init_model_path) if init_model_path else None
 
 

@@ -138,15 +138,8 @@ def _model_options(args: argparse.Namespace, cfg):
     from . import model_io
 
     if args.save_model:
-        if not args.save_model.lower().endswith(model_io.SUFFIX):
-            raise InputError(f"--save-model {args.save_model}: the file name must end in {model_io.SUFFIX}.")
-        folder = Path(args.save_model).resolve().parent
-        if not folder.is_dir():
-            raise InputError(f"The model's folder {folder} does not exist: create it first.")
-    if not args.init_from:
-        return cfg, None
-    saved = model_io.load_model(args.init_from)
-    return cfg.replace(network=saved.config.network), saved.state  # the model decides the network
+        model_io.check_save_path(args.save_model)
+    return model_io.start_from(cfg, args.init_from)
 
 
 def run(args: argparse.Namespace, stream: TextIO) -> int:
