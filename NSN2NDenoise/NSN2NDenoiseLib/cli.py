@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .api import denoise
 from .errors import EXIT_FAILED, CancelledError, InputError, exit_code, explain
-from .options import BY_NAME, add_arguments, to_config
+from .options import BY_NAME, add_arguments, add_model_arguments, to_config
 
 
 class _Progress:
@@ -80,15 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write what was removed (input minus output, float32, the input's geometry): it should look like "
         "noise, with no edges or anatomy in it; the run report's residual_check scores that.",
     )
-    d.add_argument(
-        "--save-model",
-        metavar="MODEL.safetensors",
-        help="save the trained network and its configuration (safetensors), to warm-start other volumes.",
-    )
-    d.add_argument(
-        "--init-from",
-        metavar="MODEL.safetensors",
-        help="start training from a model saved by --save-model (its network settings are used); fewer "
+    add_model_arguments(
+        d,
+        init_help="start training from a model saved by --save-model (its network settings are used); fewer "
         "iterations then suffice for a similar volume (see README, 'Cohorts').",
     )
 
@@ -134,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads (Ray CPUs) per volume where there is no GPU. Default: 1.",
     )
     b.add_argument("--force", action="store_true", help="redo volumes the summary lists as done.")
-    b.add_argument("--init-from", metavar="MODEL.safetensors", help="start every volume from this saved model.")
+    add_model_arguments(b, save=False, init_help="start every volume from this saved model.")
     b.add_argument(
         "--reuse",
         action="store_true",
@@ -168,7 +162,7 @@ def _config(args: argparse.Namespace, **fixed):
 
 
 def _run_denoise(args: argparse.Namespace) -> int:
-    from .volume_io import check_output_path, check_paths_differ, read_volume, write_volume
+    from .volume_io import check_output_path, check_paths_differ, check_report_path, read_volume, write_volume
 
     cfg = _config(args)
     out_path = check_output_path(args.output)  # fail before training, not after
@@ -180,7 +174,7 @@ def _run_denoise(args: argparse.Namespace) -> int:
         if residual_path.resolve() == out_path.resolve():
             raise InputError("--residual must differ from the output path.")
     if args.report:
-        check_output_path_json(args.report)
+        check_report_path(args.report)
     init_state = None
     if args.save_model or args.init_from:
         from . import model_io
@@ -293,13 +287,6 @@ def _run_batch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_FAILED if failed else 0
-
-
-def check_output_path_json(path: str) -> None:
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"The report folder {parent} does not exist: create it first.")
 
 
 def _run_demo(args: argparse.Namespace) -> int:

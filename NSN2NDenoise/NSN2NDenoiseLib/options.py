@@ -192,6 +192,22 @@ def add_arguments(parser, names: tuple[str, ...] | None = None, help_suffix: str
 BY_SLICER_NAME = {o.slicer_name: o for o in OPTIONS}
 
 
+def add_model_arguments(parser, save: bool = True, init_help: str = "") -> None:
+    """``--save-model`` (unless ``save`` is false) and ``--init-from``: the model files of :mod:`.model_io`, with
+    the same meaning in every front end."""
+    if save:
+        parser.add_argument(
+            "--save-model",
+            metavar="MODEL.safetensors",
+            help="save the trained network and its configuration (safetensors), to warm-start other volumes.",
+        )
+    parser.add_argument(
+        "--init-from",
+        metavar="MODEL.safetensors",
+        help=init_help or "start training from a model saved by --save-model (its network settings are used).",
+    )
+
+
 def to_config(values: dict[str, Any] | None = None, base: NSN2NConfig | None = None) -> NSN2NConfig:
     """The engine configuration for option ``values`` (snake_case names; None values keep the preset's).
 

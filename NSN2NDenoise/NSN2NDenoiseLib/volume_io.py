@@ -120,6 +120,21 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def check_report_path(path: str | os.PathLike) -> Path:
+    """Fail before any work when the folder of a report file does not exist.
+
+    Raises
+    ------
+    InputError
+        With what to do.
+    """
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"The report folder {parent} does not exist: create it first.")
+    return p
+
+
 def check_paths_differ(input_path: str | os.PathLike, output_path: str | os.PathLike) -> None:
     """Refuse an output that is the input itself (the same file by a link or another spelling, or a file inside
     the input's DICOM folder), which a run would overwrite.

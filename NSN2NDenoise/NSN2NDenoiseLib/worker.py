@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import InputError, exit_code, explain
-from .options import OPTIONS, add_arguments, to_config
+from .options import OPTIONS, add_arguments, add_model_arguments, to_config
 
 FILTER_NAME = "NSN2N Denoise"
 MIN_INTERVAL_S = 0.25
@@ -47,16 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a full configuration as JSON (the 'config' of a run report) to start from; the option flags "
         "given on top of it override it.",
     )
-    p.add_argument(
-        "--save-model",
-        metavar="MODEL.safetensors",
-        help="save the trained network and its configuration (safetensors), to warm-start other volumes.",
-    )
-    p.add_argument(
-        "--init-from",
-        metavar="MODEL.safetensors",
-        help="start training from a model saved by --save-model (its network settings are used).",
-    )
+    add_model_arguments(p)
     p.add_argument(
         "--trained-on",
         metavar="TEXT",
@@ -146,7 +137,7 @@ def run(args: argparse.Namespace, stream: TextIO) -> int:
     """Denoise ``args.input`` into ``args.output``; raises engine errors."""
     from . import costmodel
     from .api import denoise, resolve_device
-    from .volume_io import check_output_path, check_paths_differ, read_volume, write_volume
+    from .volume_io import check_output_path, check_paths_differ, check_report_path, read_volume, write_volume
 
     base = None
     if args.config:
@@ -159,8 +150,8 @@ def run(args: argparse.Namespace, stream: TextIO) -> int:
     cfg = to_config({o.name: getattr(args, o.name) for o in OPTIONS}, base=base)
     out_path = check_output_path(args.output)
     check_paths_differ(args.input, out_path)
-    if args.report and not Path(args.report).resolve().parent.is_dir():
-        raise InputError(f"The report folder {Path(args.report).parent} does not exist: create it first.")
+    if args.report:
+        check_report_path(args.report)
     cfg, init_state = _model_options(args, cfg)
     loaded = read_volume(args.input)
     device = resolve_device(cfg.device)
