@@ -22,6 +22,11 @@ CRANIUM_PATHS = (
 """Standard install locations of the Debian package ``invesalius-examples``."""
 MNI_FILE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 EXAMPLE4D_FILE = "tests/data/example4d.nii.gz"
+COLIN27_PATHS = (Path("/usr/share/mricron/templates/ch2.nii.gz"),)
+"""Standard install location of the Colin27 T1 of the Debian package ``mricron-data``."""
+COLIN27_SLICES = (20, 67)
+"""The only Colin27 axial slices (RAS, inclusive) the benchmark may read: the rest of the volume is reserved for
+independent evaluation (DATA.md)."""
 
 
 class DataMissingError(RuntimeError):
@@ -157,6 +162,39 @@ def load_mni152(n_slices: int = 48, center: int | None = None) -> Volume:
     data = full[first : first + n_slices].astype(np.float32)
     crop = f"MNI152 2009a T1 axial slices {first}-{first + n_slices - 1} of {full.shape[0]} (K), all in-plane"
     return Volume("mni152", data, spacing, "mri", crop, "nilearn wheel: " + Path(MNI_FILE).name)
+
+
+def colin27_path() -> Path:
+    """Path of the Colin27 T1 ``ch2.nii.gz``.
+
+    Raises
+    ------
+    DataMissingError
+        When the Debian package ``mricron-data`` is not installed.
+    """
+    for path in COLIN27_PATHS:
+        if path.is_file():
+            return path
+    raise DataMissingError("Colin27 ch2.nii.gz not found: install it with `apt-get install -y mricron-data`.")
+
+
+def load_colin27() -> Volume:
+    """The Colin27 single-subject T1 (1 mm), axial slices 20-67 only (RAS; cerebellum and temporal lobes).
+
+    Reoriented to RAS with nibabel, then only those slices are read from the file's proxy (never the rest of the
+    volume, which is reserved for independent evaluation). Returned as (48, 217, 181) in K,J,I, float32 in the
+    file's units (0..255).
+    """
+    import nibabel as nib
+
+    path = colin27_path()
+    canonical = nib.as_closest_canonical(nib.load(str(path)))
+    first, last = COLIN27_SLICES
+    arr = np.asarray(canonical.dataobj[:, :, first : last + 1], dtype=np.float32)  # (I, J, K)
+    data = np.ascontiguousarray(arr.transpose(2, 1, 0))
+    zi, zj, zk = (float(z) for z in canonical.header.get_zooms()[:3])
+    crop = f"Colin27 ch2.nii.gz, RAS axial slices {first}-{last} (K), all {data.shape[1]}x{data.shape[2]} in-plane"
+    return Volume("colin27", data, (zk, zj, zi), "mri", crop, "mricron-data: ch2.nii.gz")
 
 
 def load_example4d() -> Volume:

@@ -14,7 +14,16 @@ from . import data, metrics, noise
 
 CT_SLICES = (0, 47)
 """Development CT slices (DATA.md): the skull base."""
+CT_BRAIN_BOX = ((28, 47), (32, 127), (72, 183))
+"""Brain-only crop of the development CT, inclusive (K, J, I) ranges: the upper slices 28-47, in-plane inside the
+skull (96 x 112 pixels: brain with a little skull base and falx)."""
+CT_TUNE_SLICES = (0, 27)
+"""Tuning-set CT: slices 0-27 of the development slab (disjoint from the brain crop's 28-47)."""
 MRI_SLICES = 48
+MNI_REPORT_CENTER = 80
+"""MNI152 reporting slab: slices 56-103 (mid-brain, ventricles and cortex)."""
+MNI_TUNE_CENTER = 134
+"""MNI152 tuning slab: slices 110-157 (upper brain, cortex), disjoint from the reporting slab."""
 QUICK_INPLANE = 128
 """In-plane centre crop of the quick run (pixels)."""
 GAUSS_CT_HU = 30.0
@@ -24,20 +33,35 @@ INPLANE_PX = 1.5
 SLICE_PX = 1.0
 """Kernel sigma (slices) of the 3D-correlated negative control."""
 
+VOLUMES = {
+    "ct": "head CT slices 0-47",
+    "ctbrain": "head CT brain-only crop (slices 28-47, in-plane inside the skull)",
+    "cttune": "head CT slices 0-27",
+    "mri": "MNI152 T1 slices 56-103",
+    "mnitune": "MNI152 T1 slices 110-157",
+    "colin": "Colin27 T1 axial slices 20-67",
+}
+"""Volume prefixes of a dataset name (before the first underscore)."""
+_NOISES = {
+    "ld_2.5e5": "projection-domain low-dose noise, I0 = 2.5e5",
+    "ld_1e5": "projection-domain low-dose noise, I0 = 1e5",
+    "ld_2e4": "projection-domain low-dose noise, I0 = 2e4",
+    "gauss30": "i.i.d. Gaussian noise, 30 HU",
+    "inplane30": f"in-plane correlated Gaussian noise, 30 HU, kernel sigma {INPLANE_PX} px",
+    "3dcorr30": f"3D-correlated Gaussian (negative control), 30 HU, kernel {INPLANE_PX} px x {SLICE_PX} slice",
+    "rician5": "Rician noise, sigma 5 % of the brightest tissue",
+    "rician10": "Rician noise, sigma 10 % of the brightest tissue",
+    "gauss5": "i.i.d. Gaussian noise, 5 % of the brightest tissue",
+}
+_CT_NOISES = ("ld_2.5e5", "ld_1e5", "ld_2e4", "gauss30", "inplane30", "3dcorr30")
+_MRI_NOISES = ("rician5", "rician10", "gauss5")
+
 DATASETS = {
-    "ct_ld_2.5e5": "head CT, projection-domain low-dose noise, I0 = 2.5e5",
-    "ct_ld_1e5": "head CT, projection-domain low-dose noise, I0 = 1e5",
-    "ct_ld_2e4": "head CT, projection-domain low-dose noise, I0 = 2e4",
-    "ct_gauss30": "head CT, i.i.d. Gaussian noise, 30 HU",
-    "ct_inplane30": f"head CT, in-plane correlated Gaussian noise, 30 HU, kernel sigma {INPLANE_PX} px",
-    "ct_3dcorr30": f"head CT, 3D-correlated Gaussian (negative control), 30 HU, kernel {INPLANE_PX} px x "
-    f"{SLICE_PX} slice",
-    "mri_rician5": "MNI152 T1, Rician noise, sigma 5 % of the brightest tissue",
-    "mri_rician10": "MNI152 T1, Rician noise, sigma 10 % of the brightest tissue",
-    "mri_gauss5": "MNI152 T1, i.i.d. Gaussian noise, 5 % of the brightest tissue",
+    **{f"{v}_{n}": f"{VOLUMES[v]}, {_NOISES[n]}" for v in ("ct", "ctbrain", "cttune") for n in _CT_NOISES},
+    **{f"{v}_{n}": f"{VOLUMES[v]}, {_NOISES[n]}" for v in ("mri", "mnitune", "colin") for n in _MRI_NOISES},
     "example4d": "nibabel example4d EPI: real noise, scored against the second repetition (no clean reference)",
 }
-"""Every dataset the runner knows, with its one-line description."""
+"""Every dataset the runner knows, with its one-line description: ``<volume>_<noise>`` or ``example4d``."""
 
 
 @dataclass
@@ -69,36 +93,56 @@ def _crop_ct(vol: data.Volume, size: int | None) -> tuple[np.ndarray, str]:
     return cropped, text
 
 
+def _ct_region(volume: str) -> tuple[slice, slice, slice, str]:
+    """(K, J, I) slices of the 0-47 development slab that a CT volume prefix keeps, and their description."""
+    if volume == "ctbrain":
+        (k0, k1), (j0, j1), (i0, i1) = CT_BRAIN_BOX
+        return (
+            slice(k0, k1 + 1),
+            slice(j0, j1 + 1),
+            slice(i0, i1 + 1),
+            f"; brain crop K {k0}-{k1}, J {j0}-{j1}, I {i0}-{i1}",
+        )
+    if volume == "cttune":
+        k0, k1 = CT_TUNE_SLICES
+        return slice(k0, k1 + 1), slice(None), slice(None), f"; tuning slices K {k0}-{k1}"
+    return slice(None), slice(None), slice(None), ""
+
+
 def build(name: str, quick: bool, seed: int = 0, n_jobs: int | None = None) -> Dataset:
     """Build dataset ``name`` (a key of :data:`DATASETS`); ``quick`` crops in-plane to :data:`QUICK_INPLANE`.
 
-    Simulated noise is cached on disk (``noise.CACHE_DIR``), keyed by the clean volume, parameters and seed.
+    Low-dose CT noise is simulated on the whole 0-47 slab (the projections need whole slices), then cropped, so
+    that the slab, its brain crop and its tuning slices share one cached simulation per seed. Simulated noise is
+    cached on disk (``noise.CACHE_DIR``), keyed by the clean volume, parameters and seed.
     """
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     size = QUICK_INPLANE if quick else None
     desc = DATASETS[name]
-    if name.startswith("ct_"):
+    volume, _, kind = name.partition("_")
+    if volume in ("ct", "ctbrain", "cttune"):
         vol = data.load_cranium(*CT_SLICES)
-        if name.startswith("ct_ld_"):
-            i0 = float(name.split("_")[-1])
-            # Simulate on the whole slice (the projections need it), then crop.
+        ks, js, is_, region = _ct_region(volume)
+        if kind.startswith("ld_"):
+            i0 = float(kind.split("_")[-1])
             full_noise = noise.ct_lowdose_noise(vol.data, vol.spacing[2], i0, seed, n_jobs=n_jobs)
-            clean, crop = _crop_ct(vol, size)
-            nz, _ = data.center_crop(full_noise, size)
+            clean, crop = _crop_ct(vol, size) if volume == "ct" else (vol.data[ks, js, is_], vol.crop + region)
+            nz = data.center_crop(full_noise, size)[0] if volume == "ct" else full_noise[ks, js, is_]
             noisy = (clean + nz).astype(np.float32)
             psd = noise.empirical_psd(nz)
             sigma = None
         else:
-            clean, crop = _crop_ct(vol, size)
+            clean, crop = _crop_ct(vol, size) if volume == "ct" else (vol.data[ks, js, is_], vol.crop + region)
             clean = np.ascontiguousarray(clean)
-            slice_px = SLICE_PX if name == "ct_3dcorr30" else 0.0
-            inplane_px = 0.0 if name == "ct_gauss30" else INPLANE_PX
+            slice_px = SLICE_PX if kind == "3dcorr30" else 0.0
+            inplane_px = 0.0 if kind == "gauss30" else INPLANE_PX
             nz = noise.correlated_noise(clean.shape, GAUSS_CT_HU, inplane_px, slice_px, seed)
             noisy = (clean + nz).astype(np.float32)
             psd = noise.correlated_noise_psd(clean.shape, GAUSS_CT_HU, inplane_px, slice_px)
             sigma = GAUSS_CT_HU
         clean = np.ascontiguousarray(clean)
+        noisy = np.ascontiguousarray(noisy)
         mask = metrics.head_mask(clean, "ct")
         return Dataset(
             name,
@@ -114,8 +158,11 @@ def build(name: str, quick: bool, seed: int = 0, n_jobs: int | None = None) -> D
             sigma,
             meta={"noise_std_in_mask": float(np.std((noisy - clean)[mask]))},
         )
-    if name.startswith("mri_"):
-        vol = data.load_mni152(MRI_SLICES)
+    if volume in ("mri", "mnitune", "colin"):
+        if volume == "colin":
+            vol = data.load_colin27()
+        else:
+            vol = data.load_mni152(MRI_SLICES, MNI_REPORT_CENTER if volume == "mri" else MNI_TUNE_CENTER)
         clean, (j0, i0) = data.center_crop(vol.data, size)
         clean = np.ascontiguousarray(clean)
         crop = vol.crop if size is None else f"{vol.crop}; centre crop J {j0}-{j0 + size - 1}, I {i0}-{i0 + size - 1}"
@@ -123,9 +170,9 @@ def build(name: str, quick: bool, seed: int = 0, n_jobs: int | None = None) -> D
         # Brightest tissue = the data range (99th percentile of the clean head), computed on the full slices so
         # that the quick crop gets the same absolute noise level.
         brightest = metrics.mri_data_range(vol.data, metrics.head_mask(vol.data, "mri"))
-        pct = float(name.replace("mri_rician", "").replace("mri_gauss", ""))
+        pct = float(kind.replace("rician", "").replace("gauss", ""))
         sigma = pct / 100.0 * brightest
-        if name.startswith("mri_rician"):
+        if kind.startswith("rician"):
             noisy = noise.rician(clean, sigma, seed)
         else:
             noisy = noise.gaussian_iid(clean, sigma, seed)

@@ -1,0 +1,157 @@
+"""The evaluation protocol (benchmarks/protocol.py) and the Colin27 loader: sweeps pick the best grid point at the
+set's first seed and reuse it, stored runs are skipped only while their parameters hold, tables are mean ± sd over
+the stored seeds, and the Colin27 loader reads only its allowed slices, in RAS and K,J,I order."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("benchmarks") is None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import data, datasets, protocol  # noqa: E402
+
+
+def _dataset(seed: int) -> datasets.Dataset:
+    rng = np.random.default_rng(seed)
+    clean = np.zeros((8, 12, 12), dtype=np.float32)
+    clean[:, 3:9, 3:9] = 100.0
+    noisy = (clean + rng.normal(0, 10, clean.shape)).astype(np.float32)
+    mask = np.ones(clean.shape, dtype=bool)
+    return datasets.Dataset(
+        "colin_rician5", "toy", clean, noisy, (1.0, 1.0, 1.0), "mri", mask, 100.0, "all", noise_sigma=10.0
+    )
+
+
+@pytest.fixture
+def fake_methods(monkeypatch):
+    """TV 'denoises' by moving toward the clean volume by an amount set by its weight: best at weight 0.7."""
+    calls = []
+
+    def run_method(name, ds, seed, params):
+        calls.append((name, seed, dict(params)))
+        if name == "tv_swept":
+            w = params["weight_factor"]
+            closeness = 0.9 - abs(w - 0.7)
+            return ds.noisy + closeness * (ds.clean - ds.noisy), dict(params)
+        return ds.noisy.copy(), {}
+
+    monkeypatch.setattr(protocol, "_run_method", run_method)
+    monkeypatch.setattr(protocol, "_build", lambda case, seed: _dataset(seed))
+    return calls
+
+
+def test_a_sweep_runs_at_the_first_seed_and_its_best_value_is_used_at_every_seed(tmp_path, fake_methods):
+    protocol.run_case("colin_rician5", (1, 2, 3), ["noisy", "tv_swept"], root=tmp_path)
+    sweep = json.loads(protocol.sweep_path("colin_rician5", "tv_swept", tmp_path).read_text())
+    assert sweep["chosen"] == {"weight_factor": 0.7}
+    assert sweep["seed"] == 1 and len(sweep["rows"]) == len(protocol.SWEEPS["tv_swept"]["weight_factor"])
+    assert sweep["chosen_at_grid_edge"] == []
+    grid_calls = [c for c in fake_methods if c[0] == "tv_swept" and c[1] == 1]
+    assert len(grid_calls) == len(protocol.SWEEPS["tv_swept"]["weight_factor"]) + 1  # the grid, then the run
+    for seed in (2, 3):
+        runs = [c for c in fake_methods if c[0] == "tv_swept" and c[1] == seed]
+        assert runs == [("tv_swept", seed, {"weight_factor": 0.7})]
+        record = json.loads(protocol.result_path("colin_rician5", seed, "tv_swept", tmp_path).read_text())
+        assert record["params"]["weight_factor"] == 0.7 and record["seed"] == seed
+        assert record["quality"]["psnr"] > json.loads(
+            protocol.result_path("colin_rician5", seed, "noisy", tmp_path).read_text()
+        )["quality"]["psnr"]
+
+
+def test_the_sweep_is_done_at_the_sets_first_seed_even_when_a_run_covers_other_seeds(tmp_path, fake_methods):
+    protocol.run_case("colin_rician5", (2,), ["tv_swept"], first_seed=1, root=tmp_path)
+    assert json.loads(protocol.sweep_path("colin_rician5", "tv_swept", tmp_path).read_text())["seed"] == 1
+    assert not protocol.result_path("colin_rician5", 1, "tv_swept", tmp_path).exists()
+
+
+def test_a_best_value_at_the_grid_edge_is_flagged(tmp_path, fake_methods, monkeypatch):
+    monkeypatch.setitem(protocol.SWEEPS, "tv_swept", {"weight_factor": (0.1, 0.3, 0.5)})
+    protocol.run_case("colin_rician5", (1,), ["tv_swept"], root=tmp_path)
+    sweep = json.loads(protocol.sweep_path("colin_rician5", "tv_swept", tmp_path).read_text())
+    assert sweep["chosen"] == {"weight_factor": 0.5} and sweep["chosen_at_grid_edge"] == ["weight_factor"]
+    assert "(grid edge)" in protocol.case_table("colin_rician5", (1,), tmp_path)
+
+
+def test_stored_runs_are_skipped_until_their_parameters_change(tmp_path, fake_methods, monkeypatch):
+    protocol.run_case("colin_rician5", (1,), ["noisy", "tv_swept"], root=tmp_path)
+    n = len(fake_methods)
+    protocol.run_case("colin_rician5", (1,), ["noisy", "tv_swept"], root=tmp_path)
+    assert len(fake_methods) == n  # nothing recomputed
+    monkeypatch.setattr(protocol, "PROTOCOL_VERSION", protocol.PROTOCOL_VERSION + 1)
+    protocol.run_case("colin_rician5", (1,), ["noisy"], root=tmp_path)
+    assert len(fake_methods) == n + 1  # a new protocol version reruns
+    monkeypatch.setitem(protocol.SWEEPS, "tv_swept", {"weight_factor": (0.6, 0.7)})
+    protocol.run_case("colin_rician5", (1,), ["tv_swept"], root=tmp_path)
+    assert len(fake_methods) == n + 1 + 2 + 1  # a new grid re-sweeps, then the run
+
+
+def test_nsn2n_results_are_keyed_by_the_whole_configuration():
+    default, best = protocol.run_params("nsn2n", {}), protocol.run_params("nsn2n_best", {})
+    assert default["config"]["training"]["iterations"] != best["config"]["training"]["iterations"]
+    assert protocol.run_params("noisy", {}) == {"v": protocol.PROTOCOL_VERSION}
+
+
+def test_summaries_are_mean_and_sample_sd_over_seeds():
+    s = protocol.summarise([30.0, 31.0, 32.0])
+    assert (s.mean, s.sd, s.n) == (31.0, 1.0, 3)
+    assert s.text() == "31.00 ± 1.00"
+    assert protocol.summarise([30.0]).text() == "30.00 (1 seed)"
+    assert protocol.summarise([]).text() == "–"
+
+
+def test_the_table_and_targets_come_from_the_stored_files_only(tmp_path):
+    def store(method, seed, psnr, ssim=0.9):
+        path = protocol.result_path("ctbrain_ld_1e5", seed, method, tmp_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        quality = {"psnr": psnr, "ssim": ssim, "rmse_bone": 20.0 + psnr / 100, "rmse_soft": 10.0}
+        path.write_text(json.dumps({"method": method, "quality": quality, "cost": {"seconds": 5.0}}))
+
+    for seed, jitter in zip((1, 2, 3), (-0.1, 0.0, 0.1)):
+        store("noisy", seed, 30 + jitter)
+        store("nlm_true", seed, 36 + jitter)
+        store("bm4d_swept", seed, 38 + jitter)
+        store("nsn2n", seed, 37 + jitter)
+    table = protocol.case_table("ctbrain_ld_1e5", (1, 2, 3), tmp_path)
+    assert "| **NSN2N default** | 37.00 ± 0.10 |" in table
+    assert table.index("noisy input") < table.index("BM4D, swept") < table.index("NSN2N default")
+    t = protocol.targets("ctbrain_ld_1e5", (1, 2, 3), tmp_path)
+    assert t["default_minus_nlm_true"] == pytest.approx(1.0)
+    assert t["default_minus_bm4d_swept"] == pytest.approx(-1.0)
+    assert t["seeds"] == 3 and t["bone_below_noisy"] is False
+    assert protocol.targets("colin_rician5", (1, 2, 3), tmp_path) is None  # nothing stored
+
+
+def test_the_sets_are_disjoint_and_every_case_is_a_known_dataset():
+    tuning, reporting = set(protocol.TUNING_CASES), set(protocol.REPORTING_CASES)
+    assert not tuning & reporting
+    assert set(protocol.SETS["tuning"]["seeds"]).isdisjoint(protocol.SETS["reporting"]["seeds"])
+    assert all(c in datasets.DATASETS for c in tuning | reporting)
+    (k0, k1), _, _ = datasets.CT_BRAIN_BOX
+    assert datasets.CT_TUNE_SLICES[1] < k0 and k1 <= datasets.CT_SLICES[1]
+
+
+def test_colin27_reads_only_axial_slices_20_to_67_in_ras_and_kji(tmp_path, monkeypatch):
+    nib = pytest.importorskip("nibabel")
+    vol = np.arange(6 * 7 * 80, dtype=np.uint8).reshape(6, 7, 80)  # stored I, J, K
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])  # stored L-to-R reversed: LAS, so RAS flips the first axis
+    path = tmp_path / "ch2.nii.gz"
+    nib.save(nib.Nifti1Image(vol, flip), str(path))
+    monkeypatch.setattr(data, "COLIN27_PATHS", (path,))
+    loaded = data.load_colin27()
+    expected = vol[::-1, :, 20:68].transpose(2, 1, 0).astype(np.float32)
+    assert loaded.data.shape == (48, 7, 6)
+    np.testing.assert_array_equal(loaded.data, expected)
+    assert "slices 20-67" in loaded.crop
+
+
+def test_colin27_missing_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "COLIN27_PATHS", (tmp_path / "absent.nii.gz",))
+    with pytest.raises(data.DataMissingError, match="apt-get install -y mricron-data"):
+        data.load_colin27()

@@ -1,0 +1,531 @@
+"""The evaluation protocol (issue 11): a tuning set and a reporting set, three seeds, and every baseline twice.
+
+Choices of method or default are made on the tuning set only; headline figures come from the reporting set. A
+case is a dataset name of :mod:`benchmarks.datasets` (a volume and a noise model); each set runs its cases at
+three noise seeds, and NSN2N's training seed follows the noise seed, so that the spread covers both.
+
+Baselines appear as a user runs them (noise level estimated from the volume, or the tool's default) and at their
+best swept parameter: the parameter grid of :data:`SWEEPS` is tried against the clean reference at the set's
+first seed, and the best value is then applied unchanged at the other two seeds (what a patient user who tuned
+once by eye would reach). Every run writes one JSON file under ``benchmarks/results/protocol/<case>/seed<N>/``,
+which is committed; ``table`` rebuilds the Markdown summary from those files alone. A run is skipped when its
+file exists with the same parameters (resumable), unless ``--force``.
+
+Usage, from the repository root::
+
+    python -m benchmarks.protocol run --set reporting --methods noisy,nlm_true,nsn2n --cases ctbrain_ld_1e5
+    python -m benchmarks.protocol table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import baselines, datasets, deep_baselines, metrics
+from .report import portable_command
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results" / "protocol"
+"""Committed per-run result files and the summary tables."""
+PROTOCOL_VERSION = 1
+"""Bump when the scoring or a method's code changes: every stored result is then recomputed."""
+
+TUNING_CASES = ("cttune_ld_1e5", "cttune_ld_2e4", "mnitune_rician5", "mnitune_rician10")
+REPORTING_CASES = (
+    "ct_ld_2.5e5",
+    "ct_ld_1e5",
+    "ct_ld_2e4",
+    "ctbrain_ld_2.5e5",
+    "ctbrain_ld_1e5",
+    "ctbrain_ld_2e4",
+    "ct_gauss30",
+    "colin_rician5",
+    "colin_rician10",
+    "colin_gauss5",
+    "mri_rician5",
+    "mri_rician10",
+)
+SETS = {
+    "tuning": {"cases": TUNING_CASES, "seeds": (100, 101, 102)},
+    "reporting": {"cases": REPORTING_CASES, "seeds": (1, 2, 3)},
+}
+"""The split: tuning (choices are made here) and reporting (headline figures), each with its own noise seeds.
+The CT tuning slices 0-27 lie inside the reporting slab 0-47 (only 48 CT slices may be used), at other seeds; the
+brain crop (slices 28-47), Colin27 and the MNI152 reporting slab are disjoint from every tuning volume."""
+
+DIFFUSION_USER = {"conductance": 1.0, "iterations": 5}
+"""Slicer's Gradient Anisotropic Diffusion defaults (time step 0.0625)."""
+SWEEPS = {
+    "diffusion_swept": {"conductance": (0.25, 0.5, 1.0, 2.0, 4.0), "iterations": (2, 5, 10, 20, 40)},
+    "nlm_swept": {"h_factor": (0.5, 0.65, 0.8, 1.0, 1.25)},
+    "tv_swept": {"weight_factor": (0.4, 0.55, 0.7, 0.85, 1.0, 1.3, 1.7)},
+    "bm4d_swept": {"sigma_factor": (1.0, 1.2, 1.45, 1.7)},
+}
+"""Parameter grids of the swept baselines; factors multiply the true noise standard deviation."""
+ORDER = (
+    "noisy",
+    "diffusion_user",
+    "diffusion_swept",
+    "nlm_est",
+    "nlm_true",
+    "nlm_swept",
+    "tv_est",
+    "tv_swept",
+    "bm4d_est",
+    "bm4d_swept",
+    "nsn2n",
+    "nsn2n_best",
+    "supervised",
+)
+LABELS = {
+    "noisy": "noisy input",
+    "diffusion_user": "gradient diffusion, Slicer defaults",
+    "diffusion_swept": "gradient diffusion, swept",
+    "nlm_est": "NLM (2D), estimated noise",
+    "nlm_true": "NLM (2D), true noise",
+    "nlm_swept": "NLM (2D), swept h",
+    "tv_est": "TV (3D), estimated noise",
+    "tv_swept": "TV (3D), swept weight",
+    "bm4d_est": "BM4D, estimated noise",
+    "bm4d_swept": "BM4D, swept sigma",
+    "nsn2n": "**NSN2N default**",
+    "nsn2n_best": "NSN2N `best`",
+    "supervised": "supervised ceiling (default network, clean target)",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def true_sigma(ds: datasets.Dataset) -> float:
+    """The true noise standard deviation in volume units: the simulator's sigma where the noise is white or
+    Rician, else the standard deviation of noisy - clean inside the head mask (low-dose CT)."""
+    if ds.noise_sigma is not None:
+        return float(ds.noise_sigma)
+    return float(ds.meta["noise_std_in_mask"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Methods: fn(ds, seed, params) -> (volume, info). ``params`` holds a swept method's chosen values.
+
+
+def _diffusion(noisy: np.ndarray, spacing, conductance: float, iterations: int) -> np.ndarray:
+    import SimpleITK as sitk
+
+    image = baselines._to_sitk(noisy, spacing)
+    f = sitk.GradientAnisotropicDiffusionImageFilter()
+    f.SetTimeStep(baselines.DIFFUSION_TIME_STEP)
+    f.SetConductanceParameter(float(conductance))
+    f.SetNumberOfIterations(int(iterations))
+    return sitk.GetArrayFromImage(f.Execute(image)).astype(np.float32)
+
+
+def _nlm(noisy: np.ndarray, sigma: float, h_factor: float) -> np.ndarray:
+    from skimage.restoration import denoise_nl_means
+
+    kwargs = {
+        "patch_size": baselines.NLM_PATCH_SIZE,
+        "patch_distance": baselines.NLM_PATCH_DISTANCE,
+        "h": h_factor * sigma,
+        "sigma": sigma,
+        "fast_mode": True,
+        "preserve_range": True,
+    }
+    return np.stack([denoise_nl_means(s, **kwargs) for s in noisy.astype(np.float64)]).astype(np.float32)
+
+
+def _tv(noisy: np.ndarray, weight: float) -> np.ndarray:
+    from skimage.restoration import denoise_tv_chambolle
+
+    return denoise_tv_chambolle(noisy.astype(np.float64), weight=weight).astype(np.float32)
+
+
+def _bm4d(noisy: np.ndarray, sigma: float) -> np.ndarray:
+    bm4d = baselines._import_bm4d()
+    return np.asarray(bm4d.bm4d(noisy.astype(np.float64), sigma), dtype=np.float32)
+
+
+def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tuple[np.ndarray, dict]:
+    """Run one method with explicit parameters (a swept method's chosen values in ``params``)."""
+    sig = true_sigma(ds)
+    if name == "noisy":
+        return ds.noisy.copy(), {}
+    if name in ("diffusion_user", "diffusion_swept"):
+        p = DIFFUSION_USER if name == "diffusion_user" else params
+        return _diffusion(ds.noisy, ds.spacing, p["conductance"], p["iterations"]), dict(p)
+    if name == "nlm_est":
+        est = baselines.estimated_sigma(ds.noisy)
+        return _nlm(ds.noisy, est, baselines.NLM_H_FACTOR), {"sigma": est, "h_factor": baselines.NLM_H_FACTOR}
+    if name == "nlm_true":
+        return _nlm(ds.noisy, sig, baselines.NLM_H_FACTOR), {"sigma": sig, "h_factor": baselines.NLM_H_FACTOR}
+    if name == "nlm_swept":
+        return _nlm(ds.noisy, sig, params["h_factor"]), {"sigma": sig, **params}
+    if name == "tv_est":
+        est = baselines.estimated_sigma(ds.noisy)
+        return _tv(ds.noisy, baselines.TV_WEIGHT_FACTOR * est), {"sigma": est, "weight_factor": 1.0}
+    if name == "tv_swept":
+        return _tv(ds.noisy, params["weight_factor"] * sig), {"sigma": sig, **params}
+    if name == "bm4d_est":
+        est = baselines.estimated_sigma(ds.noisy)
+        return _bm4d(ds.noisy, est), {"sigma": est, "sigma_source": "estimate_sigma"}
+    if name == "bm4d_swept":
+        return _bm4d(ds.noisy, params["sigma_factor"] * sig), {"true_sigma": sig, **params}
+    if name in ("nsn2n", "nsn2n_best"):
+        return _nsn2n(ds, seed, "best" if name == "nsn2n_best" else "default")
+    if name == "supervised":
+        return _supervised(ds, seed)
+    raise KeyError(f"unknown method {name!r}; known: {', '.join(ORDER)}")
+
+
+def nsn2n_config(preset: str, seed: int, threads: int = 1):
+    """The configuration a protocol run of NSN2N uses: the preset on the CPU, training seed = noise seed."""
+    from NSN2NDenoiseLib import make_config
+
+    return make_config(preset, device="cpu", training={"seed": seed, "threads": threads})
+
+
+def _nsn2n(ds: datasets.Dataset, seed: int, preset: str) -> tuple[np.ndarray, dict]:
+    from NSN2NDenoiseLib import denoise
+
+    out, report = denoise(ds.noisy, spacing=ds.spacing, config=nsn2n_config(preset, seed))
+    r = report.to_dict()
+    keep = ("phase_seconds", "device", "matched_fraction", "noise_sigma", "interslice_noise_correlation")
+    info = {k: r[k] for k in keep if k in r}
+    info["residual_check"] = (r.get("residual_check") or {}).get("score")
+    info["warnings"] = r.get("warnings", [])
+    info["config"] = r.get("config")
+    return out, info
+
+
+def _supervised(ds: datasets.Dataset, seed: int) -> tuple[np.ndarray, dict]:
+    cfg = nsn2n_config("default", seed).to_dict()
+    ctx = baselines.Context(
+        spacing=ds.spacing,
+        modality=ds.modality,
+        score=lambda est: 0.0,
+        clean=ds.clean,
+        network=dict(cfg["network"]),
+        training={k: cfg["training"][k] for k in deep_baselines.DEFAULT_TRAINING},
+        iterations=cfg["training"]["iterations"],
+    )
+    out, info = deep_baselines.supervised(ds.noisy, ctx)
+    return out, {k: v for k, v in info.items() if k != "loss_curve"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Storage
+
+
+def result_path(case: str, seed: int, method: str, root: Path = RESULTS_DIR) -> Path:
+    return root / case / f"seed{seed}" / f"{method}.json"
+
+
+def sweep_path(case: str, method: str, root: Path = RESULTS_DIR) -> Path:
+    return root / case / f"{method}.sweep.json"
+
+
+def run_params(method: str, chosen: dict) -> dict:
+    """What decides a stored result: the protocol version, the method's chosen parameters and, for NSN2N, the
+    whole resolved configuration (so that a change of the engine's defaults reruns it)."""
+    params = {"v": PROTOCOL_VERSION, **chosen}
+    if method in ("nsn2n", "nsn2n_best", "supervised"):
+        preset = "best" if method == "nsn2n_best" else "default"
+        params["config"] = nsn2n_config(preset, 0).to_dict()
+    return params
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _score(ds: datasets.Dataset, out: np.ndarray) -> dict:
+    if out.shape != ds.noisy.shape or not np.all(np.isfinite(out)):
+        raise RuntimeError("the method returned a volume of the wrong shape or with non-finite values")
+    return metrics.quality(ds.clean, out, ds.mask, ds.modality, ds.data_range)
+
+
+def _grid(method: str) -> list[dict]:
+    keys = list(SWEEPS[method])
+    combos: list[dict] = [{}]
+    for k in keys:
+        combos = [{**c, k: v} for c in combos for v in SWEEPS[method][k]]
+    return combos
+
+
+def choose(case: str, method: str, ds: datasets.Dataset, seed: int, force: bool, root: Path) -> dict:
+    """The swept method's parameters for ``case``: read from its sweep file, or swept now at ``seed`` (the set's
+    first seed) against the clean reference and stored with every grid point's PSNR."""
+    path = sweep_path(case, method, root)
+    stored = _load(path)
+    if stored and not force and stored.get("grid") == _grid(method) and stored.get("v") == PROTOCOL_VERSION:
+        return stored["chosen"]
+    rows = []
+    for params in _grid(method):
+        start = time.perf_counter()
+        out, _ = _run_method(method, ds, seed, params)
+        psnr = metrics.psnr(ds.clean, out, ds.mask, ds.data_range)
+        rows.append({"params": params, "psnr": psnr, "seconds": time.perf_counter() - start})
+        log(f"{case} seed {seed}: {method} {params}: {psnr:.2f} dB")
+    best = max(rows, key=lambda r: r["psnr"])
+    at_edge = [k for k, v in best["params"].items() if v in (SWEEPS[method][k][0], SWEEPS[method][k][-1])]
+    record = {
+        "v": PROTOCOL_VERSION,
+        "case": case,
+        "method": method,
+        "seed": seed,
+        "grid": _grid(method),
+        "rows": rows,
+        "chosen": best["params"],
+        "chosen_at_grid_edge": at_edge,
+        "command": _command(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    return best["params"]
+
+
+def _command() -> str:
+    return portable_command("python -m benchmarks.protocol " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+
+
+def _build(case: str, seed: int) -> datasets.Dataset:
+    log(f"building {case} seed {seed}")
+    return datasets.build(case, quick=False, seed=seed)
+
+
+def run_case(
+    case: str,
+    seeds: tuple[int, ...],
+    methods: list[str],
+    force: bool = False,
+    first_seed: int | None = None,
+    root: Path = RESULTS_DIR,
+) -> None:
+    """Run ``methods`` on ``case`` at every seed, skipping stored results with the same parameters.
+
+    Swept methods are swept at ``first_seed`` (the set's first seed; default ``seeds[0]``) before anything runs.
+    """
+    first = seeds[0] if first_seed is None else first_seed
+    chosen_by_method = {}
+    swept = [m for m in methods if m in SWEEPS]
+    if swept:
+        ds_first = _build(case, first)
+        for method in swept:
+            chosen_by_method[method] = choose(case, method, ds_first, first, force, root)
+        del ds_first
+    for seed in seeds:
+        ds = None
+        for method in methods:
+            chosen = chosen_by_method.get(method, {})
+            params = run_params(method, chosen)
+            stored = _load(result_path(case, seed, method, root))
+            if stored and not force and stored.get("params") == params:
+                log(f"{case} seed {seed}: {method}: stored ({stored['quality']['psnr']:.2f} dB)")
+                continue
+            if ds is None:
+                ds = _build(case, seed)
+            with metrics.measure("cpu") as cost:
+                out, info = _run_method(method, ds, seed, chosen)
+            quality = _score(ds, out)
+            record = {
+                "case": case,
+                "seed": seed,
+                "method": method,
+                "params": params,
+                "quality": quality,
+                "cost": {**cost, "device": info.get("device", "cpu")},
+                "info": info,
+                "crop": ds.crop,
+                "shape_kji": list(ds.noisy.shape),
+                "true_sigma": true_sigma(ds),
+                "command": _command(),
+                "when": time.strftime("%Y-%m-%d %H:%M"),
+                "machine": metrics.machine(),
+            }
+            path = result_path(case, seed, method, root)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=1, default=float))
+            log(f"{case} seed {seed}: {method}: {quality['psnr']:.2f} dB, {cost['seconds']:.0f} s")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean and sample standard deviation of one figure over the stored seeds (n of them)."""
+
+    mean: float
+    sd: float
+    n: int
+
+    def text(self, digits: int = 2) -> str:
+        if self.n == 0:
+            return "–"
+        if self.n == 1:
+            return f"{self.mean:.{digits}f} (1 seed)"
+        return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f}"
+
+
+def summarise(values: list[float]) -> Summary:
+    """Mean ± sample sd (ddof 1) of ``values``; sd 0 for a single value."""
+    if not values:
+        return Summary(float("nan"), float("nan"), 0)
+    arr = np.asarray(values, dtype=float)
+    return Summary(float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0, int(arr.size))
+
+
+def collect(case: str, seeds: tuple[int, ...], root: Path = RESULTS_DIR) -> dict[str, list[dict]]:
+    """Stored results of ``case`` at ``seeds``, by method."""
+    found: dict[str, list[dict]] = {}
+    for seed in seeds:
+        folder = root / case / f"seed{seed}"
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            record = json.loads(path.read_text())
+            found.setdefault(record["method"], []).append(record)
+    return found
+
+
+def _figure(records: list[dict], key: str) -> Summary:
+    return summarise([r["quality"][key] for r in records if r["quality"].get(key) is not None])
+
+
+def case_table(case: str, seeds: tuple[int, ...], root: Path = RESULTS_DIR) -> str:
+    """One Markdown table: every stored method of ``case`` with PSNR, SSIM (and CT bone / soft RMSE) over seeds."""
+    found = collect(case, seeds, root)
+    ct = case.startswith("ct")
+    head = "| method | PSNR dB | SSIM |" + (" bone RMSE HU | soft RMSE HU |" if ct else "") + " s per run | chosen |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for method in ORDER:
+        records = found.get(method)
+        if not records:
+            continue
+        chosen = ""
+        sweep = _load(sweep_path(case, method, root))
+        if sweep:
+            chosen = ", ".join(f"{k} {v}" for k, v in sweep["chosen"].items())
+            if sweep["chosen_at_grid_edge"]:
+                chosen += " (grid edge)"
+        row = f"| {LABELS[method]} | {_figure(records, 'psnr').text()} | {_figure(records, 'ssim').text(3)} |"
+        if ct:
+            row += f" {_figure(records, 'rmse_bone').text(1)} | {_figure(records, 'rmse_soft').text(1)} |"
+        seconds = summarise([r["cost"]["seconds"] for r in records])
+        row += f" {seconds.mean:.0f} | {chosen} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def targets(case: str, seeds: tuple[int, ...], root: Path = RESULTS_DIR) -> dict | None:
+    """Issue 11's targets on one case from the stored means, or None while a needed method is missing."""
+    found = collect(case, seeds, root)
+    need = ("nsn2n", "nlm_true", "bm4d_swept", "noisy")
+    if any(m not in found for m in need):
+        return None
+    mean = {m: _figure(found[m], "psnr").mean for m in found}
+    out = {
+        "default_minus_nlm_true": mean["nsn2n"] - mean["nlm_true"],
+        "default_minus_bm4d_swept": mean["nsn2n"] - mean["bm4d_swept"],
+        "default_spread": _figure(found["nsn2n"], "psnr").sd,
+        "seeds": _figure(found["nsn2n"], "psnr").n,
+    }
+    if "nsn2n_best" in found:
+        out["best_minus_bm4d_swept"] = mean["nsn2n_best"] - mean["bm4d_swept"]
+    if "supervised" in found:
+        out["ceiling_minus_bm4d_swept"] = mean["supervised"] - mean["bm4d_swept"]
+    if "bm4d_est" in found:
+        out["ssim_default_minus_bm4d_est"] = (
+            _figure(found["nsn2n"], "ssim").mean - _figure(found["bm4d_est"], "ssim").mean
+        )
+    if case.startswith("ct"):
+        out["bone_below_noisy"] = _figure(found["nsn2n"], "rmse_bone").mean < _figure(found["noisy"], "rmse_bone").mean
+        out["soft_below_noisy"] = _figure(found["nsn2n"], "rmse_soft").mean < _figure(found["noisy"], "rmse_soft").mean
+    return out
+
+
+def write_tables(root: Path = RESULTS_DIR) -> Path:
+    """Rebuild ``<root>/SUMMARY.md`` from the stored result files alone."""
+    parts = [
+        "# Protocol results (issue 11)",
+        "",
+        "Made by `python -m benchmarks.protocol table` from the JSON files beside it; each figure is the mean ± "
+        "sample sd over the seeds stored (3 unless a cell says otherwise). Swept baselines: the grid was tried at "
+        "the set's first seed against the clean reference, the best value (column 'chosen') used at every seed.",
+        "",
+    ]
+    for set_name, spec in SETS.items():
+        parts += [f"## {set_name.capitalize()} set (seeds {', '.join(map(str, spec['seeds']))})", ""]
+        for case in spec["cases"]:
+            if not (root / case).is_dir():
+                parts += [f"### `{case}`: not run yet", ""]
+                continue
+            parts += [f"### `{case}`: {datasets.DATASETS[case]}", "", case_table(case, spec["seeds"], root), ""]
+            t = targets(case, spec["seeds"], root)
+            if t:
+                parts += ["Targets: " + ", ".join(f"{k} {_fmt(v)}" for k, v in t.items()), ""]
+    path = root / "SUMMARY.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    return path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:+.2f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.protocol", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run methods on a set's cases at its seeds (resumable)")
+    r.add_argument("--set", choices=tuple(SETS), required=True)
+    r.add_argument("--cases", help="comma-separated subset of the set's cases (default: all)")
+    r.add_argument("--methods", default=",".join(ORDER), help=f"comma-separated, from: {', '.join(ORDER)}")
+    r.add_argument("--seeds", help="comma-separated subset of the set's seeds (default: all three)")
+    r.add_argument("--force", action="store_true", help="recompute stored results and sweeps")
+    sub.add_parser("table", help="rebuild results/protocol/SUMMARY.md from the stored files")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "table":
+        log(f"wrote {write_tables()}")
+        return 0
+    spec = SETS[args.set]
+    cases = args.cases.split(",") if args.cases else list(spec["cases"])
+    bad = [c for c in cases if c not in spec["cases"]]
+    methods = args.methods.split(",")
+    bad += [m for m in methods if m not in ORDER]
+    if bad:
+        print(f"error: not in the {args.set} set or not a method: {', '.join(bad)}", file=sys.stderr)
+        return 2
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else spec["seeds"]
+    threads = 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    for case in cases:
+        run_case(case, seeds, methods, args.force, first_seed=spec["seeds"][0])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
