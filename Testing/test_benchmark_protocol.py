@@ -60,9 +60,10 @@ def test_a_sweep_runs_at_the_first_seed_and_its_best_value_is_used_at_every_seed
         assert runs == [("tv_swept", seed, {"weight_factor": 0.7})]
         record = json.loads(protocol.result_path("colin_rician5", seed, "tv_swept", tmp_path).read_text())
         assert record["params"]["weight_factor"] == 0.7 and record["seed"] == seed
-        assert record["quality"]["psnr"] > json.loads(
-            protocol.result_path("colin_rician5", seed, "noisy", tmp_path).read_text()
-        )["quality"]["psnr"]
+        assert (
+            record["quality"]["psnr"]
+            > json.loads(protocol.result_path("colin_rician5", seed, "noisy", tmp_path).read_text())["quality"]["psnr"]
+        )
 
 
 def test_the_sweep_is_done_at_the_sets_first_seed_even_when_a_run_covers_other_seeds(tmp_path, fake_methods):
@@ -113,7 +114,7 @@ def test_the_table_and_targets_come_from_the_stored_files_only(tmp_path):
         quality = {"psnr": psnr, "ssim": ssim, "rmse_bone": 20.0 + psnr / 100, "rmse_soft": 10.0}
         path.write_text(json.dumps({"method": method, "quality": quality, "cost": {"seconds": 5.0}}))
 
-    for seed, jitter in zip((1, 2, 3), (-0.1, 0.0, 0.1)):
+    for seed, jitter in zip((1, 2, 3), (-0.1, 0.0, 0.1), strict=True):
         store("noisy", seed, 30 + jitter)
         store("nlm_true", seed, 36 + jitter)
         store("bm4d_swept", seed, 38 + jitter)
