@@ -74,6 +74,8 @@ class NSN2NDenoiseParameterNode:
         them (the widget then shows the preset's values).
     saveModelPath - save the trained model there (.safetensors) after a successful run; empty: not saved.
     initModelPath - start training from a model saved by an earlier run; empty: start from scratch.
+    showResidual - also output what was removed (input - output) as a second new volume, to check that only noise
+        was removed.
     The other fields are the options of ``NSN2NDenoiseLib.options.OPTIONS``, named by ``Option.slicer_name``,
     with its choices and bounds, and the 'default' preset's values as defaults (iterations: 0 means the
     preset's). The table imports without torch, but the fields stay written out: every one needs a widget
@@ -97,6 +99,7 @@ class NSN2NDenoiseParameterNode:
     lambdaIc: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     saveModelPath: pathlib.Path
     initModelPath: pathlib.Path
+    showResidual: bool = False
 
 
 #
@@ -290,7 +293,7 @@ class NSN2NDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             options = self.logic.optionsFromParameterNode(p)
             if not self._confirmLongCpuRun(options):
                 return
-            self._job = self.logic.startProcess(p.inputVolume, p.outputVolume, **options)
+            self._job = self.logic.startProcess(p.inputVolume, p.outputVolume, showResidual=p.showResidual, **options)
             self.ui.progressBar.setValue(0)
             self.ui.progressBar.setFormat(_("Starting..."))
             self.ui.statusLabel.text = _("Started; Slicer stays usable while the volume is denoised.")
@@ -302,6 +305,7 @@ class NSN2NDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._pollTimer.stop()
             return
         from NSN2NDenoiseLib.jobs import CANCELLED, DONE, FINISHED_STATES
+        from NSN2NDenoiseLib.mrml import report_warnings
 
         # Cheap while the worker runs; once its result has been read (in the job's thread), each poll copies a
         # slab of it into an image outside the scene, and the last one adds the complete node.
@@ -325,9 +329,16 @@ class NSN2NDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if state == DONE:
             self.ui.progressBar.setValue(1000)
             self.ui.progressBar.setFormat(_("Done"))
-            self.ui.statusLabel.text = _("Done in {time}: '{name}'.").format(
+            done = _("Done in {time}: '{name}'.").format(
                 time=self.logic.formatSeconds(job.job.elapsed_s), name=job.output_node.GetName()
             )
+            warnings = report_warnings(job.report)
+            if warnings:
+                done += " " + _("Warning: {warning}").format(warning=warnings[0])
+                if len(warnings) > 1:
+                    done += " " + _("({count} more warnings in the Python console.)").format(count=len(warnings) - 1)
+                logging.warning("NSN2N: '%s': %s", job.output_node.GetName(), "\n".join(warnings))
+            self.ui.statusLabel.text = done
             if self._parameterNode and not self._parameterNode.outputVolume:
                 self._parameterNode.outputVolume = job.output_node
             slicer.util.setSliceViewerLayers(background=job.output_node, fit=True)
@@ -596,6 +607,7 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
         config=None,
         saveModelPath=None,
         initModelPath=None,
+        showResidual: bool = False,
         **options,
     ):
         """Start denoising in a separate process and return the job at once (non-blocking).
@@ -624,13 +636,18 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
             ``iterations`` is None, half the preset's iterations (a warm start with half the iterations was within
             0.15 dB of a cold start with all of them). A model that does not fit, or a file that is not an NSN2N
             model (a pickle, which could run code, is refused unread), raises one clear error before any work.
+        showResidual : bool
+            Also output what was removed (input - output, float32, the input's geometry) as a second new volume
+            "<input name> removed by NSN2N", shown centred on 0, to check that only noise was removed: it should
+            look like noise, with no edges or anatomy. The job's ``residual_node`` once done. Off by default.
 
         Returns
         -------
         NSN2NDenoiseLib.mrml.MRMLDenoiseJob
             ``poll()`` (call from the main thread; once the run has ended, each call copies a part of the result
             and the last one adds the complete output node), ``wait()``, ``cancel()``, ``progress``,
-            ``filling``, ``output_node``, ``error``.
+            ``filling``, ``output_node``, ``residual_node``, ``report`` (its ``warnings`` are also in the output
+            node's ``NSN2N.warnings`` attribute), ``error``.
         """
         if not self.isTorchAvailable():
             # Never install from here: a console or batch call must not start a multi-GB download by itself.
@@ -648,19 +665,24 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
             config=config,
             save_model_path=self._modelPath(saveModelPath),
             init_model_path=self._modelPath(initModelPath),
+            residual=showResidual,
         )
 
-    def process(self, inputVolume, outputVolume=None, *args, showResult: bool = True, **options):
+    def process(
+        self, inputVolume, outputVolume=None, *args, showResult: bool = True, showResidual: bool = False, **options
+    ):
         """Denoise and block until done; returns the output volume node.
 
         Takes the parameters of :meth:`startProcess`. Keeps the application responsive while waiting when there
         is one. Raises the run's error (``NSN2NDenoiseLib.errors.NSN2NError`` with a message saying what to change).
+        With ``showResidual``, the residual volume is the one whose ``NSN2N.residualOf`` attribute is the output's
+        ID.
         """
         from NSN2NDenoiseLib.jobs import DONE
 
         startTime = time.time()
         logging.info("NSN2N denoising started")
-        job = self.startProcess(inputVolume, outputVolume, *args, **options)
+        job = self.startProcess(inputVolume, outputVolume, *args, showResidual=showResidual, **options)
         app = getattr(slicer, "app", None)
         state = job.wait(callback=(lambda j: app.processEvents()) if app is not None else None)
         if state != DONE:

@@ -18,8 +18,10 @@ if MODULE_DIR not in sys.path:
 torch = require("torch", "torch==2.13.0 first, see README")
 slicer = require("slicer", "the test extra: pip install -e .[test] (slicer-core, vtk)")
 if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip(f"{MISSING}slicer-core (the 'slicer' module found has no MRML classes; pip install -e .[test])",
-                allow_module_level=True)
+    pytest.skip(
+        f"{MISSING}slicer-core (the 'slicer' module found has no MRML classes; pip install -e .[test])",
+        allow_module_level=True,
+    )
 vtk = require("vtk", "the test extra: pip install -e .[test]")
 import slicer.util  # noqa: E402
 
@@ -504,3 +506,154 @@ def test_bad_model_files_give_one_clear_error_before_any_work_and_no_node(scene,
         assert jobs.active_job() is None, "nothing was started"
         assert scene.GetNumberOfNodes() == before_count
     assert not (tmp_path / "no").exists()
+
+
+# -- what was removed (input minus output) and the run's warnings ------------------------------------------------
+
+
+def residual_nodes_of(scene, output_node):
+    """The volume nodes whose NSN2N.residualOf attribute names ``output_node``."""
+    nodes = [
+        scene.GetNthNodeByClass(n, "vtkMRMLVolumeNode")
+        for n in range(scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode"))
+    ]
+    return [n for n in nodes if n.GetAttribute("NSN2N.residualOf") == output_node.GetID()]
+
+
+def sh_item_count(scene):
+    return slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene).GetNumberOfItems()
+
+
+def assert_is_the_residual(scene, removed, node, out, transform, expected):
+    """``removed`` holds exactly ``expected`` (input - output), with the input's geometry, beside it, centred on 0."""
+    residual = slicer.util.arrayFromVolume(removed)
+    assert residual.dtype == np.float32 and residual.shape == expected.shape
+    np.testing.assert_array_equal(residual, expected)  # bit-identical, and the sign: input minus output
+    assert removed.GetSpacing() == node.GetSpacing() and removed.GetOrigin() == node.GetOrigin()
+    assert_same_matrix(ijk_to_ras(removed), ijk_to_ras(node))
+    assert removed.GetTransformNodeID() == transform.GetID()
+    assert removed.GetAttribute("NSN2N.sourceVolumeID") == node.GetID()
+    assert removed.GetAttribute("NSN2N.residualOf") == out.GetID()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    assert sh.GetItemParent(sh.GetItemByDataNode(removed)) == sh.GetItemParent(sh.GetItemByDataNode(node))
+    display = removed.GetDisplayNode()
+    assert display is not None and not display.GetAutoWindowLevel()
+    assert display.GetLevel() == 0.0
+    magnitude = np.abs(expected)
+    assert np.percentile(magnitude, 99.0) < display.GetWindow() / 2.0 <= 1.25 * magnitude.max()  # symmetric about 0
+
+
+def test_residual_is_input_minus_output_with_the_input_geometry_and_the_input_is_unchanged(scene):
+    voxels = smooth_noisy_volume(1, np.int16)
+    node = add_volume(scene, voxels)
+    transform = add_transform(scene, node)
+    before_matrix, before_ids = ijk_to_ras(node), volume_node_ids(scene)
+
+    out = mrml.MRMLDenoiser(scene).process(node, config=plumbing_config(), residual=True)
+
+    removed_nodes = residual_nodes_of(scene, out)
+    assert len(removed_nodes) == 1
+    removed = removed_nodes[0]
+    assert volume_node_ids(scene) - before_ids == {out.GetID(), removed.GetID()}
+    assert removed.GetName() == "noisy removed by NSN2N" and out.GetName() == "noisy denoised"
+    expected = voxels.astype(np.float32) - slicer.util.arrayFromVolume(out)
+    assert np.count_nonzero(expected) > expected.size // 2, "something must be removed for the test to mean anything"
+    assert_is_the_residual(scene, removed, node, out, transform, expected)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), voxels)
+    assert slicer.util.arrayFromVolume(node).dtype == np.int16
+    np.testing.assert_array_equal(ijk_to_ras(node), before_matrix)
+    assert out.GetAttribute("NSN2N.residualOf") is None
+
+
+def test_without_residual_a_run_adds_exactly_one_volume(scene):
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
+    before_ids, before_count = volume_node_ids(scene), scene.GetNumberOfNodes()
+    job = mrml.MRMLDenoiseJob(scene, node, FinishedJob(smooth_noisy_volume(2)))
+    assert not job.residual
+    assert job.wait(10) == jobs.DONE
+    assert job.residual_node is None
+    assert volume_node_ids(scene) - before_ids == {job.output_node.GetID()}
+    assert scene.GetNumberOfNodes() == before_count + 2  # the volume and its display node
+    assert residual_nodes_of(scene, job.output_node) == []
+    out = mrml.MRMLDenoiser(scene).process(node, config=plumbing_config())  # the default of the adapter: off
+    assert residual_nodes_of(scene, out) == [] and len(volume_node_ids(scene) - before_ids) == 2
+
+
+def test_the_residual_fills_over_several_polls_and_both_nodes_appear_together(scene, slab_per_poll):
+    voxels = smooth_noisy_volume(1, np.int16)
+    node = add_volume(scene, voxels)
+    transform = add_transform(scene, node)
+    result = (smooth_noisy_volume(2) * 1.5 + 0.125).astype(np.float32)
+    result_before = result.copy()
+    before_ids, before_count, before_items = volume_node_ids(scene), scene.GetNumberOfNodes(), sh_item_count(scene)
+    job = mrml.MRMLDenoiseJob(scene, node, FinishedJob(result), residual=True)
+    states = []
+    while (state := job.poll()) == jobs.RUNNING:
+        states.append(state)
+        assert job.filling and job.output_node is None and job.residual_node is None and job.report is None
+        assert volume_node_ids(scene) == before_ids and scene.GetNumberOfNodes() == before_count
+        assert sh_item_count(scene) == before_items
+        assert len(states) < 20
+    assert state == jobs.DONE and not job.filling
+    assert len(states) == 6  # 6 slices, 2 per poll: 3 polls for the output, 3 for the residual; then both nodes
+    out, removed = job.output_node, job.residual_node
+    assert volume_node_ids(scene) - before_ids == {out.GetID(), removed.GetID()}
+    assert scene.GetNumberOfNodes() == before_count + 4  # two volumes, two display nodes
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(out), result)
+    assert_is_the_residual(scene, removed, node, out, transform, voxels.astype(np.float32) - result)
+    np.testing.assert_array_equal(result, result_before)  # neither array is written to
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), voxels)
+
+
+def test_cancel_during_the_residual_fill_leaves_the_scene_unchanged(scene, slab_per_poll):
+    voxels = smooth_noisy_volume(1, np.int16)
+    node = add_volume(scene, voxels)
+    before_ids, before_count, before_items = volume_node_ids(scene), scene.GetNumberOfNodes(), sh_item_count(scene)
+    job = mrml.MRMLDenoiseJob(scene, node, FinishedJob(smooth_noisy_volume(2)), residual=True)
+    for _ in range(4):  # the output image is complete, the residual's is being filled
+        assert job.poll() == jobs.RUNNING and job.filling
+    assert job._fills[0].done and not job._fills[1].done and job._fills[1].next_slice > 0
+    job.cancel()
+    assert job.poll() == jobs.CANCELLED and job.cancelled and not job.filling
+    assert isinstance(job.error, CancelledError)
+    assert job.output_node is None and job.residual_node is None
+    assert volume_node_ids(scene) == before_ids and scene.GetNumberOfNodes() == before_count
+    assert sh_item_count(scene) == before_items
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), voxels)
+
+
+@pytest.mark.parametrize("given_output", [False, True], ids=["new output", "given output"])
+def test_a_failure_adding_the_second_node_takes_the_first_out_again(scene, monkeypatch, given_output):
+    """A new output is added first and removed when the residual fails; with a given output the residual goes
+    first and is removed when the output fails."""
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
+    target = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mine") if given_output else None
+    before_ids, before_count, before_items = volume_node_ids(scene), scene.GetNumberOfNodes(), sh_item_count(scene)
+
+    def fail(*args):
+        raise RuntimeError("no display for you")
+
+    monkeypatch.setattr(mrml, "_set_up_display" if given_output else "_set_up_residual_display", fail)
+    job = mrml.MRMLDenoiseJob(scene, node, FinishedJob(smooth_noisy_volume(2)), output_node=target, residual=True)
+    assert job.wait(10) == jobs.FAILED
+    assert "no display for you" in str(job.error)
+    assert job.residual_node is None and job.output_node is target
+    assert volume_node_ids(scene) == before_ids and scene.GetNumberOfNodes() == before_count
+    assert sh_item_count(scene) == before_items
+
+
+def test_the_reports_warnings_go_onto_the_output_node(scene):
+    node = add_volume(scene, smooth_noisy_volume(1, np.int16))
+    result = smooth_noisy_volume(2)
+    warnings = ["slices 3-5: structure removed", "noise correlated between slices"]
+    out = mrml.write_output(scene, node, result, report={"warnings": warnings})
+    assert out.GetAttribute("NSN2N.warnings") == "slices 3-5: structure removed\nnoise correlated between slices"
+    assert mrml.read_report(out)["warnings"] == warnings
+    assert mrml.write_output(scene, node, result, report={"warnings": []}).GetAttribute("NSN2N.warnings") is None
+    assert mrml.write_output(scene, node, result).GetAttribute("NSN2N.warnings") is None
+    mrml.write_output(scene, node, result, report={"warnings": []}, output_node=out)  # a rerun without warnings
+    assert out.GetAttribute("NSN2N.warnings") is None
+    job = mrml.MRMLDenoiseJob(scene, node, FinishedJob(result, report={"warnings": warnings[:1]}), residual=True)
+    assert job.wait(10) == jobs.DONE
+    assert job.output_node.GetAttribute("NSN2N.warnings") == "slices 3-5: structure removed"
+    assert mrml.report_warnings(job.report) == warnings[:1] and mrml.report_warnings(None) == []

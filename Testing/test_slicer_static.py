@@ -148,7 +148,8 @@ def test_every_engine_option_has_a_parameter_and_a_widget_that_agree_with_the_en
         kind = "choices" if option.choices else option.type
         assert bound[name].get("class") == WIDGET_CLASS[kind], name
     option_names = {o.slicer_name for o in OPTIONS}
-    extra = set(fields) - option_names - {"inputVolume", "outputVolume", "overridePreset", *MODEL_PATH_FIELDS}
+    extra = set(fields) - option_names - {"inputVolume", "outputVolume", "overridePreset", "showResidual"}
+    extra -= set(MODEL_PATH_FIELDS)
     assert not extra, f"parameter node fields the engine does not have: {sorted(extra)}"
     module = read(MODULE_FILE)
     advanced = re.search(r"ADVANCED_OPTIONS = \(([^)]*)\)", module).group(1)
@@ -185,6 +186,51 @@ def test_model_path_fields_are_optional_path_edits_in_the_advanced_section():
     module = read(MODULE_FILE)
     assert re.search(r'MODEL_PATHS = \("saveModelPath", "initModelPath"\)', module)
     assert "import pathlib" in module
+
+
+def test_show_residual_is_an_off_by_default_checkbox_in_the_advanced_section_that_reaches_the_logic():
+    """'Also output what was removed': a bool parameter, False by default, bound to a checkbox of the Advanced
+    section that stays enabled without the override (it is no preset option), passed by the widget to
+    startProcess, which passes it to the adapter as residual=."""
+    fields = parameter_node_declarations()
+    assert fields["showResidual"] == ("bool", {}, False)
+    root = ET.parse(UI_FILE).getroot()
+    advanced = next(w for w in root.iter("widget") if w.get("name") == "advancedCollapsibleButton")
+    bound = [w for w in advanced.iter("widget") if ui_property(w, "SlicerParameterName") == "showResidual"]
+    assert len(bound) == 1 and bound[0].get("class") == "QCheckBox"
+    assert bound[0].get("name") == "showResidualCheckBox"
+    assert ui_property(bound[0], "text") == "Also output what was removed (input \u2212 output)"
+    tooltip = ui_property(bound[0], "toolTip")
+    assert "only noise was removed" in tooltip and "no edges or anatomy" in tooltip
+    assert ui_property(bound[0], "checked") in (None, "false")
+    module = read(MODULE_FILE)
+    assert "showResidual" not in re.search(r"ADVANCED_OPTIONS = \(([^)]*)\)", module).group(1)
+    assert "showResidual=p.showResidual" in module  # the widget passes it
+    assert "residual=showResidual" in module  # the Logic passes it on
+    tree = ast.parse(module)
+    logic = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NSN2NDenoiseLogic")
+    for method in ("startProcess", "process"):
+        function = next(f for f in logic.body if isinstance(f, ast.FunctionDef) and f.name == method)
+        keywords = function.args.args + function.args.kwonlyargs
+        defaults = dict(zip([a.arg for a in function.args.kwonlyargs], function.args.kw_defaults, strict=True))
+        defaults.update(zip([a.arg for a in function.args.args[::-1]], function.args.defaults[::-1], strict=False))
+        assert "showResidual" in {a.arg for a in keywords}, method
+        assert ast.literal_eval(defaults["showResidual"]) is False, method
+
+
+def test_a_finished_run_with_warnings_says_so_in_the_status_and_logs_them_all():
+    """The DONE branch of onPollTimer takes the warnings from the adapter (mrml.report_warnings), shows the first
+    in the status label and logs the full text (the output node also holds them, in NSN2N.warnings)."""
+    source = read(MODULE_FILE)
+    tree = ast.parse(source)
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NSN2NDenoiseWidget")
+    poll = ast.get_source_segment(source, next(f for f in widget.body if getattr(f, "name", "") == "onPollTimer"))
+    done = poll[poll.index("if state == DONE:") : poll.index("elif state == CANCELLED:")]
+    assert "from NSN2NDenoiseLib.mrml import report_warnings" in poll
+    assert "report_warnings(job.report)" in done
+    assert '_("Warning: {warning}").format(warning=warnings[0])' in done
+    assert "logging.warning(" in done and '"\\n".join(warnings)' in done
+    assert "self.ui.statusLabel.text = done" in done
 
 
 def test_ui_selectors_and_required_controls():

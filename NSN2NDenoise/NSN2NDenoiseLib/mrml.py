@@ -9,7 +9,8 @@ file work.
 No call stalls the main thread for long, whatever the volume's size: the job's thread writes the input and
 reads the result, and :meth:`MRMLDenoiseJob.poll` copies the result into an off-scene image slab by slab
 (:data:`FILL_CHUNK_BYTES` at a time, for at most about :data:`FILL_BUDGET_S` per call) before it puts the
-complete node into the scene in one short last step.
+complete node into the scene in one short last step. With ``residual=True`` it fills a second image, what was
+removed (input minus output), the same way, and both nodes enter the scene in the same last step.
 
 Axis order: ``slicer.util.arrayFromVolume`` gives arrays in K,J,I order (slice, row, column), while
 ``node.GetSpacing()`` is in I,J,K order; :func:`array_and_spacing` reverses the spacing so both are K,J,I.
@@ -32,6 +33,12 @@ REPORT_ATTRIBUTE = "NSN2N.report"
 """Node attribute holding the run report as JSON (configuration, device, timings, loss curve, warnings)."""
 SOURCE_ATTRIBUTE = "NSN2N.sourceVolumeID"
 """Node attribute holding the MRML node ID of the input volume."""
+WARNINGS_ATTRIBUTE = "NSN2N.warnings"
+"""Output node attribute holding the run report's warnings, one per line; absent when the run had none."""
+RESIDUAL_OF_ATTRIBUTE = "NSN2N.residualOf"
+"""Residual node attribute holding the MRML node ID of the output volume whose removed part it holds."""
+RESIDUAL_NAME = "{input} removed by NSN2N"
+"""Name of the residual volume node (input minus output); made unique in the scene."""
 FILL_CHUNK_BYTES = 32 * 2**20
 """Most bytes of the result copied into the output image in one go (whole K slices, at least one)."""
 FILL_BUDGET_S = 0.04
@@ -179,19 +186,36 @@ WINDOW_LEVEL_SAMPLES = 200_000
 """About this many voxels, evenly spread, estimate the window/level of an output whose input has no display."""
 
 
-def _estimate_window_level(image) -> tuple[float, float]:
-    """Slicer's automatic window/level (percentiles 0.1-99.9, widened by 10 % each side) from a sample."""
+def _auto_range(image) -> tuple[float, float] | None:
+    """The range that Slicer's automatic window/level spans (percentiles 0.1-99.9 of the voxels, widened by 10 %
+    each side), estimated from a sample of :data:`WINDOW_LEVEL_SAMPLES` voxels; None when no voxel is finite."""
     from vtk.util.numpy_support import vtk_to_numpy
 
     flat = vtk_to_numpy(image.GetPointData().GetScalars())
     sample = np.array(flat[:: max(1, flat.size // WINDOW_LEVEL_SAMPLES)], dtype=np.float64)
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
-        return 1.0, 0.0
+        return None
     ranks = [int(round(p / 100.0 * (sample.size - 1))) for p in AUTO_PERCENTILES]
     low, high = (float(v) for v in np.partition(sample, ranks)[ranks])
-    low, high = low - AUTO_EXPANSION * (high - low), high + AUTO_EXPANSION * (high - low)
+    return low - AUTO_EXPANSION * (high - low), high + AUTO_EXPANSION * (high - low)
+
+
+def _estimate_window_level(image) -> tuple[float, float]:
+    """Slicer's automatic window/level (percentiles 0.1-99.9, widened by 10 % each side) from a sample."""
+    span = _auto_range(image)
+    if span is None:
+        return 1.0, 0.0
+    low, high = span
     return max(high - low, 1e-6), (low + high) / 2.0
+
+
+def _residual_window(image) -> float:
+    """Window of a residual (input minus output) display, centred on level 0: the automatic range (see
+    :func:`_auto_range`) made symmetric, so that 0 (nothing removed) is mid-grey and both signs show alike."""
+    span = _auto_range(image)
+    half = max(abs(span[0]), abs(span[1])) if span is not None else 0.5
+    return max(2.0 * half, 1e-6)
 
 
 def _set_up_display(scene, input_node, output_node, image) -> None:
@@ -224,6 +248,44 @@ def _set_up_display(scene, input_node, output_node, image) -> None:
     display.SetAndObserveColorNodeID(color or display.GetColorNodeID() or "vtkMRMLColorTableNodeGrey")
 
 
+def _set_up_residual_display(scene, residual_node, image) -> None:
+    """A grey display, window from :func:`_residual_window`, level 0, fixed (never Slicer's automatic one, which
+    would compute a whole-volume histogram on the main thread)."""
+    import slicer
+
+    display = slicer.vtkMRMLScalarVolumeDisplayNode()
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevel(_residual_window(image), 0.0)
+    display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+    if scene.AddNode(display) is None:
+        raise NSN2NError("Could not add the display node of the residual volume to the scene.")
+    residual_node.SetAndObserveDisplayNodeID(display.GetID())
+
+
+def _remove_new_node(scene, node) -> None:
+    """Take a node this module added back out of the scene: its subject hierarchy item, display nodes and itself."""
+    if node is None or not scene.IsNodePresent(node):
+        return
+    sh = scene.GetFirstNodeByClass("vtkMRMLSubjectHierarchyNode")
+    item = sh.GetItemByDataNode(node) if sh is not None else 0
+    if item:
+        sh.RemoveItem(item, False, False)  # the item only; the node goes below
+    displays = [node.GetNthDisplayNode(n) for n in range(node.GetNumberOfDisplayNodes())]
+    for display in displays:
+        if display is not None and scene.IsNodePresent(display):
+            scene.RemoveNode(display)
+    scene.RemoveNode(node)
+
+
+def _read_only_voxels(node) -> np.ndarray:
+    """A read-only K,J,I view (no copy) of the node's voxels."""
+    import slicer.util
+
+    view = slicer.util.arrayFromVolume(node).view()
+    view.flags.writeable = False
+    return view
+
+
 def _place_beside(scene, input_node, output_node) -> None:
     sh = scene.GetFirstNodeByClass("vtkMRMLSubjectHierarchyNode")
     if sh is None:
@@ -252,15 +314,29 @@ class ImageFill:
     :meth:`step` copies whole K slices, :data:`FILL_CHUNK_BYTES` at a time, until ``budget_s`` has passed;
     ``image`` is complete once it returns True. The image is allocated at once (the memory is committed only as
     the copy touches it) and seen by nothing else until it is attached to a node.
+
+    Parameters
+    ----------
+    result : numpy.ndarray
+        K,J,I voxels (the denoised volume); read, never modified.
+    subtract_from : numpy.ndarray, optional
+        K,J,I voxels of the same shape (the input volume); read, never modified. When given, the image holds
+        ``subtract_from - result`` (what was removed), computed slab by slab and stored as float32, instead of
+        ``result``.
     """
 
-    def __init__(self, result: np.ndarray):
+    def __init__(self, result: np.ndarray, subtract_from: np.ndarray | None = None):
         import vtk
         from vtk.util.numpy_support import vtk_to_numpy
 
         self.result = np.asarray(result)
         if self.result.ndim != 3:
             raise NSN2NError(f"The denoised volume has {self.result.ndim} dimensions, expected 3.")
+        self.subtract_from = None if subtract_from is None else np.asarray(subtract_from)
+        if self.subtract_from is not None and self.subtract_from.shape != self.result.shape:
+            raise NSN2NError(
+                f"The denoised volume has shape {self.result.shape}, the input {self.subtract_from.shape}."
+            )
         k, j, i = self.result.shape
         self.image = vtk.vtkImageData()
         self.image.SetDimensions(i, j, k)
@@ -283,7 +359,11 @@ class ImageFill:
         while self.next_slice < slices:
             start = time.perf_counter()
             end = min(slices, self.next_slice + self._slab)
-            np.copyto(self._target[self.next_slice : end], self.result[self.next_slice : end], casting="same_kind")
+            target, result = self._target[self.next_slice : end], self.result[self.next_slice : end]
+            if self.subtract_from is None:
+                np.copyto(target, result, casting="same_kind")
+            else:  # written straight into the image: no temporary array of the slab
+                np.subtract(self.subtract_from[self.next_slice : end], result, out=target, casting="same_kind")
             self.next_slice = end
             now = time.perf_counter()
             if now - t0 + (now - start) > budget_s:  # the next slab would overrun the budget: stop here
@@ -291,7 +371,7 @@ class ImageFill:
         if self.done and self.result is not None:
             self.image.GetPointData().GetScalars().Modified()
             self.image.Modified()
-            self._target = self.result = None  # the image holds the voxels now
+            self._target = self.result = self.subtract_from = None  # the image holds the voxels now
         return self.done
 
 
@@ -313,6 +393,9 @@ def attach_output(scene, input_node, image, report=None, output_node=None, name:
     The image is taken over, not copied (``SetAndObserveImageData``). A new node is built outside the scene
     (name, IJK-to-RAS, parent transform, attributes, voxels) and added complete; a given ``output_node`` gets
     the input's geometry and the image at once. Same parameters and result as :func:`write_output`.
+
+    The report's warnings, if any, go into the node attribute :data:`WARNINGS_ATTRIBUTE` one per line (and are
+    removed from a given node that has them from an earlier run).
     """
     import slicer
 
@@ -325,7 +408,13 @@ def attach_output(scene, input_node, image, report=None, output_node=None, name:
     _copy_geometry(input_node, output_node)
     output_node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
     output_node.SetAttribute(SOURCE_ATTRIBUTE, input_node.GetID() or "")
-    output_node.SetAttribute(REPORT_ATTRIBUTE, json.dumps(_report_dict(report), default=_json_default))
+    report_dict = _report_dict(report)
+    output_node.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report_dict, default=_json_default))
+    warnings = report_warnings(report_dict)
+    if warnings:
+        output_node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(warnings))
+    else:
+        output_node.RemoveAttribute(WARNINGS_ATTRIBUTE)
     if new:
         output_node.SetAndObserveImageData(image)
         if scene.AddNode(output_node) is None:
@@ -336,6 +425,53 @@ def attach_output(scene, input_node, image, report=None, output_node=None, name:
         output_node.SetAndObserveImageData(image)
     _place_beside(scene, input_node, output_node)
     return output_node
+
+
+def attach_residual(scene, input_node, image, output_node):
+    """Put a filled residual image (input minus output, float32) into a new volume node beside the input.
+
+    The node, named after :data:`RESIDUAL_NAME` (unique in the scene), gets the input's exact geometry and parent
+    transform, the attributes :data:`SOURCE_ATTRIBUTE` (the input's ID) and :data:`RESIDUAL_OF_ATTRIBUTE`
+    (``output_node``'s ID), and a grey display centred on 0 (:func:`_set_up_residual_display`). It is built
+    outside the scene and added complete; if a later step fails, it is taken out again and the error raised.
+
+    Parameters
+    ----------
+    scene : vtkMRMLScene
+    input_node : vtkMRMLScalarVolumeNode
+        The volume that was denoised; never modified.
+    image : vtkImageData
+        Same dimensions as the input's (I,J,K as VTK counts them); taken over, not copied.
+    output_node : vtkMRMLScalarVolumeNode
+        The denoised volume, already in the scene.
+
+    Returns
+    -------
+    vtkMRMLScalarVolumeNode
+    """
+    import slicer
+
+    residual_node = slicer.vtkMRMLScalarVolumeNode()
+    residual_node.SetName(scene.GenerateUniqueName(RESIDUAL_NAME.format(input=input_node.GetName())))
+    _copy_geometry(input_node, residual_node)
+    residual_node.SetAndObserveTransformNodeID(input_node.GetTransformNodeID())
+    residual_node.SetAttribute(SOURCE_ATTRIBUTE, input_node.GetID() or "")
+    residual_node.SetAttribute(RESIDUAL_OF_ATTRIBUTE, output_node.GetID() or "")
+    residual_node.SetAndObserveImageData(image)
+    if scene.AddNode(residual_node) is None:
+        raise NSN2NError("Could not add the residual volume node to the scene.")
+    try:
+        _set_up_residual_display(scene, residual_node, image)
+        _place_beside(scene, input_node, residual_node)
+    except BaseException:
+        _remove_new_node(scene, residual_node)
+        raise
+    return residual_node
+
+
+def report_warnings(report) -> list[str]:
+    """The warnings of a run report (a RunReport, a dict or None), as a list of text lines; empty if none."""
+    return [str(w) for w in (_report_dict(report).get("warnings") or [])]
 
 
 def write_output(scene, input_node, result: np.ndarray, report=None, output_node=None, name: str | None = None):
@@ -352,7 +488,8 @@ def write_output(scene, input_node, result: np.ndarray, report=None, output_node
     result : numpy.ndarray
         Denoised voxels, K,J,I order, same shape as the input; stored as float32.
     report : RunReport or dict, optional
-        Stored as JSON in the node attribute ``NSN2N.report``.
+        Stored as JSON in the node attribute ``NSN2N.report``; its ``warnings``, if any, also in
+        ``NSN2N.warnings``, one per line.
     output_node : vtkMRMLScalarVolumeNode, optional
         Node to overwrite; by default a new node "<input name> denoised" is created with the input's
         IJK-to-RAS matrix and parent transform.
@@ -395,17 +532,29 @@ class MRMLDenoiseJob:
     (:attr:`filling` tells this stage apart), so 'done' means the node is complete and nothing of it is in the
     scene before. A cancel or a failure at any stage changes nothing in the scene. Removing the input node from
     the scene cancels the run (observed at once, and checked again in :meth:`poll`).
+
+    With ``residual=True`` the polls then fill a second image, input minus output (float32, K,J,I), from the
+    input node's voxels as they are then (read, never modified; it takes as much memory again as the output),
+    and the same last poll adds both nodes: the output, then the residual (:func:`attach_residual`), or the
+    residual first when the output node was given, so that if the second fails the first is taken out again.
     """
 
-    def __init__(self, scene, input_node, job, output_node=None, output_name: str | None = None):
+    def __init__(
+        self, scene, input_node, job, output_node=None, output_name: str | None = None, residual: bool = False
+    ):
         self.scene = scene
         self.input_node = input_node
         self.job = job
         self.output_node = output_node
         """The output node, once :meth:`poll` returned 'done' (or the node given at start)."""
+        self.residual = bool(residual)
+        """Whether the run also writes what was removed (input minus output) into a new node."""
+        self.residual_node = None
+        """The residual node "<input name> removed by NSN2N" once :meth:`poll` returned 'done' with
+        :attr:`residual` on; None otherwise."""
         self._output_name = output_name
         self._state = jobs.RUNNING
-        self._fill: ImageFill | None = None
+        self._fills: list[ImageFill] = []
         self._apply_error: NSN2NError | None = None
         self._cancelled_here = False
         self._input_removed = False
@@ -424,7 +573,7 @@ class MRMLDenoiseJob:
     @property
     def filling(self) -> bool:
         """True while :meth:`poll` is copying the finished result into the output image (poll often then)."""
-        return self._fill is not None
+        return bool(self._fills)
 
     def poll(self) -> str:
         """The state: one of the :mod:`.jobs` states ('pending', 'running', 'done', 'failed', 'cancelled').
@@ -443,7 +592,7 @@ class MRMLDenoiseJob:
             if state == DONE:
                 state = self._apply_step()
         if state in FINISHED_STATES:
-            self._fill = None
+            self._fills = []
             if self._observer is not None:
                 self.scene.RemoveObserver(self._observer)
                 self._observer = None
@@ -451,20 +600,22 @@ class MRMLDenoiseJob:
         return state
 
     def _apply_step(self) -> str:
-        """One step of writing the result into the scene: 'running' until the node is complete, then 'done'."""
+        """One step of writing the result into the scene: 'running' until the node (and the residual node, when
+        asked for) is complete, then 'done'."""
         try:
-            if self._fill is None:
+            if not self._fills:
                 result = self.job.result
                 _check_result_shape(self.input_node, result)
-                self._fill = ImageFill(result)
-            if not self._fill.done:
-                self._fill.step()
-                return jobs.RUNNING  # the node goes into the scene in a poll of its own
+                self._fills = [ImageFill(result)]
+                if self.residual:
+                    self._fills.append(ImageFill(result, subtract_from=_read_only_voxels(self.input_node)))
+            unfinished = next((fill for fill in self._fills if not fill.done), None)
+            if unfinished is not None:
+                unfinished.step()
+                return jobs.RUNNING  # the nodes go into the scene in a poll of their own
             if self.output_node is not None and not self.scene.IsNodePresent(self.output_node):
                 self.output_node = None  # the chosen output was deleted meanwhile: make a new one instead
-            self.output_node = attach_output(
-                self.scene, self.input_node, self._fill.image, self.job.report, self.output_node, self._output_name
-            )
+            self.output_node, self.residual_node = self._attach()
             return DONE
         except NSN2NError as exc:
             self._apply_error = exc
@@ -472,12 +623,41 @@ class MRMLDenoiseJob:
             self._apply_error = NSN2NError(f"Writing the denoised volume failed ({type(exc).__name__}: {exc}).")
         return FAILED
 
+    def _attach(self):
+        """Add the complete output node (and residual node) to the scene; (output, residual or None).
+
+        A new output node is added first, as the residual needs its ID; a given one already has it, so the residual
+        goes first there. Either way, if the second fails, the first is taken out again before the error is raised.
+        """
+        output_image = self._fills[0].image
+        report = self.job.report
+
+        def output(node):
+            return attach_output(self.scene, self.input_node, output_image, report, node, self._output_name)
+
+        if not self.residual:
+            return output(self.output_node), None
+        residual_image = self._fills[1].image
+        if self.output_node is not None:
+            residual_node = attach_residual(self.scene, self.input_node, residual_image, self.output_node)
+            try:
+                return output(self.output_node), residual_node
+            except BaseException:
+                _remove_new_node(self.scene, residual_node)
+                raise
+        output_node = output(None)
+        try:
+            return output_node, attach_residual(self.scene, self.input_node, residual_image, output_node)
+        except BaseException:
+            _remove_new_node(self.scene, output_node)
+            raise
+
     def cancel(self) -> None:
         """Stop the run, or the writing of its result; the scene stays as it was. Returns at once."""
         if self._state in FINISHED_STATES:
             return
         self.job.cancel()
-        if self._fill is not None or self.job.poll() == DONE:
+        if self._fills or self.job.poll() == DONE:
             self._cancelled_here = True  # the process had ended: drop the result instead
 
     def wait(self, timeout: float | None = None, poll_interval: float = 0.1, callback=None) -> str:
@@ -537,6 +717,7 @@ class MRMLDenoiser:
         output_name: str | None = None,
         save_model_path=None,
         init_model_path=None,
+        residual: bool = False,
         **options,
     ):
         """Start denoising ``input_node`` in a worker process; returns an :class:`MRMLDenoiseJob` at once.
@@ -558,6 +739,11 @@ class MRMLDenoiser:
             Start training from a model saved by an earlier run; its network settings are used, and without an
             iteration count in ``options``, :data:`WARM_START_ITERATION_FRACTION` of the preset's iterations.
             None or '' starts from scratch.
+        residual : bool
+            Also write what was removed, input minus output (float32, K,J,I, the input's geometry), into a new
+            node "<input name> removed by NSN2N" beside the input, shown centred on 0 (mid-grey: nothing removed).
+            It should look like noise, with no edges or anatomy. Its attribute ``NSN2N.residualOf`` holds the
+            output node's ID; the job's ``residual_node`` is it once done. Off by default.
         **options
             Passed to :func:`build_config` (preset and the snake_case names of :data:`options.OPTIONS`).
 
@@ -591,7 +777,9 @@ class MRMLDenoiser:
             init_model=_model_path(init_model_path),
             trained_on=input_node.GetName(),
         )
-        return MRMLDenoiseJob(self.scene, input_node, job, output_node=output_node, output_name=output_name)
+        return MRMLDenoiseJob(
+            self.scene, input_node, job, output_node=output_node, output_name=output_name, residual=residual
+        )
 
     def process(
         self,
@@ -601,12 +789,14 @@ class MRMLDenoiser:
         output_name: str | None = None,
         save_model_path=None,
         init_model_path=None,
+        residual: bool = False,
         **options,
     ):
         """Denoise and block until done; returns the output node.
 
         Same parameters as :meth:`start`. Raises the job's error (an :class:`NSN2NError` with a message saying
-        what to change; :class:`CancelledError` if cancelled). Ctrl+C while waiting cancels the run.
+        what to change; :class:`CancelledError` if cancelled). Ctrl+C while waiting cancels the run. With
+        ``residual``, the residual node is the one whose ``NSN2N.residualOf`` attribute is the output's ID.
         """
         mrml_job = self.start(
             input_node,
@@ -615,6 +805,7 @@ class MRMLDenoiser:
             output_name=output_name,
             save_model_path=save_model_path,
             init_model_path=init_model_path,
+            residual=residual,
             **options,
         )
         if mrml_job.wait() != DONE:
