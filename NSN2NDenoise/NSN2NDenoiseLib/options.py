@@ -189,6 +189,8 @@ def add_arguments(parser, names: tuple[str, ...] | None = None, help_suffix: str
         elif option.type in (int, float):
             kwargs["metavar"] = option.name.upper().replace("_", "-")
         parser.add_argument(option.flag, dest=option.name, **kwargs)
+
+
 BY_SLICER_NAME = {o.slicer_name: o for o in OPTIONS}
 
 
