@@ -566,8 +566,12 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
         deviceType = "cuda" if device == "cuda" else "cpu"
         dims = inputVolume.GetImageData().GetDimensions()
         shape = (dims[2], dims[1], dims[0])
-        estimate = costmodel.estimate(shape, cfg, deviceType)
-        fast = costmodel.estimate(shape, self._config(preset="fast", device=cfg.device), deviceType)
+        sp = inputVolume.GetSpacing()
+        spacing = (sp[2], sp[1], sp[0])
+        estimate = costmodel.estimate(shape, cfg, deviceType, spacing_kji=spacing)
+        fast = costmodel.estimate(
+            shape, self._config(preset="fast", device=cfg.device), deviceType, spacing_kji=spacing
+        )
         return {
             "device": device,
             "seconds": estimate.total_seconds,

@@ -6,7 +6,7 @@ import torch
 
 from NSN2NDenoiseLib import CancelledError, CancelToken, DeviceError, InputError, denoise, make_config
 from NSN2NDenoiseLib.api import choose_slice_axis, resolve_device
-from NSN2NDenoiseLib.phantom import psnr
+from NSN2NDenoiseLib.phantom import make_phantom, psnr
 
 # Measured on this phantom (16x64x64, 60 HU in-plane correlated noise, phantom seeds 3/4, E2E_CONFIG below):
 # noisy 24.43 dB; denoised 26.36 / 26.61 dB with training seeds 0 / 1, i.e. +1.9 to +2.2 dB.
@@ -206,3 +206,48 @@ def test_interslice_noise_correlation_tells_correlated_noise_apart(phantom_pair)
     vol = clean + 60.0 * across / across.std()
     _, report = denoise(vol, config=make_config("fast", device="cpu", training={"iterations": 2}))
     assert any("correlated" in w for w in report.warnings)
+
+
+def test_axes_all_is_the_mean_of_the_network_along_each_axis(tiny_config):
+    import torch
+
+    from NSN2NDenoiseLib.inference import predict_into
+    from NSN2NDenoiseLib.normalization import NormalizedSlices, fit_intensity_map
+    from NSN2NDenoiseLib.training import build_network
+
+    rng = np.random.default_rng(7)
+    clean = make_phantom((12, 24, 20), seed=1)
+    noisy = (clean + rng.normal(0, 30.0, clean.shape)).astype(np.float32)
+    cfg = tiny_config.replace(inference={"axes": "all", "tta": 2}, training={"patch_size": 16})
+    out, report, state = denoise(noisy, config=cfg, return_model=True)
+    net = build_network(cfg)
+    net.load_state_dict(state)
+    net.eval()
+    imap = fit_intensity_map(noisy)
+    along = []
+    for a in range(3):
+        o = np.empty(noisy.shape, dtype=np.float32)
+        predict_into(net, NormalizedSlices(noisy, a, imap), np.moveaxis(o, a, 0), cfg.inference, torch.device("cpu"))
+        along.append(o)
+    np.testing.assert_allclose(out, np.mean(along, axis=0), rtol=1e-4, atol=1e-2)
+    assert not np.allclose(out, along[0], atol=1e-2)
+    assert report.prediction_axes == ["K", "J", "I"] and "'all'" in report.prediction_axes_reason
+    single, rep1 = denoise(noisy, config=cfg.replace(inference={"axes": "slice"}))
+    np.testing.assert_allclose(single, along[0], rtol=1e-4, atol=1e-2)
+    assert rep1.prediction_axes == ["K"] and len(rep1.inplane_noise_lag1) == 2
+
+
+def test_auto_axes_keep_the_slice_axis_for_anisotropic_voxels_and_report_why(phantom_pair, tiny_config):
+    _, noisy = phantom_pair
+    _, report = denoise(noisy, spacing=(3.0, 1.0, 1.0), config=tiny_config)
+    assert report.prediction_axes == ["K"] and "not near-isotropic" in report.prediction_axes_reason
+    steps = []
+    denoise(
+        noisy[:, :32, :32],
+        spacing=(1.0, 1.0, 1.0),
+        config=tiny_config.replace(inference={"axes": "all"}),
+        progress=lambda phase, step, total, loss: steps.append((phase, step, total)),
+    )
+    inference = [s for s in steps if s[0] == "inference"]
+    assert inference[-1][1] == inference[-1][2] == 16 + 32 + 32  # one count over the three axes
+    assert all(a[1] <= b[1] for a, b in zip(inference, inference[1:], strict=False))

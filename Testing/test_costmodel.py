@@ -100,3 +100,14 @@ def test_explain_turns_errors_into_actionable_ones():
     assert isinstance(explain(MemoryError()), DeviceError)
     other = explain(ValueError("boom"))
     assert type(other) is NSN2NError and "ValueError" in str(other) and "boom" in str(other)
+
+
+def test_inference_time_counts_the_axes_auto_may_use():
+    iso = estimate((10, 64, 64), CFG, bf16=False, spacing_kji=(1.0, 1.0, 1.0))
+    aniso = estimate((10, 64, 64), CFG, bf16=False, spacing_kji=(3.0, 1.0, 1.0))
+    unknown = estimate((10, 64, 64), CFG, bf16=False)
+    assert iso.seconds["inference"] == pytest.approx(3 * aniso.seconds["inference"])
+    assert unknown.seconds["inference"] == pytest.approx(aniso.seconds["inference"])
+    single = estimate((10, 64, 64), CFG.replace(inference={"axes": "slice"}), bf16=False, spacing_kji=(1, 1, 1))
+    assert single.seconds["inference"] == pytest.approx(aniso.seconds["inference"])
+    assert iso.seconds["training"] == pytest.approx(aniso.seconds["training"])

@@ -130,3 +130,45 @@ def test_bf16_inference_runs_under_autocast_and_stays_close():
     predict_into(net, src, bf16, InferenceConfig(tta=1), CPU, bf16=True)
     assert not np.array_equal(fp32, bf16), "bf16 must reach the network"
     assert np.allclose(fp32, bf16, atol=0.05 * IMAP.scale)
+
+
+def test_accumulate_adds_the_prediction_to_what_the_output_holds():
+    vol = _volume()
+    cfg = InferenceConfig(tta=2)
+    once = _predict(_Shift(), vol, cfg)
+    out = np.full(vol.shape, 5.0, dtype=np.float32)
+    predict_into(_Shift(), NormalizedSlices(vol, 0, IMAP), out, cfg, CPU, accumulate=True)
+    np.testing.assert_allclose(out, once + 5.0, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "spacing, choice, lag1, expected, reason",
+    [
+        ((1.0, 1.0, 1.0), "auto", (0.02, 0.05), [0, 1, 2], "white in-plane noise"),
+        ((1.2, 1.0, 1.0), "auto", (0.02, -0.1), [0, 1, 2], "white in-plane noise"),
+        ((1.5, 0.957, 0.957), "auto", (0.02, 0.02), [0], "not near-isotropic"),
+        ((1.0, 1.0, 1.0), "auto", (0.34, 0.02), [0], "not white"),
+        ((1.0, 1.0, 1.0), "auto", (0.02, -0.2), [0], "not white"),
+        ((1.0, 1.0, 1.0), "auto", None, [0], "not measured"),
+        ((1.0, 1.0, 1.0), "slice", (0.0, 0.0), [0], "'slice'"),
+        ((3.0, 1.0, 1.0), "all", (0.9, 0.9), [0, 1, 2], "'all'"),
+    ],
+)
+def test_prediction_axes_follow_the_choice_spacing_and_noise_whiteness(spacing, choice, lag1, expected, reason):
+    from NSN2NDenoiseLib.inference import prediction_axes
+
+    axes, why = prediction_axes(spacing, 0, choice, lag1)
+    assert axes == expected and reason in why
+
+
+def test_prediction_axes_put_the_slice_axis_first():
+    from NSN2NDenoiseLib.inference import expected_axis_count, prediction_axes
+
+    assert prediction_axes((1.0, 1.0, 1.0), 2, "all", None)[0] == [2, 0, 1]
+    assert prediction_axes((1.0, 1.0, 1.0), 1, "auto", (0.0, 0.0))[0] == [1, 0, 2]
+    assert [expected_axis_count(s, c) for s, c in [((1, 1, 1), "auto"), ((2, 1, 1), "auto"), (None, "auto")]] == [
+        3,
+        1,
+        1,
+    ]
+    assert expected_axis_count((2, 1, 1), "all") == 3 and expected_axis_count((1, 1, 1), "slice") == 1

@@ -75,3 +75,35 @@ def test_estimate_noise_reads_the_sampled_pairs_of_the_source():
     moved = np.ascontiguousarray(np.moveaxis(units, 0, 2))
     again = estimate_noise(NormalizedSlices(moved, 2, IntensityMap(-200.0, 1000.0)), torch.device("cpu"))
     assert again == pytest.approx((sigma, corr), rel=1e-5)
+
+
+def test_inplane_lag1_tells_white_noise_from_inplane_correlated_noise_along_each_axis():
+    from NSN2NDenoiseLib.noise_estimates import inplane_noise_lag1
+
+    rng = np.random.default_rng(4)
+    white = rng.standard_normal((8, 48, 48))
+    clean = _body(8)
+    rows_only = ndimage.gaussian_filter(white, (0.0, 1.0, 0.0))  # correlated along rows (axis 1) only
+    both = ndimage.gaussian_filter(white, (0.0, 1.0, 1.0))
+    values = {}
+    for name, noise in (("white", white), ("rows", rows_only), ("both", both)):
+        x = torch.from_numpy((clean + 0.03 * noise / noise.std()).astype(np.float32))
+        values[name] = inplane_noise_lag1(x[:-1], x[1:])
+    assert max(abs(v) for v in values["white"]) < 0.08
+    assert values["rows"][0] > 0.5 and abs(values["rows"][1]) < 0.08  # (along rows, along columns)
+    assert min(values["both"]) > 0.5
+
+
+def test_estimate_inplane_lag1_reads_the_sampled_pairs_in_the_slice_axis_frame():
+    from NSN2NDenoiseLib.noise_estimates import estimate_inplane_lag1, inplane_noise_lag1
+
+    rng = np.random.default_rng(5)
+    noise = ndimage.gaussian_filter(rng.standard_normal((6, 48, 48)), (0.0, 1.0, 0.0))
+    vol = (_body(6) + 0.03 * noise / noise.std()).astype(np.float32)
+    x = torch.from_numpy(vol)
+    direct = inplane_noise_lag1(x[:-1], x[1:])
+    got = estimate_inplane_lag1(NormalizedSlices(vol * 10.0 + 3.0, 0, IntensityMap(3.0, 10.0)), torch.device("cpu"))
+    assert got == pytest.approx(direct, abs=1e-4)
+    moved = np.ascontiguousarray(np.moveaxis(vol, 0, 1))  # slice axis J: rows and columns stay the same axes
+    again = estimate_inplane_lag1(NormalizedSlices(moved, 1, IntensityMap(0.0, 1.0)), torch.device("cpu"))
+    assert again == pytest.approx(direct, abs=1e-4)

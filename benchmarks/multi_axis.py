@@ -46,7 +46,7 @@ def run(case: str, seed: int) -> dict:
     from NSN2NDenoiseLib import denoise
 
     ds = datasets.build(case, quick=False, seed=seed)
-    cfg = protocol.nsn2n_config("default", seed)
+    cfg = protocol.nsn2n_config("nsn2n_slice", seed)
     t0 = time.perf_counter()
     out_k, report, state = denoise(ds.noisy, spacing=ds.spacing, config=cfg, return_model=True)
     train_s = time.perf_counter() - t0

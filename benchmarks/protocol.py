@@ -82,6 +82,7 @@ ORDER = (
     "bm4d_est",
     "bm4d_swept",
     "nsn2n",
+    "nsn2n_slice",
     "nsn2n_best",
     "supervised",
 )
@@ -97,6 +98,7 @@ LABELS = {
     "bm4d_est": "BM4D, estimated noise",
     "bm4d_swept": "BM4D, swept sigma",
     "nsn2n": "**NSN2N default**",
+    "nsn2n_slice": "NSN2N default, slice axis only (`inference.axes = 'slice'`)",
     "nsn2n_best": "NSN2N `best`",
     "supervised": "supervised ceiling (default network, clean target)",
 }
@@ -179,26 +181,45 @@ def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tup
         return _bm4d(ds.noisy, est), {"sigma": est, "sigma_source": "estimate_sigma"}
     if name == "bm4d_swept":
         return _bm4d(ds.noisy, params["sigma_factor"] * sig), {"true_sigma": sig, **params}
-    if name in ("nsn2n", "nsn2n_best"):
-        return _nsn2n(ds, seed, "best" if name == "nsn2n_best" else "default")
+    if name in NSN2N_ROWS:
+        return _nsn2n(ds, seed, name)
     if name == "supervised":
         return _supervised(ds, seed)
     raise KeyError(f"unknown method {name!r}; known: {', '.join(ORDER)}")
 
 
-def nsn2n_config(preset: str, seed: int, threads: int = 1):
-    """The configuration a protocol run of NSN2N uses: the preset on the CPU, training seed = noise seed."""
+NSN2N_ROWS = {
+    "nsn2n": ("default", {}),
+    "nsn2n_slice": ("default", {"inference": {"axes": "slice"}}),
+    "nsn2n_best": ("best", {}),
+}
+"""NSN2N rows: (preset, configuration overrides)."""
+
+
+def nsn2n_config(row: str, seed: int, threads: int = 1):
+    """The configuration of an NSN2N row of :data:`NSN2N_ROWS` (or a preset name) on the CPU, training seed = noise
+    seed."""
     from NSN2NDenoiseLib import make_config
 
-    return make_config(preset, device="cpu", training={"seed": seed, "threads": threads})
+    preset, overrides = NSN2N_ROWS.get(row, (row, {}))
+    return make_config(preset, **overrides).replace(device="cpu", training={"seed": seed, "threads": threads})
 
 
-def _nsn2n(ds: datasets.Dataset, seed: int, preset: str) -> tuple[np.ndarray, dict]:
+def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]:
     from NSN2NDenoiseLib import denoise
 
-    out, report = denoise(ds.noisy, spacing=ds.spacing, config=nsn2n_config(preset, seed))
+    out, report = denoise(ds.noisy, spacing=ds.spacing, config=nsn2n_config(row, seed))
     r = report.to_dict()
-    keep = ("phase_seconds", "device", "matched_fraction", "noise_sigma", "interslice_noise_correlation")
+    keep = (
+        "phase_seconds",
+        "device",
+        "matched_fraction",
+        "noise_sigma",
+        "interslice_noise_correlation",
+        "inplane_noise_lag1",
+        "prediction_axes",
+        "prediction_axes_reason",
+    )
     info = {k: r[k] for k in keep if k in r}
     info["residual_check"] = (r.get("residual_check") or {}).get("score")
     info["warnings"] = r.get("warnings", [])
@@ -207,18 +228,40 @@ def _nsn2n(ds: datasets.Dataset, seed: int, preset: str) -> tuple[np.ndarray, di
 
 
 def _supervised(ds: datasets.Dataset, seed: int) -> tuple[np.ndarray, dict]:
-    cfg = nsn2n_config("default", seed).to_dict()
-    ctx = baselines.Context(
-        spacing=ds.spacing,
-        modality=ds.modality,
-        score=lambda est: 0.0,
-        clean=ds.clean,
-        network=dict(cfg["network"]),
-        training={k: cfg["training"][k] for k in deep_baselines.DEFAULT_TRAINING},
-        iterations=cfg["training"]["iterations"],
+    """The supervised ceiling: the default's network (depth, width), patch, batch, learning rate and iteration
+    count, trained noisy -> clean on this volume; then the default's own inference (its test-time augmentation
+    and the axes ``inference.axes`` picks for this volume), so that only the training target differs."""
+    import torch
+
+    from NSN2NDenoiseLib.inference import predict_into, prediction_axes
+    from NSN2NDenoiseLib.noise_estimates import estimate_inplane_lag1
+    from NSN2NDenoiseLib.normalization import IntensityMap, NormalizedSlices
+
+    cfg = nsn2n_config("nsn2n", seed)
+    d = cfg.to_dict()
+    tcfg = {**deep_baselines.DEFAULT_TRAINING, **{k: d["training"][k] for k in deep_baselines.DEFAULT_TRAINING}}
+    ctx = baselines.Context(spacing=ds.spacing, modality=ds.modality, score=lambda est: 0.0, network=d["network"])
+    torch.manual_seed(seed)
+    norm, low, scale = deep_baselines._normalise(ds.noisy)
+    clean = torch.from_numpy(((ds.clean - low) / scale).astype(np.float32))
+    net = deep_baselines._network(ctx)
+    step_loss = deep_baselines._supervised_loss(net, torch.from_numpy(norm), clean, tcfg)
+    facts = deep_baselines._fit(net, step_loss, cfg.training.iterations, None, tcfg)
+    imap = IntensityMap(offset=low, scale=scale)
+    lag1 = estimate_inplane_lag1(NormalizedSlices(ds.noisy, 0, imap), torch.device("cpu"))
+    axes, reason = prediction_axes(ds.spacing, 0, cfg.inference.axes, lag1)
+    out = np.zeros(ds.noisy.shape, dtype=np.float32)
+    for n, a in enumerate(axes):
+        view = np.moveaxis(out, a, 0)
+        predict_into(
+            net, NormalizedSlices(ds.noisy, a, imap), view, cfg.inference, torch.device("cpu"), accumulate=n > 0
+        )
+    out /= np.float32(len(axes))
+    info = {k: v for k, v in facts.items() if k != "loss_curve"}
+    info.update(
+        network=d["network"], tta=cfg.inference.tta, prediction_axes=["KJI"[a] for a in axes], axes_reason=reason
     )
-    out, info = deep_baselines.supervised(ds.noisy, ctx)
-    return out, {k: v for k, v in info.items() if k != "loss_curve"}
+    return out, info
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,9 +280,8 @@ def run_params(method: str, chosen: dict) -> dict:
     """What decides a stored result: the protocol version, the method's chosen parameters and, for NSN2N, the
     whole resolved configuration (so that a change of the engine's defaults reruns it)."""
     params = {"v": PROTOCOL_VERSION, **chosen}
-    if method in ("nsn2n", "nsn2n_best", "supervised"):
-        preset = "best" if method == "nsn2n_best" else "default"
-        params["config"] = nsn2n_config(preset, 0).to_dict()
+    if method in NSN2N_ROWS or method == "supervised":
+        params["config"] = nsn2n_config(method if method in NSN2N_ROWS else "default", 0).to_dict()
     return params
 
 

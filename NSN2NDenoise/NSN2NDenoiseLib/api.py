@@ -18,8 +18,8 @@ import torch
 from . import __version__
 from .config import NSN2NConfig, make_config
 from .errors import OUT_OF_MEMORY_ADVICE, CancelledError, DeviceError, InputError
-from .inference import predict_into, use_bf16
-from .noise_estimates import estimate_noise
+from .inference import predict_into, prediction_axes, use_bf16
+from .noise_estimates import estimate_inplane_lag1, estimate_noise
 from .normalization import NormalizedSlices, fit_intensity_map
 from .report import RunReport
 from .residual_check import residual_structure
@@ -141,6 +141,35 @@ def _check_spacing(spacing) -> tuple[float, float, float]:
     return sp  # type: ignore[return-value]
 
 
+def _predict_along(net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled) -> np.ndarray:
+    """The network's output along each of ``axes`` (the slice axis first), summed in place and averaged; one
+    progress count over all of them."""
+    denoised = np.empty(arr.shape, dtype=np.float32)
+    total = sum(arr.shape[a] for a in axes)
+    done = 0
+    for n, a in enumerate(axes):
+        slices = source if a == axis else NormalizedSlices(arr, a, imap)
+
+        def step(phase, i, _n, loss, offset=done):
+            progress("inference", offset + i, total, None)
+
+        predict_into(
+            net,
+            slices,
+            np.moveaxis(denoised, a, 0),
+            cfg.inference,
+            device,
+            bf16,
+            step if progress is not None else None,
+            is_cancelled,
+            accumulate=n > 0,
+        )
+        done += arr.shape[a]
+    if len(axes) > 1:
+        denoised /= np.float32(len(axes))
+    return denoised
+
+
 def denoise(
     volume: np.ndarray,
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
@@ -222,6 +251,7 @@ def denoise(
         t0 = time.perf_counter()
         targets = compute_targets(source, cfg, device, progress, is_cancelled)
         sigma, correlation = estimate_noise(source, device)
+        lag1 = estimate_inplane_lag1(source, device)
         phase_seconds["weights"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -231,8 +261,8 @@ def denoise(
         phase_seconds["training"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        denoised = np.empty(arr.shape, dtype=np.float32)
-        predict_into(net, source, np.moveaxis(denoised, axis, 0), cfg.inference, device, bf16, progress, is_cancelled)
+        axes, axes_reason = prediction_axes(sp, axis, cfg.inference.axes, lag1)
+        denoised = _predict_along(net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled)
         phase_seconds["inference"] = time.perf_counter() - t0
         peak_gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     except torch.cuda.OutOfMemoryError as exc:
@@ -287,6 +317,9 @@ def denoise(
         peak_gpu_mb=peak_gpu_mb,
         interslice_noise_correlation=correlation,
         residual_check=check.to_dict(),
+        prediction_axes=["KJI"[a] for a in axes],
+        prediction_axes_reason=axes_reason,
+        inplane_noise_lag1=[float(v) for v in lag1],
         warnings=warnings,
         versions={"nsn2n": __version__, "torch": torch.__version__, "numpy": np.__version__},
     )

@@ -163,6 +163,7 @@ class TrainingConfig:
 
 
 TTA_CHOICES = (1, 2, 4, 8)
+AXES_CHOICES = ("auto", "slice", "all")
 
 
 @dataclass(frozen=True)
@@ -175,9 +176,16 @@ class InferenceConfig:
     batch_size: int = 1
     """Whole slices per forward pass: one 512x512 slice at a time is the fastest on a 2-core CPU (bf16 and
     channels-last: 0.049 s per slice against 0.066 in batches of 4; RESULTS.md, "Real sizes")."""
+    axes: str = "auto"
+    """Axes along which the trained network denoises the volume, averaged: 'slice' (the slice axis only), 'all'
+    (the slice axis and both in-plane axes), or 'auto': all three where the voxels are near-isotropic and the
+    noise is white in-plane (independent between slices is NS-N2N's own assumption), else the slice axis only
+    (docs/METHOD.md section 5; +0.8 dB on isotropic MRI, RESULTS.md "Protocol"). Inference time grows with the
+    number of axes."""
 
     def validate(self) -> None:
         s = "inference"
+        _check_choice(s, "axes", self.axes, AXES_CHOICES)
         if isinstance(self.tta, bool):
             raise ConfigError(f"inference.tta = {self.tta!r} must be one of {', '.join(map(str, TTA_CHOICES))}.")
         _check_choice(s, "tta", self.tta, TTA_CHOICES)

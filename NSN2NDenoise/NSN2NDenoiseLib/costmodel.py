@@ -54,10 +54,17 @@ def _width_factor(cfg: NSN2NConfig) -> float:
 
 
 def estimate(
-    shape_kji: tuple[int, int, int], cfg: NSN2NConfig, device_type: str = "cpu", bf16: bool = True
+    shape_kji: tuple[int, int, int],
+    cfg: NSN2NConfig,
+    device_type: str = "cpu",
+    bf16: bool = True,
+    spacing_kji: tuple[float, float, float] | None = None,
 ) -> Estimate:
     """The cost model's prediction for a volume of ``shape_kji`` voxels run with ``cfg`` on ``device_type``
-    ('cpu' or 'cuda'); ``bf16``: the CPU has native bf16 (see ``training.mixed_precision``)."""
+    ('cpu' or 'cuda'); ``bf16``: the CPU has native bf16 (see ``training.mixed_precision``). ``spacing_kji`` (mm)
+    tells whether ``inference.axes = 'auto'`` may denoise along three axes (counted as three where it may)."""
+    from .inference import expected_axis_count
+
     voxels = float(shape_kji[0]) * shape_kji[1] * shape_kji[2]
     t = cfg.training
     per_iter = TRAINING_S_PER_ITERATION * _width_factor(cfg) * (t.batch_size / 8) * (t.patch_size / 64) ** 2
@@ -65,7 +72,11 @@ def estimate(
     seconds = {
         "weights": WEIGHTS_S_FIXED + WEIGHTS_S_PER_VOXEL * voxels,
         "training": per_iter * t.iterations,
-        "inference": per_voxel * _width_factor(cfg) * voxels * cfg.inference.tta,
+        "inference": per_voxel
+        * _width_factor(cfg)
+        * voxels
+        * cfg.inference.tta
+        * expected_axis_count(spacing_kji, cfg.inference.axes),
     }
     if device_type == "cuda":
         seconds = {k: v / GPU_SPEEDUP for k, v in seconds.items()}

@@ -19,6 +19,13 @@ from .training import autocast, dihedral, inverse_dihedral
 
 ProgressFn = Callable[[str, int, int, "float | None"], None]
 
+ISOTROPY_RATIO = 1.25
+"""Largest ratio of the largest to the smallest voxel spacing at which ``inference.axes = 'auto'`` may denoise
+along the in-plane axes too (the network learnt the anatomy's scale in the slice plane)."""
+WHITE_LAG1 = 0.15
+"""Largest |lag-1 correlation| of the in-plane noise (``noise_estimates.inplane_noise_lag1``) at which
+``inference.axes = 'auto'`` treats the noise as white: 0.02-0.09 for white noise, 0.31-0.34 for low-dose CT and
+0.88 for in-plane correlated noise on the tuning set (benchmarks/RESULTS.md, "Protocol")."""
 TTA_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)
 """The dihedral transforms used by ``inference.tta = n``: the first n (identity, flip, half turn, ...)."""
 
@@ -37,6 +44,52 @@ def use_bf16(device: torch.device, mixed_precision: bool) -> bool:
     return mixed_precision and (device.type == "cuda" or cpu_has_bf16())
 
 
+def near_isotropic(spacing: tuple[float, float, float]) -> bool:
+    """True when the largest voxel spacing is at most :data:`ISOTROPY_RATIO` times the smallest."""
+    return max(spacing) <= ISOTROPY_RATIO * min(spacing)
+
+
+def prediction_axes(
+    spacing: tuple[float, float, float], slice_axis: int, choice: str, lag1: tuple[float, float] | None
+) -> tuple[list[int], str]:
+    """The axes (0=K, 1=J, 2=I; the slice axis first) along which to denoise and average, and why.
+
+    Parameters
+    ----------
+    spacing : 3 floats
+        Voxel spacing in mm, K,J,I order.
+    slice_axis : int
+        The axis the network was trained along.
+    choice : {'auto', 'slice', 'all'}
+        ``inference.axes``.
+    lag1 : (float, float) or None
+        In-plane noise lag-1 correlation along the slice's rows and columns; None when not measured.
+    """
+    others = [a for a in range(3) if a != slice_axis]
+    if choice == "slice":
+        return [slice_axis], "inference.axes = 'slice'"
+    if choice == "all":
+        return [slice_axis, *others], "inference.axes = 'all'"
+    if not near_isotropic(spacing):
+        ratio = max(spacing) / min(spacing)
+        return [slice_axis], f"voxels not near-isotropic (spacing ratio {ratio:.2f} > {ISOTROPY_RATIO})"
+    if lag1 is None or max(abs(v) for v in lag1) > WHITE_LAG1:
+        shown = "not measured" if lag1 is None else f"{max(abs(v) for v in lag1):.2f}"
+        return [slice_axis], f"in-plane noise not white (lag-1 correlation {shown} > {WHITE_LAG1})"
+    return [slice_axis, *others], (
+        f"near-isotropic voxels and white in-plane noise (lag-1 correlation {max(abs(v) for v in lag1):.2f} "
+        f"<= {WHITE_LAG1}): the mean of the network along all three axes"
+    )
+
+
+def expected_axis_count(spacing: tuple[float, float, float] | None, choice: str) -> int:
+    """Axes a run will most likely denoise along before the noise is measured (for time forecasts): 3 for
+    'all', and for 'auto' on near-isotropic voxels (an upper bound); else 1."""
+    if choice == "all" or (choice == "auto" and spacing is not None and near_isotropic(spacing)):
+        return 3
+    return 1
+
+
 def predict_into(
     net: torch.nn.Module,
     source: NormalizedSlices,
@@ -46,10 +99,12 @@ def predict_into(
     bf16: bool = False,
     progress: ProgressFn | None = None,
     is_cancelled: Callable[[], bool] | None = None,
+    accumulate: bool = False,
 ) -> None:
     """Write f(x_i) of every slice of ``source``, in the input's units, into ``out`` (N, H, W), slice axis first
     (a view of the output volume). With ``cfg.tta`` = n > 1, the mean over the first n transforms of
-    :data:`TTA_ORDER`.
+    :data:`TTA_ORDER`. With ``accumulate``, add it to what ``out`` holds instead (predictions along several
+    axes summed in place, with no second volume).
 
     Raises
     ------
@@ -74,6 +129,9 @@ def predict_into(
             result = (acc / len(transforms)).squeeze(1).cpu().numpy()
             result *= scale
             result += offset
-            out[start:stop] = result
+            if accumulate:
+                out[start:stop] += result
+            else:
+                out[start:stop] = result
             if progress is not None:
                 progress("inference", stop, n, None)

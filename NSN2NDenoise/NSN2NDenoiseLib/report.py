@@ -40,6 +40,12 @@ class RunReport:
     residual_check: dict[str, Any] | None = None
     """The reference-free check of the removed residual (``residual_check.ResidualCheck.to_dict()``): the share of
     its energy that is structure, overall and per slice of the slice axis, and the flagged slices."""
+    prediction_axes: list[str] = field(default_factory=list)
+    """Axes ('K', 'J', 'I') along which the network denoised the volume, averaged; the slice axis first."""
+    prediction_axes_reason: str = ""
+    """Why those axes (``inference.axes`` and, for 'auto', the spacing and in-plane noise test)."""
+    inplane_noise_lag1: list[float] = field(default_factory=list)
+    """Lag-1 correlation of the noise within a slice, along its rows and columns (about 0 for white noise)."""
     peak_gpu_mb: float | None = None
     """Peak GPU memory allocated by PyTorch during the run, in MiB (None on the CPU)."""
     warnings: list[str] = field(default_factory=list)

@@ -155,7 +155,8 @@ def run(args: argparse.Namespace, stream: TextIO) -> int:
     cfg, init_state = _model_options(args, cfg)
     loaded = read_volume(args.input)
     device = resolve_device(cfg.device)
-    progress = SlicerProgress(stream, costmodel.estimate(loaded.array.shape, cfg, device.type), device.type)
+    est = costmodel.estimate(loaded.array.shape, cfg, device.type, spacing_kji=loaded.spacing_kji)
+    progress = SlicerProgress(stream, est, device.type)
     progress.start(f"{loaded.array.shape} voxels (K,J,I) on {device.type}")
     result, report, state = denoise(
         loaded.array, loaded.spacing_kji, cfg, progress=progress, init_model=init_state, return_model=True
