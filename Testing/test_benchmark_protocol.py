@@ -156,3 +156,23 @@ def test_colin27_missing_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "COLIN27_PATHS", (tmp_path / "absent.nii.gz",))
     with pytest.raises(data.DataMissingError, match="apt-get install -y mricron-data"):
         data.load_colin27()
+
+
+def test_the_headline_row_shows_the_best_user_run_baseline_and_the_gap_to_swept_bm4d(tmp_path, monkeypatch):
+    monkeypatch.setitem(protocol.SETS, "reporting", {"cases": ("ctbrain_ld_1e5",), "seeds": (1, 2)})
+    for seed in (1, 2):
+        for method, psnr in (("noisy", 30.0), ("nlm_est", 35.0), ("tv_est", 36.0), ("bm4d_swept", 39.0)):
+            path = protocol.result_path("ctbrain_ld_1e5", seed, method, tmp_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"method": method, "quality": {"psnr": psnr + seed / 10}}))
+        path = protocol.result_path("ctbrain_ld_1e5", seed, "nsn2n", tmp_path)
+        path.write_text(json.dumps({"method": "nsn2n", "quality": {"psnr": 38.0 + seed / 10}}))
+        ma = protocol.result_path("mnitune_rician10", seed, "multi_axis", tmp_path)
+        ma.parent.mkdir(parents=True, exist_ok=True)
+        psnr = {"k_only (default)": 29.0, "j_only": 28.8, "i_only": 28.9, "mean_kji": 29.8 + seed / 10}
+        ma.write_text(json.dumps({"case": "mnitune_rician10", "seed": seed, "psnr": psnr}))
+    row = protocol.headline_table("reporting", tmp_path).splitlines()[-1]
+    assert row.startswith("| `ctbrain_ld_1e5` | 30.15 ± 0.07 | 36.15 ± 0.07 (TV (3D))")
+    assert "| **38.15 ± 0.07** | -1.00 |" in row and "not run" in row  # nlm_true, slice row, ceiling missing
+    ma_row = protocol.multi_axis_table(tmp_path).splitlines()[-1]
+    assert ma_row.startswith("| `mnitune_rician10` | 1, 2 | 29.00 ± 0.00 |") and ma_row.endswith("| 0.95 ± 0.07 |")
