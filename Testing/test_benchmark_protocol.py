@@ -176,3 +176,26 @@ def test_the_headline_row_shows_the_best_user_run_baseline_and_the_gap_to_swept_
     assert "| **38.15 ± 0.07** | -1.00 |" in row and "not run" in row  # nlm_true, slice row, ceiling missing
     ma_row = protocol.multi_axis_table(tmp_path).splitlines()[-1]
     assert ma_row.startswith("| `mnitune_rician10` | 1, 2 | 29.00 ± 0.00 |") and ma_row.endswith("| 0.95 ± 0.07 |")
+
+
+def test_the_slice_only_row_derived_from_a_multi_axis_run_equals_its_own_run(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from NSN2NDenoiseLib.phantom import make_phantom
+
+    tiny = {"training": {"iterations": 4, "batch_size": 2, "patch_size": 16}, "network": {"width": 8}}
+    monkeypatch.setitem(protocol.NSN2N_ROWS, "nsn2n", ("fast", {**tiny, "inference": {"axes": "all"}}))
+    monkeypatch.setitem(protocol.NSN2N_ROWS, "nsn2n_slice", ("fast", {**tiny, "inference": {"axes": "slice"}}))
+    rng = np.random.default_rng(0)
+    clean = (make_phantom((8, 24, 24), seed=2) * 100).astype(np.float32)
+    noisy = (clean + rng.normal(0, 20, clean.shape)).astype(np.float32)
+    mask = np.ones(clean.shape, dtype=bool)
+    ds = datasets.Dataset("colin_rician5", "t", clean, noisy, (1.0, 1.0, 1.0), "mri", mask, 100.0, "all", None, 20.0)
+    monkeypatch.setattr(protocol, "_build", lambda case, seed: ds)
+    protocol.run_case("colin_rician5", (1,), ["nsn2n"], root=tmp_path)
+    derived = json.loads(protocol.result_path("colin_rician5", 1, "nsn2n_slice", tmp_path).read_text())
+    multi = json.loads(protocol.result_path("colin_rician5", 1, "nsn2n", tmp_path).read_text())
+    assert multi["info"]["prediction_axes"] == ["K", "J", "I"] and derived["info"]["prediction_axes"] == ["K"]
+    assert derived["params"] == protocol.run_params("nsn2n_slice", {})
+    out, _ = protocol._nsn2n(ds, 1, "nsn2n_slice")  # its own training and slice-only inference
+    assert derived["quality"]["psnr"] == pytest.approx(protocol._score(ds, out)["psnr"], abs=1e-6)
+    assert derived["quality"]["psnr"] != pytest.approx(multi["quality"]["psnr"], abs=1e-3)

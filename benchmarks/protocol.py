@@ -205,12 +205,34 @@ def nsn2n_config(row: str, seed: int, threads: int = 1):
     return make_config(preset, **overrides).replace(device="cpu", training={"seed": seed, "threads": threads})
 
 
+def _slice_only(ds: datasets.Dataset, cfg, state: dict, axis: int) -> np.ndarray:
+    """The trained network of ``state`` along the slice axis alone, with the run's own normalisation, precision and
+    test-time augmentation: exactly the first of the default's multi-axis passes, i.e. the output a run with
+    ``inference.axes = 'slice'`` and the same seed gives (same training, same draws)."""
+    import torch
+
+    from NSN2NDenoiseLib.inference import predict_into, use_bf16
+    from NSN2NDenoiseLib.normalization import NormalizedSlices, fit_intensity_map
+    from NSN2NDenoiseLib.training import build_network
+
+    net = build_network(cfg)
+    net.load_state_dict(state)
+    net.eval()
+    out = np.empty(ds.noisy.shape, dtype=np.float32)
+    device = torch.device("cpu")
+    source = NormalizedSlices(ds.noisy, axis, fit_intensity_map(ds.noisy))
+    predict_into(net, source, np.moveaxis(out, axis, 0), cfg.inference, device, use_bf16(device, True))
+    return out
+
+
 def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]:
     from NSN2NDenoiseLib import denoise
 
-    out, report = denoise(ds.noisy, spacing=ds.spacing, config=nsn2n_config(row, seed))
+    cfg = nsn2n_config(row, seed)
+    out, report, state = denoise(ds.noisy, spacing=ds.spacing, config=cfg, return_model=True)
     r = report.to_dict()
     keep = (
+        "slice_axis",
         "phase_seconds",
         "device",
         "matched_fraction",
@@ -224,6 +246,20 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
     info["residual_check"] = (r.get("residual_check") or {}).get("score")
     info["warnings"] = r.get("warnings", [])
     info["config"] = r.get("config")
+    if row == "nsn2n" and len(r["prediction_axes"]) > 1:
+        # The slice-only row of the same training: stored as nsn2n_slice by run_case (no second training).
+        t0 = time.perf_counter()
+        cfg_slice = nsn2n_config("nsn2n_slice", seed)
+        extra = _slice_only(ds, cfg_slice, state, r["slice_axis"])
+        seconds = r["phase_seconds"]["weights"] + r["phase_seconds"]["training"] + time.perf_counter() - t0
+        note = {
+            "derived_from": "the nsn2n run of this seed (same training; slice-axis pass only)",
+            "seconds": seconds,
+            "prediction_axes": [r["prediction_axes"][0]],
+            "prediction_axes_reason": "inference.axes = 'slice'",
+            "config": cfg_slice.to_dict(),
+        }
+        info["_extra"] = {"nsn2n_slice": (extra, note)}
     return out, info
 
 
@@ -377,26 +413,35 @@ def run_case(
                 ds = _build(case, seed)
             with metrics.measure("cpu") as cost:
                 out, info = _run_method(method, ds, seed, chosen)
-            quality = _score(ds, out)
-            record = {
-                "case": case,
-                "seed": seed,
-                "method": method,
-                "params": params,
-                "quality": quality,
-                "cost": {**cost, "device": info.get("device", "cpu")},
-                "info": info,
-                "crop": ds.crop,
-                "shape_kji": list(ds.noisy.shape),
-                "true_sigma": true_sigma(ds),
-                "command": _command(),
-                "when": time.strftime("%Y-%m-%d %H:%M"),
-                "machine": metrics.machine(),
-            }
-            path = result_path(case, seed, method, root)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=1, default=float))
-            log(f"{case} seed {seed}: {method}: {quality['psnr']:.2f} dB, {cost['seconds']:.0f} s")
+            extras = info.pop("_extra", {})
+            _store(case, seed, method, params, ds, out, info, cost, root)
+            for name, (volume, note) in extras.items():
+                extra_cost = {**cost, "seconds": note["seconds"]}
+                _store(case, seed, name, run_params(name, {}), ds, volume, {**info, **note}, extra_cost, root)
+
+
+def _store(case, seed, method, params, ds, out, info, cost, root) -> None:
+    """Score ``out`` and write its result file."""
+    quality = _score(ds, out)
+    record = {
+        "case": case,
+        "seed": seed,
+        "method": method,
+        "params": params,
+        "quality": quality,
+        "cost": {**cost, "device": info.get("device", "cpu")},
+        "info": info,
+        "crop": ds.crop,
+        "shape_kji": list(ds.noisy.shape),
+        "true_sigma": true_sigma(ds),
+        "command": _command(),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": metrics.machine(),
+    }
+    path = result_path(case, seed, method, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, default=float))
+    log(f"{case} seed {seed}: {method}: {quality['psnr']:.2f} dB, {cost['seconds']:.0f} s")
 
 
 # ---------------------------------------------------------------------------------------------------------------
