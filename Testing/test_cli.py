@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NSN2NDenoiseLib.cli import build_parser, main
+from NSN2NDenoiseLib.cli import _config, build_parser, main
+from NSN2NDenoiseLib.options import OPTIONS, from_config
 
 FAST = ["--iterations", "3", "--threads", "1", "--quiet"]
 
@@ -32,18 +33,27 @@ def test_help_explains_every_option(capsys):
     assert all(a.help for a in actions), "every option has a help text"
 
 
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.name)
+def test_every_option_flag_reaches_the_configuration(option):
+    """Each flag of the option table, given a value other than its default, sets its configuration field."""
+    value = next(v for v in (*option.choices, option.high, option.low) if v is not None and v != option.default())
+    args = build_parser().parse_args(["denoise", "in.nrrd", "out.nrrd", option.flag, str(value)])
+    assert from_config(_config(args))[option.name] == value
+
+
 def test_denoise_writes_output_with_geometry_and_report(tmp_path, phantom_pair):
     _, noisy = phantom_pair
     src = tmp_path / "in.nii.gz"
     ref = _write(src, np.round(noisy).astype(np.int16))
     out, rep = tmp_path / "out.nrrd", tmp_path / "report.json"
-    assert main(["denoise", str(src), str(out), "--report", str(rep), "--seed", "2", *FAST]) == 0
+    assert main(["denoise", str(src), str(out), "--report", str(rep), "--seed", "2", "--axes", "slice", *FAST]) == 0
     img = sitk.ReadImage(str(out))
     assert img.GetSize() == ref.GetSize() and img.GetPixelID() == sitk.sitkFloat32
     assert np.allclose(img.GetSpacing(), ref.GetSpacing()) and np.allclose(img.GetDirection(), ref.GetDirection())
     assert np.allclose(img.GetOrigin(), ref.GetOrigin(), atol=1e-4)
     report = json.loads(rep.read_text())
     assert report["iterations"] == 3 and report["config"]["training"]["seed"] == 2
+    assert report["config"]["inference"]["axes"] == "slice" and len(report["prediction_axes"]) == 1
 
 
 @pytest.mark.parametrize(

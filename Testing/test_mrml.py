@@ -276,6 +276,7 @@ def test_build_config_maps_module_options():
         lambda_ic=2.0,
         lambda_self=0.0,
         tta=2,
+        axes="Slice",
         seed=3,
         threads=1,
     )
@@ -283,7 +284,7 @@ def test_build_config_maps_module_options():
     assert d["preset"] == "fast" and d["device"] == "cuda" and d["slice_axis"] == "j"
     assert d["training"]["iterations"] == 7 and d["training"]["seed"] == 3 and d["training"]["threads"] == 1
     assert d["loss"]["lambda_rc"] == 0.25 and d["loss"]["lambda_ic"] == 2.0 and d["loss"]["lambda_self"] == 0.0
-    assert d["inference"]["tta"] == 2
+    assert d["inference"]["tta"] == 2 and d["inference"]["axes"] == "slice"
     # None and 0 keep the preset's values; every option of the table is accepted
     assert mrml.build_config("best", iterations=0, tta=None) == make_config("best")
     assert mrml.build_config("default", **{o.name: o.default() for o in options.OPTIONS[1:]}) == make_config()

@@ -47,7 +47,7 @@ def test_to_config_round_trips_with_from_config(preset):
         slice_axis="j",
         training={"iterations": 33, "seed": 4, "threads": 2},
         loss={"lambda_rc": 0.25, "lambda_ic": 0.5, "lambda_self": 1.5},
-        inference={"tta": 2},
+        inference={"tta": 2, "axes": "slice"},
     )
     values = from_config(cfg)
     assert set(values) == set(BY_NAME)

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DEVICES, PRESETS, SLICE_AXES, TTA_CHOICES, NSN2NConfig, make_config
+from .config import AXES_CHOICES, DEVICES, PRESETS, SLICE_AXES, TTA_CHOICES, NSN2NConfig, make_config
 from .errors import ConfigError
 
 
@@ -137,6 +137,17 @@ OPTIONS: tuple[Option, ...] = (
         "Test-time augmentation",
         "mean over this many flips/rotations of each slice at inference (1 = none).",
         choices=TTA_CHOICES,
+        advanced=True,
+    ),
+    Option(
+        "axes",
+        "axes",
+        str,
+        ("inference", "axes"),
+        "Denoise along",
+        "axes the network denoises along, averaged: auto (all three where voxels are near-isotropic and the "
+        "in-plane noise is white), slice (the slice axis only) or all.",
+        choices=AXES_CHOICES,
         advanced=True,
     ),
     Option(
