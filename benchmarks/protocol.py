@@ -85,6 +85,7 @@ ORDER = (
     "nsn2n_slice",
     "nsn2n_best",
     "supervised",
+    "supervised_w32",
 )
 LABELS = {
     "noisy": "noisy input",
@@ -101,6 +102,7 @@ LABELS = {
     "nsn2n_slice": "NSN2N default, slice axis only (`inference.axes = 'slice'`)",
     "nsn2n_best": "NSN2N `best`",
     "supervised": "supervised ceiling (default network, clean target)",
+    "supervised_w32": "supervised ceiling, width 32 (`best`'s network), default's iterations",
 }
 
 
@@ -183,8 +185,8 @@ def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tup
         return _bm4d(ds.noisy, params["sigma_factor"] * sig), {"true_sigma": sig, **params}
     if name in NSN2N_ROWS:
         return _nsn2n(ds, seed, name)
-    if name == "supervised":
-        return _supervised(ds, seed)
+    if name in ("supervised", "supervised_w32"):
+        return _supervised(ds, seed, width=32 if name == "supervised_w32" else None)
     raise KeyError(f"unknown method {name!r}; known: {', '.join(ORDER)}")
 
 
@@ -263,7 +265,7 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
     return out, info
 
 
-def _supervised(ds: datasets.Dataset, seed: int) -> tuple[np.ndarray, dict]:
+def _supervised(ds: datasets.Dataset, seed: int, width: int | None = None) -> tuple[np.ndarray, dict]:
     """The supervised ceiling: the default's network (depth, width), patch, batch, learning rate and iteration
     count, trained noisy -> clean on this volume; then the default's own inference (its test-time augmentation
     and the axes ``inference.axes`` picks for this volume), so that only the training target differs."""
@@ -274,6 +276,8 @@ def _supervised(ds: datasets.Dataset, seed: int) -> tuple[np.ndarray, dict]:
     from NSN2NDenoiseLib.normalization import IntensityMap, NormalizedSlices
 
     cfg = nsn2n_config("nsn2n", seed)
+    if width is not None:
+        cfg = cfg.replace(network={"width": width})
     d = cfg.to_dict()
     tcfg = {**deep_baselines.DEFAULT_TRAINING, **{k: d["training"][k] for k in deep_baselines.DEFAULT_TRAINING}}
     ctx = baselines.Context(spacing=ds.spacing, modality=ds.modality, score=lambda est: 0.0, network=d["network"])
@@ -316,8 +320,10 @@ def run_params(method: str, chosen: dict) -> dict:
     """What decides a stored result: the protocol version, the method's chosen parameters and, for NSN2N, the
     whole resolved configuration (so that a change of the engine's defaults reruns it)."""
     params = {"v": PROTOCOL_VERSION, **chosen}
-    if method in NSN2N_ROWS or method == "supervised":
+    if method in NSN2N_ROWS or method.startswith("supervised"):
         params["config"] = nsn2n_config(method if method in NSN2N_ROWS else "default", 0).to_dict()
+    if method == "supervised_w32":
+        params["config"]["network"]["width"] = 32
     return params
 
 
