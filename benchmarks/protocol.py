@@ -573,9 +573,13 @@ def headline_table(set_name: str = "reporting", root: Path = RESULTS_DIR) -> str
         gap = (
             f"{cell['nsn2n'].mean - cell['bm4d_swept'].mean:+.2f}" if "nsn2n" in cell and "bm4d_swept" in cell else "–"
         )
+        single_axis = "nsn2n" in found and all(
+            len(r.get("info", {}).get("prediction_axes", [])) == 1 for r in found["nsn2n"]
+        )
+        slice_text = "= default (one axis here)" if single_axis and "nsn2n_slice" not in cell else text("nsn2n_slice")
         lines.append(
             f"| `{case}` | {text('noisy')} | {user_text} | {text('nlm_true')} | {text('bm4d_swept')} "
-            f"| **{text('nsn2n')}** | {gap} | {text('nsn2n_slice')} | {text('supervised')} |"
+            f"| **{text('nsn2n')}** | {gap} | {slice_text} | {text('supervised')} |"
         )
     return "\n".join(lines)
 
