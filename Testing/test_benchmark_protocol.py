@@ -15,6 +15,8 @@ import pytest
 if importlib.util.find_spec("benchmarks") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from conftest import require  # noqa: E402
+
 from benchmarks import data, datasets, protocol  # noqa: E402
 
 
@@ -139,7 +141,7 @@ def test_the_sets_are_disjoint_and_every_case_is_a_known_dataset():
 
 
 def test_colin27_reads_only_axial_slices_20_to_67_in_ras_and_kji(tmp_path, monkeypatch):
-    nib = pytest.importorskip("nibabel")
+    nib = require("nibabel", "the test extra: pip install -e .[test]")
     vol = np.arange(6 * 7 * 80, dtype=np.uint8).reshape(6, 7, 80)  # stored I, J, K
     flip = np.diag([-1.0, 1.0, 1.0, 1.0])  # stored L-to-R reversed: LAS, so RAS flips the first axis
     path = tmp_path / "ch2.nii.gz"
@@ -179,7 +181,7 @@ def test_the_headline_row_shows_the_best_user_run_baseline_and_the_gap_to_swept_
 
 
 def test_the_slice_only_row_derived_from_a_multi_axis_run_equals_its_own_run(tmp_path, monkeypatch):
-    pytest.importorskip("torch")
+    require("torch", "torch==2.13.0 first, see README")
     from NSN2NDenoiseLib.phantom import make_phantom
 
     tiny = {"training": {"iterations": 4, "batch_size": 2, "patch_size": 16}, "network": {"width": 8}}
