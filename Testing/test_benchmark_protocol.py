@@ -177,7 +177,8 @@ def test_the_headline_row_shows_the_best_user_run_baseline_and_the_gap_to_swept_
     assert row.startswith("| `ctbrain_ld_1e5` | 30.15 ± 0.07 | 36.15 ± 0.07 (TV (3D))")
     assert "| **38.15 ± 0.07** | -1.00 |" in row and "not run" in row  # nlm_true, slice row, ceiling missing
     ma_row = protocol.multi_axis_table(tmp_path).splitlines()[-1]
-    assert ma_row.startswith("| `mnitune_rician10` | 1, 2 | 29.00 ± 0.00 |") and ma_row.endswith("| 0.95 ± 0.07 |")
+    assert ma_row.startswith("| `mnitune_rician10` | along K (the default) | 1, 2 | 29.00 ± 0.00 |")
+    assert ma_row.endswith("| 0.95 ± 0.07 |")
 
 
 def test_the_slice_only_row_derived_from_a_multi_axis_run_equals_its_own_run(tmp_path, monkeypatch):
