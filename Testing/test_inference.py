@@ -173,3 +173,17 @@ def test_prediction_axes_put_the_slice_axis_first():
         1,
     ]
     assert expected_axis_count((2, 1, 1), "all") == 3 and expected_axis_count((1, 1, 1), "slice") == 1
+
+
+def test_prediction_axes_boundaries_and_reasons_exactly():
+    from NSN2NDenoiseLib.inference import ISOTROPY_RATIO, WHITE_LAG1, near_isotropic, prediction_axes
+
+    assert near_isotropic((ISOTROPY_RATIO, 1.0, 1.0)) and not near_isotropic((ISOTROPY_RATIO + 0.01, 1.0, 1.0))
+    assert near_isotropic((2.2, 2.0, 2.0)) and near_isotropic((0.5, 0.45, 0.45))
+    assert prediction_axes((1, 1, 1), 0, "auto", (WHITE_LAG1, -WHITE_LAG1))[0] == [0, 1, 2]
+    assert prediction_axes((1, 1, 1), 0, "slice", None) == ([0], "inference.axes = 'slice'")
+    assert prediction_axes((1, 1, 1), 1, "all", None) == ([1, 0, 2], "inference.axes = 'all'")
+    assert "spacing ratio 1.57 > 1.25" in prediction_axes((1.5, 0.957, 0.957), 0, "auto", (0.0, 0.0))[1]
+    assert "(lag-1 correlation 0.34 > 0.2)" in prediction_axes((1, 1, 1), 0, "auto", (0.34, 0.02))[1]
+    assert "(lag-1 correlation not measured > 0.2)" in prediction_axes((1, 1, 1), 0, "auto", None)[1]
+    assert "(lag-1 correlation 0.05 <= 0.2)" in prediction_axes((1, 1, 1), 0, "auto", (0.05, -0.01))[1]

@@ -107,3 +107,51 @@ def test_estimate_inplane_lag1_reads_the_sampled_pairs_in_the_slice_axis_frame()
     moved = np.ascontiguousarray(np.moveaxis(vol, 0, 1))  # slice axis J: rows and columns stay the same axes
     again = estimate_inplane_lag1(NormalizedSlices(moved, 1, IntensityMap(0.0, 1.0)), torch.device("cpu"))
     assert again == pytest.approx(direct, abs=1e-4)
+
+
+def test_low_pass_gradient_sees_edges_along_rows_and_columns():
+    from NSN2NDenoiseLib.noise_estimates import low_pass_gradient
+
+    step = torch.zeros(1, 6, 6)
+    step[:, 3:, :] = 2.0  # an edge between rows 2 and 3
+    g = low_pass_gradient(step)
+    assert g[0, 3].tolist() == [2.0] * 6 and float(g.sum()) == 12.0
+    g = low_pass_gradient(step.transpose(1, 2).contiguous())  # the same edge between columns 2 and 3
+    assert g[0, :, 3].tolist() == [2.0] * 6 and float(g.sum()) == 12.0
+    both = low_pass_gradient(step + step.transpose(1, 2))
+    assert float(both[0, 3, 3]) == 4.0 and float(both[0, 3, 0]) == 2.0 and float(both[0, 0, 3]) == 2.0
+
+
+def test_lag1_counts_only_pairs_inside_the_mask_and_is_a_pearson_correlation():
+    from NSN2NDenoiseLib.noise_estimates import _lag1
+
+    rng = np.random.default_rng(6)
+    x = torch.from_numpy(rng.standard_normal((4, 32, 32)).astype(np.float32))
+    keep = torch.zeros(4, 32, 32, dtype=torch.bool)
+    keep[:, :, 16:] = True
+    outside = x.clone()
+    outside[:, :, :16] = 1000.0 * torch.arange(16.0)  # a huge ramp where the mask is off, next to the kept part
+    white = _lag1(x, keep, 2)
+    assert abs(white) < 0.1
+    assert _lag1(outside, keep, 2) == pytest.approx(white, abs=1e-6)  # the pair across the border is not counted
+    assert _lag1(x + 5.0, keep, 2) == pytest.approx(white, abs=1e-5)  # offsets do not matter
+    smooth = torch.from_numpy(ndimage.gaussian_filter(rng.standard_normal((4, 32, 32)), (0, 0, 2.0)).astype(np.float32))
+    assert _lag1(1e-3 * smooth, keep, 2) > 0.8  # small amplitudes are correlated all the same
+    assert _lag1(torch.ones(4, 32, 32), keep, 2) == 0.0  # constant: no correlation to measure
+    assert _lag1(x, torch.zeros_like(keep), 2) == 0.0  # no pair
+    two = torch.tensor([[[0.0, 1.0, 3.0]]])
+    assert _lag1(two, torch.ones_like(two, dtype=torch.bool), 2) == pytest.approx(1.0)  # two pairs are enough
+
+
+def test_inplane_lag1_reads_the_body_only_and_zero_without_one():
+    from NSN2NDenoiseLib.noise_estimates import inplane_noise_lag1
+
+    rng = np.random.default_rng(8)
+    body = _body(8)
+    white = 0.02 * rng.standard_normal(body.shape)
+    smooth = ndimage.gaussian_filter(rng.standard_normal(body.shape), (0, 2.0, 2.0))
+    outside = np.where(body > 0, 0.0, 0.02 * smooth / smooth.std())  # correlated noise outside the body only
+    x = torch.from_numpy((body + np.where(body > 0, white, 0.0) + outside).astype(np.float32))
+    assert max(abs(v) for v in inplane_noise_lag1(x[:-1], x[1:])) < 0.1
+    empty = torch.zeros(3, 16, 16)
+    assert inplane_noise_lag1(empty[:-1], empty[1:]) == (0.0, 0.0)

@@ -34,6 +34,15 @@ def noise_sigma(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((robust_std(b - a, body) / np.sqrt(2.0)).median())
 
 
+def low_pass_gradient(low: torch.Tensor) -> torch.Tensor:
+    """Sum of the absolute differences to the previous row and to the previous column of ``low`` (P, H, W): the
+    low-passed gradient that tells flat anatomy from edges (0 in the first row and column)."""
+    g = torch.zeros_like(low)
+    g[:, 1:, :] += (low[:, 1:, :] - low[:, :-1, :]).abs()
+    g[:, :, 1:] += (low[:, :, 1:] - low[:, :, :-1]).abs()
+    return g
+
+
 def interslice_correlation(a: torch.Tensor, b: torch.Tensor, flat_share: float = 0.3) -> float:
     """Correlation of the noise of neighbouring slices a, b (P, H, W), median over pairs.
 
@@ -46,14 +55,8 @@ def interslice_correlation(a: torch.Tensor, b: torch.Tensor, flat_share: float =
     la, lb = gaussian_blur(a, 2.0), gaussian_blur(b, 2.0)
     ra, rb = a - la, b - lb
 
-    def gradient(low: torch.Tensor) -> torch.Tensor:
-        g = torch.zeros_like(low)
-        g[:, 1:, :] += (low[:, 1:, :] - low[:, :-1, :]).abs()
-        g[:, :, 1:] += (low[:, :, 1:] - low[:, :, :-1]).abs()
-        return g
-
     body = body_mask(torch.minimum(la, lb))
-    g = torch.maximum(gradient(la), gradient(lb))
+    g = torch.maximum(low_pass_gradient(la), low_pass_gradient(lb))
     out = []
     for k in range(a.shape[0]):
         values = g[k][body[k]].float()
@@ -92,14 +95,8 @@ def inplane_noise_lag1(a: torch.Tensor, b: torch.Tensor, flat_share: float = 0.3
     """
     la, lb = gaussian_blur(a, 2.0), gaussian_blur(b, 2.0)
 
-    def gradient(low: torch.Tensor) -> torch.Tensor:
-        g = torch.zeros_like(low)
-        g[:, 1:, :] += (low[:, 1:, :] - low[:, :-1, :]).abs()
-        g[:, :, 1:] += (low[:, :, 1:] - low[:, :, :-1]).abs()
-        return g
-
     body = body_mask(torch.minimum(la, lb))
-    g = torch.maximum(gradient(la), gradient(lb))
+    g = torch.maximum(low_pass_gradient(la), low_pass_gradient(lb))
     values = g[body].float()
     if values.numel() == 0:
         return 0.0, 0.0
