@@ -105,6 +105,7 @@ def test_summaries_are_mean_and_sample_sd_over_seeds():
     s = protocol.summarise([30.0, 31.0, 32.0])
     assert (s.mean, s.sd, s.n) == (31.0, 1.0, 3)
     assert s.text() == "31.00 ± 1.00"
+    assert protocol.summarise([30.0, 32.0]).text() == "31.00 ± 1.41 (2 seeds)"
     assert protocol.summarise([30.0]).text() == "30.00 (1 seed)"
     assert protocol.summarise([]).text() == "–"
 
@@ -174,11 +175,11 @@ def test_the_headline_row_shows_the_best_user_run_baseline_and_the_gap_to_swept_
         psnr = {"k_only (default)": 29.0, "j_only": 28.8, "i_only": 28.9, "mean_kji": 29.8 + seed / 10}
         ma.write_text(json.dumps({"case": "mnitune_rician10", "seed": seed, "psnr": psnr}))
     row = protocol.headline_table("reporting", tmp_path).splitlines()[-1]
-    assert row.startswith("| `ctbrain_ld_1e5` | 30.15 ± 0.07 | 36.15 ± 0.07 (TV (3D))")
-    assert "| **38.15 ± 0.07** | -1.00 |" in row and "not run" in row  # nlm_true, slice row, ceiling missing
+    assert row.startswith("| `ctbrain_ld_1e5` | 30.15 ± 0.07 (2 seeds) | 36.15 ± 0.07 (2 seeds) (TV (3D))")
+    assert "| **38.15 ± 0.07 (2 seeds)** | -1.00 |" in row and "not run" in row  # nlm_true, slice row, ceiling missing
     ma_row = protocol.multi_axis_table(tmp_path).splitlines()[-1]
-    assert ma_row.startswith("| `mnitune_rician10` | along K (the default) | 1, 2 | 29.00 ± 0.00 |")
-    assert ma_row.endswith("| 0.95 ± 0.07 |")
+    assert ma_row.startswith("| `mnitune_rician10` | along K (the default) | 1, 2 | 29.00 ± 0.00 (2 seeds) |")
+    assert ma_row.endswith("| 0.95 ± 0.07 (2 seeds) |")
 
 
 def test_the_slice_only_row_derived_from_a_multi_axis_run_equals_its_own_run(tmp_path, monkeypatch):

@@ -467,7 +467,8 @@ class Summary:
             return "–"
         if self.n == 1:
             return f"{self.mean:.{digits}f} (1 seed)"
-        return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f}"
+        text = f"{self.mean:.{digits}f} ± {self.sd:.{digits}f}"
+        return text if self.n >= 3 else f"{text} ({self.n} seeds)"
 
 
 def summarise(values: list[float]) -> Summary:
