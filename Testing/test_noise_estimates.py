@@ -155,3 +155,10 @@ def test_inplane_lag1_reads_the_body_only_and_zero_without_one():
     assert max(abs(v) for v in inplane_noise_lag1(x[:-1], x[1:])) < 0.1
     empty = torch.zeros(3, 16, 16)
     assert inplane_noise_lag1(empty[:-1], empty[1:]) == (0.0, 0.0)
+
+
+def test_sampled_pairs_of_a_long_stack_are_integer_indices():
+    from NSN2NDenoiseLib.noise_estimates import sample_pairs
+
+    idx = sample_pairs(400)
+    assert len(idx) == 32 and all(type(i) is int for i in idx) and idx[0] == 0 and idx[-1] == 398

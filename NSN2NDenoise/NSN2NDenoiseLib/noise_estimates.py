@@ -97,9 +97,7 @@ def inplane_noise_lag1(a: torch.Tensor, b: torch.Tensor, flat_share: float = 0.3
 
     body = body_mask(torch.minimum(la, lb))
     g = torch.maximum(low_pass_gradient(la), low_pass_gradient(lb))
-    values = g[body].float()
-    if values.numel() == 0:
-        return 0.0, 0.0
+    values = g[body].float()  # never empty: body_mask falls back to the whole slice
     flat = body & (g <= values.kthvalue(max(1, int(flat_share * values.numel()))).values)
     d = b - a
     return _lag1(d, flat, 1), _lag1(d, flat, 2)
