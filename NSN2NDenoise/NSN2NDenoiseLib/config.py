@@ -180,7 +180,7 @@ class InferenceConfig:
     """Axes along which the trained network denoises the volume, averaged: 'slice' (the slice axis only), 'all'
     (the slice axis and both in-plane axes), or 'auto': all three where the voxels are near-isotropic and the
     noise is white in-plane (independent between slices is NS-N2N's own assumption), else the slice axis only
-    (docs/METHOD.md section 5; +0.8 dB on isotropic MRI, RESULTS.md "Protocol"). Inference time grows with the
+    (docs/METHOD.md section 5; +0.7 to +1.2 dB on isotropic MRI, RESULTS.md "Protocol"). Inference time grows with the
     number of axes."""
 
     def validate(self) -> None:
