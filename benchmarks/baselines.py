@@ -131,13 +131,14 @@ def curvature_diffusion(noisy: np.ndarray, ctx: Context):
     return _diffusion(noisy, ctx, "curvature")
 
 
-def _nlm(noisy: np.ndarray, sigma: float, three_d: bool) -> np.ndarray:
+def _nlm(noisy: np.ndarray, sigma: float, three_d: bool, h_factor: float = NLM_H_FACTOR) -> np.ndarray:
+    """scikit-image NLM (fast mode) with ``sigma`` and h = ``h_factor`` x sigma, in 3D or slice by slice."""
     from skimage.restoration import denoise_nl_means
 
     kwargs = {
         "patch_size": NLM_PATCH_SIZE,
         "patch_distance": NLM_PATCH_DISTANCE,
-        "h": NLM_H_FACTOR * sigma,
+        "h": h_factor * sigma,
         "sigma": sigma,
         "fast_mode": True,
         "preserve_range": True,

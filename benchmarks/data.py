@@ -74,6 +74,14 @@ def _package_file(package: str, relative: str, install_hint: str) -> Path:
     raise DataMissingError(f"{package} is installed but lacks {relative}: {install_hint}")
 
 
+def _installed_file(paths: tuple[Path, ...], what: str, package: str) -> Path:
+    """The first of ``paths`` that exists, else a :class:`DataMissingError` naming the Debian ``package``."""
+    for path in paths:
+        if path.is_file():
+            return path
+    raise DataMissingError(f"{what} not found: install it with `apt-get install -y {package}`.")
+
+
 def cranium_path() -> Path:
     """Path of InVesalius' ``Cranium.inv3`` example.
 
@@ -82,10 +90,7 @@ def cranium_path() -> Path:
     DataMissingError
         When the Debian package ``invesalius-examples`` is not installed.
     """
-    for path in CRANIUM_PATHS:
-        if path.is_file():
-            return path
-    raise DataMissingError("Cranium.inv3 not found: install it with `apt-get install -y invesalius-examples`.")
+    return _installed_file(CRANIUM_PATHS, "Cranium.inv3", "invesalius-examples")
 
 
 def read_inv3(path: Path, n_slices: int | None = None) -> tuple[np.ndarray, tuple[float, float, float], dict]:
@@ -172,10 +177,7 @@ def colin27_path() -> Path:
     DataMissingError
         When the Debian package ``mricron-data`` is not installed.
     """
-    for path in COLIN27_PATHS:
-        if path.is_file():
-            return path
-    raise DataMissingError("Colin27 ch2.nii.gz not found: install it with `apt-get install -y mricron-data`.")
+    return _installed_file(COLIN27_PATHS, "Colin27 ch2.nii.gz", "mricron-data")
 
 
 def load_colin27() -> Volume:

@@ -78,6 +78,18 @@ def train_all_axes(ds: datasets.Dataset, cfg) -> dict:
     return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
+def _store(record: dict) -> dict:
+    """Stamp ``record`` with its command and time and write it as ``<case>/seed<N>/<method>.json``."""
+    record.update(
+        command=protocol._command().replace("benchmarks.protocol", "benchmarks.multi_axis"),
+        when=time.strftime("%Y-%m-%d %H:%M"),
+    )
+    path = protocol.result_path(record["case"], record["seed"], record["method"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, default=float))
+    return record
+
+
 def run_train_all(case: str, seed: int) -> dict:
     ds = datasets.build(case, quick=False, seed=seed)
     cfg = protocol.nsn2n_config("nsn2n_slice", seed)
@@ -99,13 +111,8 @@ def run_train_all(case: str, seed: int) -> dict:
         "seconds": {"weights_and_training": train_s},
         "config": cfg.to_dict(),
         "note": "training batches drawn from K, J and I neighbour pairs in turn; same iterations and batch size",
-        "command": protocol._command().replace("benchmarks.protocol", "benchmarks.multi_axis"),
-        "when": time.strftime("%Y-%m-%d %H:%M"),
     }
-    path = protocol.result_path(case, seed, "multi_axis_training")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1, default=float))
-    return record
+    return _store(record)
 
 
 def run(case: str, seed: int) -> dict:
@@ -140,13 +147,8 @@ def run(case: str, seed: int) -> dict:
         "spacing_kji": list(ds.spacing),
         "interslice_noise_correlation": report.to_dict().get("interslice_noise_correlation"),
         "config": cfg.to_dict(),
-        "command": protocol._command().replace("benchmarks.protocol", "benchmarks.multi_axis"),
-        "when": time.strftime("%Y-%m-%d %H:%M"),
     }
-    path = protocol.result_path(case, seed, "multi_axis")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1, default=float))
-    return record
+    return _store(record)
 
 
 def main(argv: list[str] | None = None) -> int:

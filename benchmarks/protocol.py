@@ -134,17 +134,7 @@ def _diffusion(noisy: np.ndarray, spacing, conductance: float, iterations: int) 
 
 
 def _nlm(noisy: np.ndarray, sigma: float, h_factor: float) -> np.ndarray:
-    from skimage.restoration import denoise_nl_means
-
-    kwargs = {
-        "patch_size": baselines.NLM_PATCH_SIZE,
-        "patch_distance": baselines.NLM_PATCH_DISTANCE,
-        "h": h_factor * sigma,
-        "sigma": sigma,
-        "fast_mode": True,
-        "preserve_range": True,
-    }
-    return np.stack([denoise_nl_means(s, **kwargs) for s in noisy.astype(np.float64)]).astype(np.float32)
+    return baselines._nlm(noisy, sigma, False, h_factor)
 
 
 def _tv(noisy: np.ndarray, weight: float) -> np.ndarray:
