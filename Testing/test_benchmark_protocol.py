@@ -17,7 +17,7 @@ if importlib.util.find_spec("benchmarks") is None:
 
 from conftest import require  # noqa: E402
 
-from benchmarks import data, datasets, protocol  # noqa: E402
+from benchmarks import data, datasets, multi_axis, protocol  # noqa: E402
 
 
 def _dataset(seed: int) -> datasets.Dataset:
@@ -203,3 +203,44 @@ def test_the_slice_only_row_derived_from_a_multi_axis_run_equals_its_own_run(tmp
     out, _ = protocol._nsn2n(ds, 1, "nsn2n_slice")  # its own training and slice-only inference
     assert derived["quality"]["psnr"] == pytest.approx(protocol._score(ds, out)["psnr"], abs=1e-6)
     assert derived["quality"]["psnr"] != pytest.approx(multi["quality"]["psnr"], abs=1e-3)
+
+
+def test_the_three_axis_training_ablation_trains_on_each_axis_and_averages_the_default_axes(monkeypatch):
+    """nsn2n_train3: a network trained on K, J and I pairs in turn (not the default's), denoised along the
+    default's axes with its inference and averaged."""
+    require("torch", "torch==2.13.0 first, see README")
+    from NSN2NDenoiseLib.phantom import make_phantom
+
+    tiny = {"training": {"iterations": 4, "batch_size": 2, "patch_size": 16}, "network": {"width": 8}}
+    for row in ("nsn2n", "nsn2n_train3"):
+        monkeypatch.setitem(protocol.NSN2N_ROWS, row, ("fast", {**tiny, "inference": {"axes": "all"}}))
+    monkeypatch.setitem(protocol.NSN2N_ROWS, "nsn2n_slice", ("fast", {**tiny, "inference": {"axes": "slice"}}))
+    rng = np.random.default_rng(1)
+    clean = (make_phantom((8, 24, 24), seed=3) * 100).astype(np.float32)
+    noisy = (clean + rng.normal(0, 20, clean.shape)).astype(np.float32)
+    mask = np.ones(clean.shape, dtype=bool)
+    ds = datasets.Dataset("colin_rician5", "t", clean, noisy, (1.0, 1.0, 1.0), "mri", mask, 100.0, "all", None, 20.0)
+    out, info = protocol._nsn2n_train3(ds, 1)
+    assert info["training_axes"] == ["K", "J", "I"] and info["prediction_axes"] == ["K", "J", "I"]
+    cfg = protocol.nsn2n_config("nsn2n_train3", 1)
+    state = multi_axis.train_all_axes(ds, cfg)
+    along = [protocol._slice_only(ds, cfg, state, a) for a in range(3)]
+    np.testing.assert_allclose(out, np.mean(along, axis=0), rtol=1e-5, atol=1e-3)
+    default, _ = protocol._nsn2n(ds, 1, "nsn2n")  # trained on K pairs only
+    assert not np.allclose(out, default, atol=1e-2)
+
+
+def test_the_training_axes_table_pairs_the_ablation_with_the_default_by_seed(tmp_path, monkeypatch):
+    monkeypatch.setitem(protocol.SETS, "reporting", {"cases": ("colin_rician5", "ct_ld_1e5"), "seeds": (1, 2, 3)})
+    figures = {"nsn2n": (34.0, 34.5, 34.1), "nsn2n_train3": (33.5, 33.7, 33.7), "nsn2n_slice": (32.5, 32.6, 32.7)}
+    for method, values in figures.items():
+        for seed, psnr in zip((1, 2, 3), values, strict=True):
+            path = protocol.result_path("colin_rician5", seed, method, tmp_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"method": method, "seed": seed, "quality": {"psnr": psnr}}))
+    ct = protocol.result_path("ct_ld_1e5", 1, "nsn2n", tmp_path)  # no ablation row: no line
+    ct.parent.mkdir(parents=True, exist_ok=True)
+    ct.write_text(json.dumps({"method": "nsn2n", "seed": 1, "quality": {"psnr": 30.0}}))
+    lines = protocol.training_axes_table("reporting", tmp_path).splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("| `colin_rician5` | 32.60 ± 0.10 | **34.20 ± 0.26** |")
+    assert lines[-1].endswith("| 33.63 ± 0.12 | -0.57 ± 0.21 (3 seeds) |")  # paired: -0.5, -0.8, -0.4

@@ -83,6 +83,7 @@ ORDER = (
     "bm4d_swept",
     "nsn2n",
     "nsn2n_slice",
+    "nsn2n_train3",
     "nsn2n_best",
     "supervised",
     "supervised_w32",
@@ -100,6 +101,7 @@ LABELS = {
     "bm4d_swept": "BM4D, swept sigma",
     "nsn2n": "**NSN2N default**",
     "nsn2n_slice": "NSN2N default, slice axis only (`inference.axes = 'slice'`)",
+    "nsn2n_train3": "NSN2N default trained on neighbour pairs along K, J and I in turn (ablation, not adopted)",
     "nsn2n_best": "NSN2N `best`",
     "supervised": "supervised ceiling (default network, clean target)",
     "supervised_w32": "supervised ceiling, width 32 (`best`'s network), default's iterations",
@@ -173,6 +175,8 @@ def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tup
         return _bm4d(ds.noisy, est), {"sigma": est, "sigma_source": "estimate_sigma"}
     if name == "bm4d_swept":
         return _bm4d(ds.noisy, params["sigma_factor"] * sig), {"true_sigma": sig, **params}
+    if name == "nsn2n_train3":
+        return _nsn2n_train3(ds, seed)
     if name in NSN2N_ROWS:
         return _nsn2n(ds, seed, name)
     if name in ("supervised", "supervised_w32"):
@@ -183,6 +187,7 @@ def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tup
 NSN2N_ROWS = {
     "nsn2n": ("default", {}),
     "nsn2n_slice": ("default", {"inference": {"axes": "slice"}}),
+    "nsn2n_train3": ("default", {}),
     "nsn2n_best": ("best", {}),
 }
 """NSN2N rows: (preset, configuration overrides)."""
@@ -197,10 +202,11 @@ def nsn2n_config(row: str, seed: int, threads: int = 1):
     return make_config(preset, **overrides).replace(device="cpu", training={"seed": seed, "threads": threads})
 
 
-def _slice_only(ds: datasets.Dataset, cfg, state: dict, axis: int) -> np.ndarray:
-    """The trained network of ``state`` along the slice axis alone, with the run's own normalisation, precision and
-    test-time augmentation: exactly the first of the default's multi-axis passes, i.e. the output a run with
-    ``inference.axes = 'slice'`` and the same seed gives (same training, same draws)."""
+def _slice_only(ds: datasets.Dataset, cfg, state: dict, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The trained network of ``state`` along ``axis`` alone, with the run's own normalisation, precision and
+    test-time augmentation: for the slice axis, exactly the first of the default's multi-axis passes, i.e. the
+    output a run with ``inference.axes = 'slice'`` and the same seed gives when it trains on slice-axis pairs only
+    (same training, same draws). With ``out``, the prediction is added to it in place."""
     import torch
 
     from NSN2NDenoiseLib.inference import predict_into, use_bf16
@@ -210,11 +216,49 @@ def _slice_only(ds: datasets.Dataset, cfg, state: dict, axis: int) -> np.ndarray
     net = build_network(cfg)
     net.load_state_dict(state)
     net.eval()
-    out = np.empty(ds.noisy.shape, dtype=np.float32)
+    accumulate = out is not None
+    out = np.empty(ds.noisy.shape, dtype=np.float32) if out is None else out
     device = torch.device("cpu")
     source = NormalizedSlices(ds.noisy, axis, fit_intensity_map(ds.noisy))
-    predict_into(net, source, np.moveaxis(out, axis, 0), cfg.inference, device, use_bf16(device, True))
+    predict_into(
+        net, source, np.moveaxis(out, axis, 0), cfg.inference, device, use_bf16(device, True), accumulate=accumulate
+    )
     return out
+
+
+def _nsn2n_train3(ds: datasets.Dataset, seed: int) -> tuple[np.ndarray, dict]:
+    """Ablation: the default's configuration, but the network trained on neighbour-slice pairs along K, J and I in
+    turn (``multi_axis.train_all_axes``: the same iterations and batch, the n-th axis's draws seeded seed + n), then
+    denoised like the default (its axes, bf16 where the CPU has it, its TTA) and averaged."""
+    import torch
+
+    from NSN2NDenoiseLib.inference import prediction_axes
+    from NSN2NDenoiseLib.noise_estimates import estimate_inplane_lag1
+    from NSN2NDenoiseLib.normalization import NormalizedSlices, fit_intensity_map
+
+    from . import multi_axis
+
+    cfg = nsn2n_config("nsn2n_train3", seed)
+    t0 = time.perf_counter()
+    state = multi_axis.train_all_axes(ds, cfg)
+    train_s = time.perf_counter() - t0
+    source = NormalizedSlices(ds.noisy, 0, fit_intensity_map(ds.noisy))
+    lag1 = estimate_inplane_lag1(source, torch.device("cpu"))
+    axes, reason = prediction_axes(tuple(ds.spacing), 0, cfg.inference.axes, lag1)
+    out = _slice_only(ds, cfg, state, axes[0])
+    for a in axes[1:]:
+        _slice_only(ds, cfg, state, a, out=out)
+    out /= np.float32(len(axes))
+    info = {
+        "slice_axis": 0,
+        "training_axes": ["K", "J", "I"],
+        "prediction_axes": ["KJI"[a] for a in axes],
+        "prediction_axes_reason": reason,
+        "inplane_noise_lag1": [float(v) for v in lag1],
+        "phase_seconds": {"weights_and_training": train_s},
+        "config": cfg.to_dict(),
+    }
+    return out, info
 
 
 def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]:
@@ -598,6 +642,34 @@ def multi_axis_table(root: Path = RESULTS_DIR) -> str:
     return "\n".join(lines)
 
 
+def training_axes_table(set_name: str = "reporting", root: Path = RESULTS_DIR) -> str:
+    """Per case of the set where the training-along-three-axes ablation (``nsn2n_train3``) ran: PSNR (dB) of the
+    slice axis alone, of the default (slice-axis pairs, denoised along K, J and I), of ``nsn2n_train3``, and its
+    difference from the default, paired by seed."""
+    head = (
+        "| case | slice axis only | **default: K pairs, denoised along K, J, I** | K, J and I pairs, same axes "
+        "| K, J, I pairs − default |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    spec = SETS[set_name]
+    for case in spec["cases"]:
+        found = collect(case, spec["seeds"], root)
+        if "nsn2n_train3" not in found or "nsn2n" not in found:
+            continue
+        by_seed = {m: {r["seed"]: r["quality"]["psnr"] for r in found[m]} for m in ("nsn2n", "nsn2n_train3")}
+        seeds = sorted(set(by_seed["nsn2n"]) & set(by_seed["nsn2n_train3"]))
+        diff = summarise([by_seed["nsn2n_train3"][s] - by_seed["nsn2n"][s] for s in seeds])
+
+        def text(m: str, found: dict = found) -> str:
+            return _figure(found[m], "psnr").text() if m in found else "not run"
+
+        lines.append(
+            f"| `{case}` | {text('nsn2n_slice')} | **{text('nsn2n')}** | {text('nsn2n_train3')} "
+            f"| {diff.mean:+.2f} ± {diff.sd:.2f} ({diff.n} seeds) |"
+        )
+    return "\n".join(lines)
+
+
 def write_tables(root: Path = RESULTS_DIR) -> Path:
     """Rebuild ``<root>/SUMMARY.md`` from the stored result files alone."""
     parts = [
@@ -614,6 +686,10 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         "## Multi-axis inference (ablation, `python -m benchmarks.multi_axis`)",
         "",
         multi_axis_table(root),
+        "",
+        "## Training along three axes (ablation on the reporting set, `nsn2n_train3`; not adopted)",
+        "",
+        training_axes_table("reporting", root),
         "",
     ]
     for set_name, spec in SETS.items():

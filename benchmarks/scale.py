@@ -8,6 +8,9 @@ low-dose model is kept for the quality tables). Each run is a fresh ``python -m 
 reading the NRRD file and writing the result, as a user's run would: the wall time, the time per phase from the
 run report, and the process's resident memory sampled every 0.2 s (its peak, and the peak per phase) are
 recorded. Results go to ``--out`` as JSON and a Markdown table, with the cost model fitted to them.
+
+``python -m benchmarks.scale --family mri --out benchmarks/results/scale_mri`` runs the same on one 256x256x200
+1 mm isotropic MRI with white Rician noise (:func:`build_mri_volume`), where the default denoises along three axes.
 """
 
 from __future__ import annotations
@@ -57,6 +60,40 @@ def build_volume(n_slices: int, seed: int = 0) -> Path:
     image = sitk.GetImageFromArray(out)
     sk = vol.spacing[0] * (k_src - 1) / max(1, n_slices - 1)
     image.SetSpacing((vol.spacing[2] / 2, vol.spacing[1] / 2, sk))
+    tmp = path.with_suffix(".tmp.nrrd")
+    sitk.WriteImage(image, str(tmp), useCompression=False)
+    os.replace(tmp, path)
+    return path
+
+
+MRI_SHAPE = (200, 256, 256)
+"""K,J,I shape of the MRI family's volume: a real-size 1 mm isotropic head MRI."""
+MRI_NOISE = 0.05
+"""Rician sigma of the MRI family as a share of the brightest tissue (as ``benchmarks.datasets``' rician5)."""
+
+
+def build_mri_volume(seed: int = 0) -> Path:
+    """A 256x256x200 (K,J,I = 200, 256, 256) 1 mm isotropic int16 NRRD (cached): the whole MNI152 2009a T1 template
+    (189x233x197, K,J,I) centred in a zero background, with Rician noise of 5 % of the brightest tissue. Isotropic
+    voxels and white noise: the default denoises it along three axes (the path this family measures)."""
+    import SimpleITK as sitk
+
+    from . import metrics
+
+    path = CACHE / f"mri256_{MRI_SHAPE[0]}_seed{seed}.nrrd"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    vol = data.load_mni152(n_slices=189, center=94)
+    clean = np.zeros(MRI_SHAPE, dtype=np.float32)
+    offsets = [(t - s) // 2 for t, s in zip(MRI_SHAPE, vol.data.shape, strict=True)]
+    k0, j0, i0 = offsets
+    kk, jj, ii = vol.data.shape
+    clean[k0 : k0 + kk, j0 : j0 + jj, i0 : i0 + ii] = vol.data
+    sigma = MRI_NOISE * metrics.mri_data_range(vol.data, metrics.head_mask(vol.data, "mri"))
+    noisy = noise.rician(clean, sigma, seed)
+    image = sitk.GetImageFromArray(np.clip(np.round(noisy), -32768, 32767).astype(np.int16))
+    image.SetSpacing(tuple(float(s) for s in vol.spacing[::-1]))
     tmp = path.with_suffix(".tmp.nrrd")
     sitk.WriteImage(image, str(tmp), useCompression=False)
     os.replace(tmp, path)
@@ -142,6 +179,7 @@ def run_one(path: Path, preset: str, threads: int, out_dir: Path, extra: list[st
         "iterations": rep["iterations"],
         "tta": rep["config"]["inference"]["tta"],
         "matched_fraction": rep["matched_fraction"],
+        "prediction_axes": rep.get("prediction_axes"),
         "loadavg_after": os.getloadavg(),
     }
 
@@ -159,33 +197,42 @@ def fit_cost_model(rows: list[dict]) -> dict:
             [r["iterations"] for r in rows], [r["phase_seconds"]["training"] for r in rows]
         ),
         "inference_s_per_voxel_per_transform": slope(
-            [r["voxels"] * r["tta"] for r in rows], [r["phase_seconds"]["inference"] for r in rows]
+            [r["voxels"] * r["tta"] * len(r.get("prediction_axes") or [0]) for r in rows],
+            [r["phase_seconds"]["inference"] for r in rows],
         ),
     }
 
 
 def markdown(rows: list[dict], model: dict) -> str:
     lines = [
-        "| volume (K,J,I) | preset | TTA | weights s | training s | inference s | engine s | wall s | peak RSS MB "
-        "| limit MB (2x float32 + 1.5 GB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| volume (K,J,I) | preset | TTA | axes | weights s | training s | inference s | engine s | wall s "
+        "| peak RSS MB | limit MB (2x float32 + 1.5 GB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ps = r["phase_seconds"]
         limit = 2 * r["float32_volume_mb"] + 1536
         lines.append(
-            f"| {'x'.join(map(str, r['shape_kji']))} | {r['preset']} | {r['tta']} | {ps['weights']:.1f} | "
+            f"| {'x'.join(map(str, r['shape_kji']))} | {r['preset']} | {r['tta']} "
+            f"| {''.join(r.get('prediction_axes') or 'K')} | {ps['weights']:.1f} | "
             f"{ps['training']:.1f} | {ps['inference']:.1f} | {r['engine_seconds']:.1f} | {r['wall_s']:.1f} | "
             f"{r['peak_rss_mb']:.0f} | {limit:.0f} |"
         )
     lines.append("")
-    lines.append("Cost model (2 threads): " + ", ".join(f"{k} = {v:.3g}" for k, v in model.items()))
+    fitted = ", ".join(f"{k} = {v:.3g}" for k, v in model.items())
+    lines.append("Cost model (2 threads; inference per voxel, transform and axis): " + fitted)
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="100,300,600", help="slice counts N of the 512x512xN volumes")
+    p.add_argument(
+        "--family",
+        choices=("ct", "mri"),
+        default="ct",
+        help="ct: the 512x512xN CT volumes of --sizes; mri: one 256x256x200 isotropic MRI (--sizes ignored)",
+    )
     p.add_argument("--presets", default="default,fast")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale"))
@@ -194,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for n in [int(s) for s in args.sizes.split(",")]:
-        path = build_volume(n)
+    paths = [build_mri_volume()] if args.family == "mri" else [build_volume(int(n)) for n in args.sizes.split(",")]
+    for path in paths:
         for preset in args.presets.split(","):
             row = run_one(path, preset, args.threads, out_dir, args.extra.split())
             print(json.dumps(row), file=sys.stderr, flush=True)
