@@ -244,3 +244,32 @@ def test_the_training_axes_table_pairs_the_ablation_with_the_default_by_seed(tmp
     lines = protocol.training_axes_table("reporting", tmp_path).splitlines()
     assert len(lines) == 3 and lines[-1].startswith("| `colin_rician5` | 32.60 ± 0.10 | **34.20 ± 0.26** |")
     assert lines[-1].endswith("| 33.63 ± 0.12 | -0.57 ± 0.21 (3 seeds) |")  # paired: -0.5, -0.8, -0.4
+
+
+def test_the_two_network_row_averages_seeds_s_and_s_plus_1000_and_stores_the_first_as_the_default(
+    tmp_path, monkeypatch
+):
+    require("torch", "torch==2.13.0 first, see README")
+    from NSN2NDenoiseLib import denoise
+    from NSN2NDenoiseLib.phantom import make_phantom
+
+    tiny = {"training": {"iterations": 4, "batch_size": 2, "patch_size": 16}, "network": {"width": 8}}
+    for row in ("nsn2n", "nsn2n_ens2"):
+        monkeypatch.setitem(protocol.NSN2N_ROWS, row, ("fast", {**tiny, "inference": {"axes": "slice"}}))
+    rng = np.random.default_rng(2)
+    clean = (make_phantom((8, 24, 24), seed=4) * 100).astype(np.float32)
+    noisy = (clean + rng.normal(0, 20, clean.shape)).astype(np.float32)
+    mask = np.ones(clean.shape, dtype=bool)
+    ds = datasets.Dataset("cttune_ld_1e5", "t", clean, noisy, (1.0, 1.0, 1.0), "ct", mask, 100.0, "all", None, 20.0)
+    monkeypatch.setattr(protocol, "_build", lambda case, seed: ds)
+    protocol.run_case("cttune_ld_1e5", (3,), ["nsn2n_ens2"], root=tmp_path)
+    ens = json.loads(protocol.result_path("cttune_ld_1e5", 3, "nsn2n_ens2", tmp_path).read_text())
+    first = json.loads(protocol.result_path("cttune_ld_1e5", 3, "nsn2n", tmp_path).read_text())
+    assert [m["training_seed"] for m in ens["info"]["members"]] == [3, 1003]
+    assert first["info"]["members"] == [{"training_seed": 3}] and first["params"] == protocol.run_params("nsn2n", {})
+    cfg = protocol.nsn2n_config("nsn2n", 3)
+    a, _ = denoise(noisy, config=cfg)
+    b, _ = denoise(noisy, config=cfg.replace(training={"seed": 1003}))
+    assert first["quality"]["psnr"] == pytest.approx(protocol._score(ds, a)["psnr"], abs=1e-6)
+    assert ens["quality"]["psnr"] == pytest.approx(protocol._score(ds, 0.5 * (a + b))["psnr"], abs=1e-6)
+    assert ens["quality"]["psnr"] != pytest.approx(first["quality"]["psnr"], abs=1e-3)

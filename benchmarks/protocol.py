@@ -84,6 +84,8 @@ ORDER = (
     "nsn2n",
     "nsn2n_slice",
     "nsn2n_train3",
+    "nsn2n_ens2",
+    "nsn2n_it3000",
     "nsn2n_best",
     "supervised",
     "supervised_w32",
@@ -102,6 +104,8 @@ LABELS = {
     "nsn2n": "**NSN2N default**",
     "nsn2n_slice": "NSN2N default, slice axis only (`inference.axes = 'slice'`)",
     "nsn2n_train3": "NSN2N default trained on neighbour pairs along K, J and I in turn (ablation, not adopted)",
+    "nsn2n_ens2": "NSN2N default, two networks (training seeds s and s + 1000) averaged (ablation)",
+    "nsn2n_it3000": "NSN2N default with 3000 iterations (the same training time as two networks; ablation)",
     "nsn2n_best": "NSN2N `best`",
     "supervised": "supervised ceiling (default network, clean target)",
     "supervised_w32": "supervised ceiling, width 32 (`best`'s network), default's iterations",
@@ -177,6 +181,8 @@ def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tup
         return _bm4d(ds.noisy, params["sigma_factor"] * sig), {"true_sigma": sig, **params}
     if name == "nsn2n_train3":
         return _nsn2n_train3(ds, seed)
+    if name == "nsn2n_ens2":
+        return _nsn2n_ens2(ds, seed)
     if name in NSN2N_ROWS:
         return _nsn2n(ds, seed, name)
     if name in ("supervised", "supervised_w32"):
@@ -188,6 +194,8 @@ NSN2N_ROWS = {
     "nsn2n": ("default", {}),
     "nsn2n_slice": ("default", {"inference": {"axes": "slice"}}),
     "nsn2n_train3": ("default", {}),
+    "nsn2n_ens2": ("default", {}),
+    "nsn2n_it3000": ("default", {"training": {"iterations": 3000}}),
     "nsn2n_best": ("best", {}),
 }
 """NSN2N rows: (preset, configuration overrides)."""
@@ -259,6 +267,39 @@ def _nsn2n_train3(ds: datasets.Dataset, seed: int) -> tuple[np.ndarray, dict]:
         "config": cfg.to_dict(),
     }
     return out, info
+
+
+ENSEMBLE_SEED_OFFSET = 1000
+"""The second network of ``nsn2n_ens2`` trains with seed + this (its draws and initial weights differ)."""
+
+
+def _nsn2n_ens2(ds: datasets.Dataset, seed: int) -> tuple[np.ndarray, dict]:
+    """Ablation: the mean of two default networks trained on the same volume with training seeds ``seed`` and
+    ``seed + ENSEMBLE_SEED_OFFSET``. The first is the ``nsn2n`` row's own run, stored with it (and its slice-only
+    row where it has one), so that the pair is compared on the same training."""
+    from NSN2NDenoiseLib import denoise
+
+    first, info = _nsn2n(ds, seed, "nsn2n")
+    extras = info.pop("_extra", {})
+    cfg_b = nsn2n_config("nsn2n", seed).replace(training={"seed": seed + ENSEMBLE_SEED_OFFSET})
+    second, report_b = denoise(ds.noisy, spacing=ds.spacing, config=cfg_b)
+    out = 0.5 * (first + second)
+    seconds_a = sum(v for k, v in info["phase_seconds"].items())
+    note = {
+        "derived_from": "the first member of this seed's nsn2n_ens2 run (training seed = seed)",
+        "seconds": seconds_a,
+    }
+    extras["nsn2n"] = (first, {**info, **note})
+    only_first = {"members": [{"training_seed": seed}], "second_phase_seconds": None}  # masks the pair's keys
+    extras = {name: (volume, {**extra_note, **only_first}) for name, (volume, extra_note) in extras.items()}
+    ens_info = {
+        "members": [{"training_seed": seed}, {"training_seed": seed + ENSEMBLE_SEED_OFFSET}],
+        "prediction_axes": info.get("prediction_axes"),
+        "config": info.get("config"),
+        "second_phase_seconds": report_b.phase_seconds,
+        "_extra": extras,
+    }
+    return out, ens_info
 
 
 def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]:
