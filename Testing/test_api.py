@@ -251,3 +251,37 @@ def test_auto_axes_keep_the_slice_axis_for_anisotropic_voxels_and_report_why(pha
     inference = [s for s in steps if s[0] == "inference"]
     assert inference[-1][1] == inference[-1][2] == 16 + 32 + 32  # one count over the three axes
     assert all(a[1] <= b[1] for a, b in zip(inference, inference[1:], strict=False))
+
+
+def test_a_divergence_training_recovered_from_is_in_the_report_and_its_warnings(phantom_pair, tiny_config, monkeypatch):
+    import dataclasses
+
+    from NSN2NDenoiseLib import api, training
+
+    real = training.train_network
+
+    class Spiky(training.PatchSampler):
+        def sample(self, ramp=1.0):
+            batch = super().sample(ramp)
+            self.draws = getattr(self, "draws", 0) + 1
+            if self.draws == 25:
+                return dataclasses.replace(batch, target=torch.full_like(batch.target, float("inf")))
+            return batch
+
+    def spiky(source, targets, cfg, device, progress=None, is_cancelled=None, init_state=None, on_recovery=None):
+        t = cfg.training
+        sampler = Spiky(source, targets, t.patch_size, t.batch_size, t.seed, device=device)
+        return real(source, targets, cfg, device, progress, is_cancelled, sampler, init_state, on_recovery)
+
+    monkeypatch.setattr(api, "train_network", spiky)
+    _, noisy = phantom_pair
+    out, report = denoise(noisy, config=tiny_config.replace(training={"iterations": 40}))
+    assert np.all(np.isfinite(out))
+    assert report.training_recoveries == [
+        {"iteration": 30, "loss": None, "restored_iteration": 20, "learning_rate_scale": 0.5}
+    ]
+    assert [i for i, _ in report.loss_curve] == [10, 20, 40]
+    assert "NaN" not in report.to_json() and "Infinity" not in report.to_json()
+    assert any("Training diverged at iteration 30" in w and "iteration 20 were restored" in w for w in report.warnings)
+    _, clean_report = denoise(noisy, config=tiny_config)
+    assert clean_report.training_recoveries == [] and not any("diverged" in w for w in clean_report.warnings)

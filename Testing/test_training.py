@@ -301,3 +301,86 @@ def test_training_can_be_cancelled():
     with pytest.raises(CancelledError, match="Training was cancelled"):
         train_network(src, targets, cfg, CPU, progress=lambda *a: steps.append(a[1]), is_cancelled=lambda: bool(steps))
     assert steps == [10]
+
+
+class _Spiky:
+    """A PatchSampler whose batches at the given (1-based) draws get a target far from the input (or NaN)."""
+
+    def __init__(self, inner, spikes, value=1e4):
+        self.inner, self.spikes, self.value, self.draws = inner, set(spikes), value, 0
+
+    def sample(self, ramp=1.0):
+        import dataclasses
+
+        self.draws += 1
+        batch = self.inner.sample(ramp)
+        if self.draws in self.spikes:
+            bad = torch.full_like(batch.target, self.value)
+            return dataclasses.replace(batch, target=bad, weights=torch.ones_like(batch.weights))
+        return batch
+
+
+def _guard_problem(iterations):
+    cfg = make_config(
+        "fast",
+        device="cpu",
+        training={"iterations": iterations, "batch_size": 2, "patch_size": 16, "final_lr_fraction": 1.0},
+        loss={"target_warmup": 0.0},
+    )
+    src, targets = _problem(cfg)
+    return cfg, src, targets, PatchSampler(src, targets, 16, 2, cfg.training.seed)
+
+
+def test_a_spike_restores_the_last_kept_weights_halves_the_rate_and_is_reported():
+    cfg, src, targets, inner = _guard_problem(30)
+    seen = []
+    net, curve = train_network(src, targets, cfg, CPU, sampler=_Spiky(inner, range(21, 31)), on_recovery=seen.append)
+    assert [s for s, _ in curve] == [10, 20]  # the spiking window is not recorded
+    assert len(seen) == 1 and seen[0].iteration == 30 and seen[0].restored_iteration == 20
+    assert seen[0].learning_rate_scale == 0.5 and seen[0].loss > training.SPIKE_FACTOR * min(v for _, v in curve)
+    # Constant rate, no warm-up: the restored network is the one 20 plain iterations give.
+    cfg20, _, _, inner20 = _guard_problem(20)
+    ref, ref_curve = train_network(src, targets, cfg20, CPU, sampler=inner20)
+    assert ref_curve == curve
+    for p, q in zip(net.state_dict().values(), ref.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_after_a_recovery_training_goes_on_at_half_the_rate(monkeypatch):
+    cfg, src, targets, inner = _guard_problem(40)
+    lrs = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    seen = []
+    _, curve = train_network(src, targets, cfg, CPU, sampler=_Spiky(inner, [15], float("nan")), on_recovery=seen.append)
+    assert [(r.iteration, r.restored_iteration) for r in seen] == [(20, 10)] and math.isnan(seen[0].loss)
+    assert [s for s, _ in curve] == [10, 30, 40]
+    base = cfg.training.learning_rate
+    assert lrs[:20] == pytest.approx([base] * 20) and lrs[20:] == pytest.approx([base / 2] * 20)
+
+
+def test_a_run_that_never_spikes_is_unchanged_by_the_guard():
+    cfg, src, targets, inner = _guard_problem(30)
+    seen = []
+    a, ca = train_network(src, targets, cfg, CPU, sampler=inner, on_recovery=seen.append)
+    _, _, _, inner_b = _guard_problem(30)
+    b, cb = train_network(src, targets, cfg, CPU, sampler=_Spiky(inner_b, []))
+    assert seen == [] and ca == cb and len(ca) == 3
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_training_that_keeps_diverging_stops_with_a_clear_error():
+    from NSN2NDenoiseLib.errors import TrainingDivergedError, exit_code
+
+    cfg, src, targets, inner = _guard_problem(100)
+    seen = []
+    with pytest.raises(TrainingDivergedError, match="diverged 4 times.*learning_rate") as info:
+        train_network(src, targets, cfg, CPU, sampler=_Spiky(inner, range(11, 101)), on_recovery=seen.append)
+    assert [r.learning_rate_scale for r in seen] == [0.5, 0.25, 0.125] == [0.5**k for k in (1, 2, 3)]
+    assert [r.restored_iteration for r in seen] == [10, 10, 10] and training.MAX_RECOVERIES == 3
+    assert exit_code(info.value) == 1

@@ -8,6 +8,7 @@ target, reach the training internals. Arrays are in K,J,I order (slice, row, col
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from .noise_estimates import estimate_inplane_lag1, estimate_noise
 from .normalization import NormalizedSlices, fit_intensity_map
 from .report import RunReport
 from .residual_check import residual_structure
-from .training import train_network
+from .training import Recovery, train_network
 from .weights import compute_targets
 
 ProgressFn = Callable[[str, int, int, float | None], None]
@@ -170,6 +171,13 @@ def _predict_along(net, arr, imap, source, axis, axes, cfg, device, bf16, progre
     return denoised
 
 
+def _recovery_dict(r: Recovery) -> dict:
+    """A JSON-ready :class:`training.Recovery`: a loss that was not finite becomes None."""
+    out = dataclasses.asdict(r)
+    out["loss"] = r.loss if np.isfinite(r.loss) else None
+    return out
+
+
 def denoise(
     volume: np.ndarray,
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
@@ -255,7 +263,10 @@ def denoise(
         phase_seconds["weights"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        net, curve = train_network(source, targets, cfg, device, progress, is_cancelled, init_state=init_model)
+        recoveries: list[Recovery] = []
+        net, curve = train_network(
+            source, targets, cfg, device, progress, is_cancelled, init_state=init_model, on_recovery=recoveries.append
+        )
         matched_fraction, matched_per_slice = targets.matched_fraction, targets.matched_per_slice
         del targets  # the maps are not needed any more: free them before the output is allocated
         phase_seconds["training"] = time.perf_counter() - t0
@@ -288,6 +299,12 @@ def denoise(
             "(input minus output) there; try the 'fast' preset or fewer iterations, another slice axis, or keep the "
             "input for those slices."
         )
+    for r in recoveries:
+        warnings.append(
+            f"Training diverged at iteration {r.iteration} (mean loss {r.loss:.3g}); the weights of iteration "
+            f"{r.restored_iteration} were restored and the learning rate scaled by {r.learning_rate_scale:g} for the "
+            "rest of the run. Check the result; a smaller training.learning_rate avoids this."
+        )
     if correlation > CORRELATION_WARNING:
         warnings.append(
             f"Neighbouring slices' noise may be correlated (correlation {correlation:.2f} in flat regions): NS-N2N "
@@ -311,6 +328,7 @@ def denoise(
         phase_seconds={k: round(v, 4) for k, v in phase_seconds.items()},
         total_seconds=round(time.perf_counter() - t_start, 4),
         loss_curve=[[int(i), float(v)] for i, v in curve],
+        training_recoveries=[_recovery_dict(r) for r in recoveries],
         matched_fraction=matched_fraction,
         matched_per_slice=matched_per_slice,
         noise_sigma=sigma * imap.scale,

@@ -25,6 +25,10 @@ class DeviceError(NSN2NError, RuntimeError):
     """The requested device is unavailable, or it (or the host) ran out of memory."""
 
 
+class TrainingDivergedError(NSN2NError, RuntimeError):
+    """Training diverged again after every recovery it is allowed (``training.MAX_RECOVERIES``); no result."""
+
+
 OUT_OF_MEMORY_ADVICE = (
     "Use the 'fast' preset or a smaller network (network.width), lower training.batch_size or "
     "training.patch_size, crop the volume (Slicer: Crop Volume), or run on another device."

@@ -29,6 +29,9 @@ class RunReport:
     total_seconds: float
     loss_curve: list[list[float]]
     """[iteration, mean loss] every few iterations."""
+    training_recoveries: list[dict[str, Any]]
+    """Each divergence training recovered from (``training.Recovery`` as a dict: iteration, loss (None when not
+    finite), restored_iteration, learning_rate_scale); empty for a normal run."""
     matched_fraction: float
     """Share of body pixels whose interpolation target is a valid Noise2Noise target (0..1)."""
     matched_per_slice: list[float]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import NSN2NConfig
-from .errors import CancelledError
+from .errors import CancelledError, TrainingDivergedError
 from .losses import Outputs, total_loss
 from .network import UNet2D
 from .normalization import NormalizedSlices
@@ -27,6 +27,29 @@ CancelFn = Callable[[], bool]
 
 LOG_EVERY = 10
 """Loss values are averaged and recorded (and reported to progress) every this many iterations."""
+SPIKE_FACTOR = 10.0
+"""Training has diverged when the mean loss of the last :data:`LOG_EVERY` iterations is not finite or exceeds this
+times the lowest mean so far. The target's warm-up raises a healthy loss by less than 2x (the cubic target's
+noise against the 3-slice mean's); a diverged Adam step raises it by 100-1e9x (`best` on Colin27 at Rician 10 %:
+0.007 to 4.0 to 8e6 within 100 iterations, never recovering; benchmarks/RESULTS.md, "Presets on the reporting
+set")."""
+MAX_RECOVERIES = 3
+"""Divergences a run recovers from (each restores the last good weights and optimiser state and halves the
+learning rate) before it stops with :class:`TrainingDivergedError`."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """One divergence of a training run and what was done about it."""
+
+    iteration: int
+    """The iteration at which the spike was seen (the end of its :data:`LOG_EVERY` window)."""
+    loss: float
+    """The window's mean loss (may be inf or nan)."""
+    restored_iteration: int
+    """The iteration whose weights and optimiser state were restored (0 = the start)."""
+    learning_rate_scale: float
+    """The learning rate's scale from here on (0.5 after the first recovery, 0.25 after the second, ...)."""
 
 
 def build_network(cfg: NSN2NConfig) -> UNet2D:
@@ -166,6 +189,7 @@ def train_network(
     is_cancelled: CancelFn | None = None,
     sampler: PatchSampler | None = None,
     init_state: Mapping[str, torch.Tensor] | None = None,
+    on_recovery: Callable[[Recovery], None] | None = None,
 ) -> tuple[UNet2D, list[tuple[int, float]]]:
     """Train a network by NS-N2N on ``source`` (N >= 3 slices) with the maps ``targets``.
 
@@ -175,10 +199,17 @@ def train_network(
     ``init_state`` (a state dict of a network of the same ``cfg.network``, e.g. from :mod:`model_io`) is the
     starting point instead of the identity (a warm start); the optimiser and its schedule start afresh.
 
+    Divergence guard: every :data:`LOG_EVERY` iterations the weights and the optimiser state are kept; when a
+    window's mean loss spikes (:data:`SPIKE_FACTOR`), the last kept state is restored, the learning rate halved
+    for the rest of the run, ``on_recovery`` called with a :class:`Recovery`, and training goes on (the spiking
+    window is not recorded in the curve). A run that never spikes is unchanged by the guard.
+
     Raises
     ------
     CancelledError
         When ``is_cancelled()`` turns true; checked before every iteration.
+    TrainingDivergedError
+        When training diverges more than :data:`MAX_RECOVERIES` times.
     """
     tcfg, lcfg = cfg.training, cfg.loss
     torch.manual_seed(tcfg.seed)
@@ -190,8 +221,10 @@ def train_network(
     optimiser = torch.optim.Adam(net.parameters(), lr=tcfg.learning_rate)
     final, total = tcfg.final_lr_fraction, tcfg.iterations
 
+    lr_scale = [1.0]  # halved at each recovery from a divergence
+
     def lr_factor(step: int) -> float:  # cosine decay from 1 to final_lr_fraction
-        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
+        return lr_scale[0] * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total))))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     need_next = lcfg.lambda_rc > 0 or lcfg.lambda_ic > 0
@@ -201,6 +234,9 @@ def train_network(
     curve: list[tuple[int, float]] = []
     running: torch.Tensor | float = 0.0
     n_run = 0
+    lowest = math.inf
+    kept = (0, _keep(net, optimiser))
+    recoveries = 0
     for step in range(1, total + 1):
         if is_cancelled is not None and is_cancelled():
             raise CancelledError("Training was cancelled; no result was produced.")
@@ -226,9 +262,42 @@ def train_network(
         n_run += 1
         if step % LOG_EVERY == 0 or step == total:
             mean_loss = float(running) / n_run
-            curve.append((step, mean_loss))
             running, n_run = 0.0, 0
+            if not math.isfinite(mean_loss) or mean_loss > SPIKE_FACTOR * lowest:
+                if recoveries == MAX_RECOVERIES:
+                    raise TrainingDivergedError(
+                        f"Training diverged {recoveries + 1} times (mean loss {mean_loss:.3g} at iteration {step}, "
+                        f"lowest {lowest:.3g}), even at 1/{2**recoveries} of the learning rate; no result was "
+                        "produced. Use a smaller training.learning_rate, the 'default' preset or a smaller network."
+                    )
+                recoveries += 1
+                _restore(net, optimiser, kept[1])
+                lr_scale[0] *= 0.5
+                for group, base in zip(optimiser.param_groups, scheduler.base_lrs, strict=True):
+                    group["lr"] = base * lr_factor(scheduler.last_epoch)  # the restored groups hold an older lr
+                if on_recovery is not None:
+                    on_recovery(Recovery(step, mean_loss, kept[0], lr_scale[0]))
+                continue
+            lowest = min(lowest, mean_loss)
+            kept = (step, _keep(net, optimiser))
+            curve.append((step, mean_loss))
             if progress is not None:
                 progress("training", step, total, mean_loss)
     net.eval()
     return net, curve
+
+
+def _keep(net: torch.nn.Module, optimiser: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Copies of the network's weights and the optimiser's state (moments, step counts), on their devices."""
+    weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    opt = optimiser.state_dict()
+    state = {i: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()} for i, st in opt["state"].items()}
+    return weights, {"state": state, "param_groups": [dict(g) for g in opt["param_groups"]]}
+
+
+def _restore(net: torch.nn.Module, optimiser: torch.optim.Optimizer, kept: tuple[dict, dict]) -> None:
+    """Put back what :func:`_keep` copied (copies again, so that ``kept`` can be restored once more)."""
+    weights, opt = kept
+    net.load_state_dict(weights)
+    state = {i: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()} for i, st in opt["state"].items()}
+    optimiser.load_state_dict({"state": state, "param_groups": [dict(g) for g in opt["param_groups"]]})
