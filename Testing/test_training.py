@@ -379,8 +379,68 @@ def test_training_that_keeps_diverging_stops_with_a_clear_error():
 
     cfg, src, targets, inner = _guard_problem(100)
     seen = []
-    with pytest.raises(TrainingDivergedError, match="diverged 4 times.*learning_rate") as info:
+    message = r"diverged 4 times .* even at 1/8 of the learning rate; no result was produced\. Use a smaller training\."
+    with pytest.raises(TrainingDivergedError, match=message) as info:
         train_network(src, targets, cfg, CPU, sampler=_Spiky(inner, range(11, 101)), on_recovery=seen.append)
     assert [r.learning_rate_scale for r in seen] == [0.5, 0.25, 0.125] == [0.5**k for k in (1, 2, 3)]
     assert [r.restored_iteration for r in seen] == [10, 10, 10] and training.MAX_RECOVERIES == 3
     assert exit_code(info.value) == 1
+
+
+def test_a_non_finite_first_window_restores_the_start():
+    cfg, src, targets, inner = _guard_problem(20)
+    seen = []
+    net, curve = train_network(
+        src, targets, cfg, CPU, sampler=_Spiky(inner, [3], float("nan")), on_recovery=seen.append
+    )
+    assert [(r.iteration, r.restored_iteration, r.learning_rate_scale) for r in seen] == [(10, 0, 0.5)]
+    assert [s for s, _ in curve] == [20]
+
+
+def test_a_kept_state_can_be_restored_again_after_training_went_on_from_it():
+    import copy
+
+    cfg = make_config("fast", device="cpu", network={"width": 4, "depth": 1})
+    net = build_network(cfg)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    x = torch.randn(2, 1, 8, 8)
+
+    def step():
+        opt.zero_grad()
+        (net(x) - 1.0).pow(2).mean().backward()
+        opt.step()
+
+    step()
+    kept = training._keep(net, opt)
+    weights = copy.deepcopy(net.state_dict())
+    moments = copy.deepcopy(opt.state_dict()["state"])
+    for _ in range(2):
+        training._restore(net, opt, kept)
+        step()  # Adam updates its moments in place: they must not be the kept ones
+    training._restore(net, opt, kept)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, weights[k])
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, moments[i][k]), (i, k)
+
+
+@pytest.mark.parametrize("factor, recovers", [(5.0, False), (8.0, False), (14.0, True), (40.0, True)])
+def test_a_spike_is_a_window_mean_more_than_ten_times_the_lowest(monkeypatch, factor, recovers):
+    """The healthy warm-up rise is < 2x; SPIKE_FACTOR = 10 separates it from a divergence."""
+    cfg, src, targets, inner = _guard_problem(30)
+    real = training.total_loss
+    calls = []
+
+    def scaled(outputs, batch, lcfg):
+        out = real(outputs, batch, lcfg)
+        calls.append(1)
+        if 21 <= len(calls) <= 30:  # the third window's losses, `factor` times the first's scale or more
+            out = {**out, "total": out["total"] * factor}
+        return out
+
+    monkeypatch.setattr(training, "total_loss", scaled)
+    seen = []
+    train_network(src, targets, cfg, CPU, sampler=inner, on_recovery=seen.append)
+    assert training.SPIKE_FACTOR == 10.0
+    assert bool(seen) is recovers
