@@ -318,6 +318,7 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
         "inplane_noise_lag1",
         "prediction_axes",
         "prediction_axes_reason",
+        "training_recoveries",
     )
     info = {k: r[k] for k in keep if k in r}
     info["residual_check"] = (r.get("residual_check") or {}).get("score")
