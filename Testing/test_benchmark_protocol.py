@@ -182,18 +182,31 @@ def test_the_headline_row_shows_the_best_user_run_baseline_and_the_gap_to_swept_
     assert ma_row.endswith("| 0.95 ± 0.07 (2 seeds) |")
 
 
-def test_the_slice_only_row_derived_from_a_multi_axis_run_equals_its_own_run(tmp_path, monkeypatch):
-    require("torch", "torch==2.13.0 first, see README")
+TINY = {"training": {"iterations": 4, "batch_size": 2, "patch_size": 16}, "network": {"width": 8}}
+"""A width-8 network trained for 4 iterations: protocol plumbing, not quality."""
+
+
+def _tiny_rows(monkeypatch, **axes_by_row: str) -> None:
+    """Make the named NSN2N rows tiny `fast` runs with the given ``inference.axes``."""
+    for row, axes in axes_by_row.items():
+        monkeypatch.setitem(protocol.NSN2N_ROWS, row, ("fast", {**TINY, "inference": {"axes": axes}}))
+
+
+def _phantom_dataset(case: str, modality: str, noise_seed: int, phantom_seed: int) -> datasets.Dataset:
+    """An 8x24x24 phantom (x100) with Gaussian noise of 20, isotropic, whole-volume mask, data range 100."""
     from NSN2NDenoiseLib.phantom import make_phantom
 
-    tiny = {"training": {"iterations": 4, "batch_size": 2, "patch_size": 16}, "network": {"width": 8}}
-    monkeypatch.setitem(protocol.NSN2N_ROWS, "nsn2n", ("fast", {**tiny, "inference": {"axes": "all"}}))
-    monkeypatch.setitem(protocol.NSN2N_ROWS, "nsn2n_slice", ("fast", {**tiny, "inference": {"axes": "slice"}}))
-    rng = np.random.default_rng(0)
-    clean = (make_phantom((8, 24, 24), seed=2) * 100).astype(np.float32)
+    rng = np.random.default_rng(noise_seed)
+    clean = (make_phantom((8, 24, 24), seed=phantom_seed) * 100).astype(np.float32)
     noisy = (clean + rng.normal(0, 20, clean.shape)).astype(np.float32)
     mask = np.ones(clean.shape, dtype=bool)
-    ds = datasets.Dataset("colin_rician5", "t", clean, noisy, (1.0, 1.0, 1.0), "mri", mask, 100.0, "all", None, 20.0)
+    return datasets.Dataset(case, "t", clean, noisy, (1.0, 1.0, 1.0), modality, mask, 100.0, "all", None, 20.0)
+
+
+def test_the_slice_only_row_derived_from_a_multi_axis_run_equals_its_own_run(tmp_path, monkeypatch):
+    require("torch", "torch==2.13.0 first, see README")
+    _tiny_rows(monkeypatch, nsn2n="all", nsn2n_slice="slice")
+    ds = _phantom_dataset("colin_rician5", "mri", noise_seed=0, phantom_seed=2)
     monkeypatch.setattr(protocol, "_build", lambda case, seed: ds)
     protocol.run_case("colin_rician5", (1,), ["nsn2n"], root=tmp_path)
     derived = json.loads(protocol.result_path("colin_rician5", 1, "nsn2n_slice", tmp_path).read_text())
@@ -209,17 +222,8 @@ def test_the_three_axis_training_ablation_trains_on_each_axis_and_averages_the_d
     """nsn2n_train3: a network trained on K, J and I pairs in turn (not the default's), denoised along the
     default's axes with its inference and averaged."""
     require("torch", "torch==2.13.0 first, see README")
-    from NSN2NDenoiseLib.phantom import make_phantom
-
-    tiny = {"training": {"iterations": 4, "batch_size": 2, "patch_size": 16}, "network": {"width": 8}}
-    for row in ("nsn2n", "nsn2n_train3"):
-        monkeypatch.setitem(protocol.NSN2N_ROWS, row, ("fast", {**tiny, "inference": {"axes": "all"}}))
-    monkeypatch.setitem(protocol.NSN2N_ROWS, "nsn2n_slice", ("fast", {**tiny, "inference": {"axes": "slice"}}))
-    rng = np.random.default_rng(1)
-    clean = (make_phantom((8, 24, 24), seed=3) * 100).astype(np.float32)
-    noisy = (clean + rng.normal(0, 20, clean.shape)).astype(np.float32)
-    mask = np.ones(clean.shape, dtype=bool)
-    ds = datasets.Dataset("colin_rician5", "t", clean, noisy, (1.0, 1.0, 1.0), "mri", mask, 100.0, "all", None, 20.0)
+    _tiny_rows(monkeypatch, nsn2n="all", nsn2n_train3="all", nsn2n_slice="slice")
+    ds = _phantom_dataset("colin_rician5", "mri", noise_seed=1, phantom_seed=3)
     out, info = protocol._nsn2n_train3(ds, 1)
     assert info["training_axes"] == ["K", "J", "I"] and info["prediction_axes"] == ["K", "J", "I"]
     cfg = protocol.nsn2n_config("nsn2n_train3", 1)
@@ -251,16 +255,10 @@ def test_the_two_network_row_averages_seeds_s_and_s_plus_1000_and_stores_the_fir
 ):
     require("torch", "torch==2.13.0 first, see README")
     from NSN2NDenoiseLib import denoise
-    from NSN2NDenoiseLib.phantom import make_phantom
 
-    tiny = {"training": {"iterations": 4, "batch_size": 2, "patch_size": 16}, "network": {"width": 8}}
-    for row in ("nsn2n", "nsn2n_ens2"):
-        monkeypatch.setitem(protocol.NSN2N_ROWS, row, ("fast", {**tiny, "inference": {"axes": "slice"}}))
-    rng = np.random.default_rng(2)
-    clean = (make_phantom((8, 24, 24), seed=4) * 100).astype(np.float32)
-    noisy = (clean + rng.normal(0, 20, clean.shape)).astype(np.float32)
-    mask = np.ones(clean.shape, dtype=bool)
-    ds = datasets.Dataset("cttune_ld_1e5", "t", clean, noisy, (1.0, 1.0, 1.0), "ct", mask, 100.0, "all", None, 20.0)
+    _tiny_rows(monkeypatch, nsn2n="slice", nsn2n_ens2="slice")
+    ds = _phantom_dataset("cttune_ld_1e5", "ct", noise_seed=2, phantom_seed=4)
+    noisy = ds.noisy
     monkeypatch.setattr(protocol, "_build", lambda case, seed: ds)
     protocol.run_case("cttune_ld_1e5", (3,), ["nsn2n_ens2"], root=tmp_path)
     ens = json.loads(protocol.result_path("cttune_ld_1e5", 3, "nsn2n_ens2", tmp_path).read_text())

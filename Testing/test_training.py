@@ -274,14 +274,9 @@ def test_same_seed_same_network_and_curve():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
-def test_learning_rate_decays_by_a_cosine_to_its_final_fraction(monkeypatch):
-    cfg = make_config(
-        "fast",
-        device="cpu",
-        training={"iterations": 4, "batch_size": 1, "patch_size": 16, "learning_rate": 0.01, "final_lr_fraction": 0.1},
-    )
-    src, targets = _problem(cfg)
-    lrs = []
+def _record_adam_rates(monkeypatch) -> list[float]:
+    """The learning rate of every Adam step taken from now on, in order."""
+    lrs: list[float] = []
     real_step = torch.optim.Adam.step
 
     def step(self, *args, **kwargs):
@@ -289,6 +284,17 @@ def test_learning_rate_decays_by_a_cosine_to_its_final_fraction(monkeypatch):
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", step)
+    return lrs
+
+
+def test_learning_rate_decays_by_a_cosine_to_its_final_fraction(monkeypatch):
+    cfg = make_config(
+        "fast",
+        device="cpu",
+        training={"iterations": 4, "batch_size": 1, "patch_size": 16, "learning_rate": 0.01, "final_lr_fraction": 0.1},
+    )
+    src, targets = _problem(cfg)
+    lrs = _record_adam_rates(monkeypatch)
     train_network(src, targets, cfg, CPU)
     expected = [0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / 4))) for s in range(4)]
     assert lrs == pytest.approx(expected)
@@ -348,14 +354,7 @@ def test_a_spike_restores_the_last_kept_weights_halves_the_rate_and_is_reported(
 
 def test_after_a_recovery_training_goes_on_at_half_the_rate(monkeypatch):
     cfg, src, targets, inner = _guard_problem(40)
-    lrs = []
-    real_step = torch.optim.Adam.step
-
-    def step(self, *args, **kwargs):
-        lrs.append(self.param_groups[0]["lr"])
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    lrs = _record_adam_rates(monkeypatch)
     seen = []
     _, curve = train_network(src, targets, cfg, CPU, sampler=_Spiky(inner, [15], float("nan")), on_recovery=seen.append)
     assert [(r.iteration, r.restored_iteration) for r in seen] == [(20, 10)] and math.isnan(seen[0].loss)
