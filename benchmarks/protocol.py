@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import baselines, datasets, deep_baselines, metrics
+from . import baselines, datasets, deep_baselines, metrics, neighbour_fusion
 from .report import portable_command
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "protocol"
@@ -86,6 +86,7 @@ ORDER = (
     "nsn2n_train3",
     "nsn2n_ens2",
     "nsn2n_it3000",
+    "nsn2n_nbfuse",
     "nsn2n_best",
     "supervised",
     "supervised_w32",
@@ -106,6 +107,7 @@ LABELS = {
     "nsn2n_train3": "NSN2N default trained on neighbour pairs along K, J and I in turn (ablation, not adopted)",
     "nsn2n_ens2": "NSN2N default, two networks (training seeds s and s + 1000) averaged (ablation)",
     "nsn2n_it3000": "NSN2N default with 3000 iterations (the same training time as two networks; ablation)",
+    "nsn2n_nbfuse": "NSN2N default blended with a network that predicts each slice from its four neighbours (ablation)",
     "nsn2n_best": "NSN2N `best`",
     "supervised": "supervised ceiling (default network, clean target)",
     "supervised_w32": "supervised ceiling, width 32 (`best`'s network), default's iterations",
@@ -183,6 +185,14 @@ def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tup
         return _nsn2n_train3(ds, seed)
     if name == "nsn2n_ens2":
         return _nsn2n_ens2(ds, seed)
+    if name == "nsn2n_nbfuse":
+        return neighbour_fusion.run(
+            ds,
+            seed,
+            lambda d, s: _nsn2n(d, s, "nsn2n"),
+            lambda s: nsn2n_config("nsn2n_nbfuse", s),
+            lambda v: metrics.psnr(ds.clean, v, ds.mask, ds.data_range),
+        )
     if name in NSN2N_ROWS:
         return _nsn2n(ds, seed, name)
     if name in ("supervised", "supervised_w32"):
@@ -196,6 +206,7 @@ NSN2N_ROWS = {
     "nsn2n_train3": ("default", {}),
     "nsn2n_ens2": ("default", {}),
     "nsn2n_it3000": ("default", {"training": {"iterations": 3000}}),
+    "nsn2n_nbfuse": ("default", {}),
     "nsn2n_best": ("best", {}),
 }
 """NSN2N rows: (preset, configuration overrides)."""
@@ -400,6 +411,8 @@ def run_params(method: str, chosen: dict) -> dict:
         params["config"] = nsn2n_config(method if method in NSN2N_ROWS else "default", 0).to_dict()
     if method == "supervised_w32":
         params["config"]["network"]["width"] = 32
+    if method == "nsn2n_nbfuse":
+        params["fusion_weight"] = neighbour_fusion.FUSION_WEIGHT
     return params
 
 
