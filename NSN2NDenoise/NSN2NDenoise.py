@@ -95,6 +95,7 @@ class NSN2NDenoiseParameterNode:
     threads: Annotated[int, WithinRange(0, 1024)] = 0
     tta: Annotated[int, Choice([1, 2, 4, 8])] = 8
     axes: Annotated[str, Choice(["auto", "slice", "all"])] = "auto"
+    neighbourFusion: Annotated[str, Choice(["auto", "off", "on"])] = "auto"
     lambdaSelf: Annotated[float, WithinRange(0.0, 100.0)] = 0.5
     lambdaRc: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     lambdaIc: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
@@ -376,7 +377,17 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
     ``job.cancel()`` stops it.
     """
 
-    ADVANCED_OPTIONS = ("sliceAxis", "seed", "threads", "tta", "axes", "lambdaSelf", "lambdaRc", "lambdaIc")
+    ADVANCED_OPTIONS = (
+        "sliceAxis",
+        "seed",
+        "threads",
+        "tta",
+        "axes",
+        "neighbourFusion",
+        "lambdaSelf",
+        "lambdaRc",
+        "lambdaIc",
+    )
     """Parameter names of the options with ``Option.advanced`` (checked against the engine's table by the tests):
     the values that "Override the preset" sends."""
     MODEL_PATHS = ("saveModelPath", "initModelPath")
@@ -627,7 +638,7 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
         iterations : int, optional
             Training iterations; None keeps the preset's.
         device : {'auto', 'cpu', 'cuda'}
-        sliceAxis, seed, threads, tta, axes, lambdaSelf, lambdaRc, lambdaIc : optional
+        sliceAxis, seed, threads, tta, axes, neighbourFusion, lambdaSelf, lambdaRc, lambdaIc : optional
             The other options of ``NSN2NDenoiseLib.options.OPTIONS`` by their camelCase names; None keeps the
             preset's value.
         config : NSN2NDenoiseLib.NSN2NConfig, optional

@@ -218,7 +218,9 @@ def test_axes_all_is_the_mean_of_the_network_along_each_axis(tiny_config):
     rng = np.random.default_rng(7)
     clean = make_phantom((12, 24, 20), seed=1)
     noisy = (clean + rng.normal(0, 30.0, clean.shape)).astype(np.float32)
-    cfg = tiny_config.replace(inference={"axes": "all", "tta": 2}, training={"patch_size": 16})
+    cfg = tiny_config.replace(
+        inference={"axes": "all", "tta": 2, "neighbour_fusion": "off"}, training={"patch_size": 16}
+    )
     out, report, state = denoise(noisy, config=cfg, return_model=True)
     net = build_network(cfg)
     net.load_state_dict(state)
@@ -245,7 +247,7 @@ def test_auto_axes_keep_the_slice_axis_for_anisotropic_voxels_and_report_why(pha
     denoise(
         noisy[:, :32, :32],
         spacing=(1.0, 1.0, 1.0),
-        config=tiny_config.replace(inference={"axes": "all"}),
+        config=tiny_config.replace(inference={"axes": "all", "neighbour_fusion": "off"}),
         progress=lambda phase, step, total, loss: steps.append((phase, step, total)),
     )
     inference = [s for s in steps if s[0] == "inference"]

@@ -321,7 +321,9 @@ def test_the_neighbour_fusion_row_blends_only_where_the_default_used_three_axes(
 
     source = NormalizedSlices(ds.noisy, 0, fit_intensity_map(ds.noisy))
     cfg = protocol.nsn2n_config("nsn2n_nbfuse", 1)
-    g = neighbour_fusion.predict_interpolator(neighbour_fusion.train_interpolator(source, cfg), source, cfg.inference.tta)
+    g = neighbour_fusion.predict_interpolator(
+        neighbour_fusion.train_interpolator(source, cfg), source, cfg.inference.tta
+    )
     np.testing.assert_allclose(out, 0.7 * default + 0.3 * g, rtol=1e-5, atol=1e-3)
     assert not np.allclose(out, default, atol=1e-2)
     _tiny_rows(monkeypatch, nsn2n="slice")

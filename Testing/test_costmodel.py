@@ -103,11 +103,26 @@ def test_explain_turns_errors_into_actionable_ones():
 
 
 def test_inference_time_counts_the_axes_auto_may_use():
-    iso = estimate((10, 64, 64), CFG, bf16=False, spacing_kji=(1.0, 1.0, 1.0))
-    aniso = estimate((10, 64, 64), CFG, bf16=False, spacing_kji=(3.0, 1.0, 1.0))
-    unknown = estimate((10, 64, 64), CFG, bf16=False)
+    no_fusion = CFG.replace(inference={"neighbour_fusion": "off"})
+    iso = estimate((10, 64, 64), no_fusion, bf16=False, spacing_kji=(1.0, 1.0, 1.0))
+    aniso = estimate((10, 64, 64), no_fusion, bf16=False, spacing_kji=(3.0, 1.0, 1.0))
+    unknown = estimate((10, 64, 64), no_fusion, bf16=False)
     assert iso.seconds["inference"] == pytest.approx(3 * aniso.seconds["inference"])
     assert unknown.seconds["inference"] == pytest.approx(aniso.seconds["inference"])
     single = estimate((10, 64, 64), CFG.replace(inference={"axes": "slice"}), bf16=False, spacing_kji=(1, 1, 1))
     assert single.seconds["inference"] == pytest.approx(aniso.seconds["inference"])
     assert iso.seconds["training"] == pytest.approx(aniso.seconds["training"])
+
+
+def test_the_neighbour_network_doubles_training_and_adds_one_pass_where_it_applies():
+    """'auto' trains it where three axes are expected (near-isotropic voxels), 'on' everywhere, 'off' never."""
+    iso, aniso = (1.0, 1.0, 1.0), (3.0, 1.0, 1.0)
+    base = estimate((10, 64, 64), CFG.replace(inference={"neighbour_fusion": "off"}), bf16=False, spacing_kji=aniso)
+    auto_iso = estimate((10, 64, 64), CFG, bf16=False, spacing_kji=iso)
+    auto_aniso = estimate((10, 64, 64), CFG, bf16=False, spacing_kji=aniso)
+    on_aniso = estimate((10, 64, 64), CFG.replace(inference={"neighbour_fusion": "on"}), bf16=False, spacing_kji=aniso)
+    assert auto_iso.seconds["training"] == pytest.approx(2 * base.seconds["training"])
+    assert auto_iso.seconds["inference"] == pytest.approx(4 * base.seconds["inference"])  # three axes + g
+    assert auto_aniso.seconds == pytest.approx(base.seconds)
+    assert on_aniso.seconds["training"] == pytest.approx(2 * base.seconds["training"])
+    assert on_aniso.seconds["inference"] == pytest.approx(2 * base.seconds["inference"])

@@ -20,6 +20,14 @@ from . import __version__
 from .config import NSN2NConfig, make_config
 from .errors import OUT_OF_MEMORY_ADVICE, CancelledError, DeviceError, InputError
 from .inference import predict_into, prediction_axes, use_bf16
+from .neighbours import (
+    FUSION_WEIGHT,
+    NeighbourSampler,
+    blend_into,
+    build_neighbour_network,
+    fusion_applies,
+    neighbour_config,
+)
 from .noise_estimates import estimate_inplane_lag1, estimate_noise
 from .normalization import NormalizedSlices, fit_intensity_map
 from .report import RunReport
@@ -142,11 +150,13 @@ def _check_spacing(spacing) -> tuple[float, float, float]:
     return sp  # type: ignore[return-value]
 
 
-def _predict_along(net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled) -> np.ndarray:
+def _predict_along(
+    net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled, extra_steps=0
+) -> np.ndarray:
     """The network's output along each of ``axes`` (the slice axis first), summed in place and averaged; one
-    progress count over all of them."""
+    progress count over all of them and ``extra_steps`` more (the neighbour network's slices, counted after)."""
     denoised = np.empty(arr.shape, dtype=np.float32)
-    total = sum(arr.shape[a] for a in axes)
+    total = sum(arr.shape[a] for a in axes) + extra_steps
     done = 0
     for n, a in enumerate(axes):
         slices = source if a == axis else NormalizedSlices(arr, a, imap)
@@ -169,6 +179,14 @@ def _predict_along(net, arr, imap, source, axis, axes, cfg, device, bf16, progre
     if len(axes) > 1:
         denoised /= np.float32(len(axes))
     return denoised
+
+
+def _offset_progress(progress: ProgressFn | None, offset: int, total: int) -> ProgressFn | None:
+    """``progress`` with the step moved by ``offset`` and the total replaced by ``total`` (two networks' training
+    counted as one phase)."""
+    if progress is None:
+        return None
+    return lambda phase, step, _total, loss: progress(phase, offset + step, total, loss)
 
 
 def _recovery_dict(r: Recovery) -> dict:
@@ -207,7 +225,8 @@ def denoise(
         The network's starting weights (a state dict, e.g. ``model_io.load_model(path).state``), trained on
         another volume with the same ``config.network``; training starts from it instead of the identity.
     return_model : bool
-        Also return the trained network's state dict (CPU tensors), e.g. for ``model_io.save_model``.
+        Also return the trained network's state dict (CPU tensors), e.g. for ``model_io.save_model``: the slice
+        network's (the neighbour network of ``inference.neighbour_fusion`` is trained afresh in every run).
 
     Returns
     -------
@@ -260,20 +279,60 @@ def denoise(
         targets = compute_targets(source, cfg, device, progress, is_cancelled)
         sigma, correlation = estimate_noise(source, device)
         lag1 = estimate_inplane_lag1(source, device)
+        axes, axes_reason = prediction_axes(sp, axis, cfg.inference.axes, lag1)
+        fusion, fusion_reason = fusion_applies(cfg.inference.neighbour_fusion, axes, arr.shape[axis])
         phase_seconds["weights"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        iterations = cfg.training.iterations
+        trainings = 2 if fusion else 1
         recoveries: list[Recovery] = []
         net, curve = train_network(
-            source, targets, cfg, device, progress, is_cancelled, init_state=init_model, on_recovery=recoveries.append
+            source,
+            targets,
+            cfg,
+            device,
+            _offset_progress(progress, 0, trainings * iterations),
+            is_cancelled,
+            init_state=init_model,
+            on_recovery=recoveries.append,
         )
         matched_fraction, matched_per_slice = targets.matched_fraction, targets.matched_per_slice
         del targets  # the maps are not needed any more: free them before the output is allocated
+        neighbour_net, neighbour_curve, neighbour_recoveries = None, [], []
+        if fusion:
+            t = cfg.training
+            neighbour_net, neighbour_curve = train_network(
+                source,
+                None,
+                neighbour_config(cfg),
+                device,
+                _offset_progress(progress, iterations, trainings * iterations),
+                is_cancelled,
+                sampler=NeighbourSampler(source, t.patch_size, t.batch_size, t.seed, device),
+                on_recovery=neighbour_recoveries.append,
+                build=build_neighbour_network,
+            )
         phase_seconds["training"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        axes, axes_reason = prediction_axes(sp, axis, cfg.inference.axes, lag1)
-        denoised = _predict_along(net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled)
+        n = arr.shape[axis]
+        denoised = _predict_along(
+            net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled, n if fusion else 0
+        )
+        if neighbour_net is not None:
+            total = sum(arr.shape[a] for a in axes) + n
+            step = None if progress is None else (lambda i: progress("inference", total - n + i + 1, total, None))
+            blend_into(
+                neighbour_net,
+                source,
+                np.moveaxis(denoised, axis, 0),
+                cfg.inference.tta,
+                device,
+                bf16,
+                step,
+                is_cancelled,
+            )
         phase_seconds["inference"] = time.perf_counter() - t0
         peak_gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     except torch.cuda.OutOfMemoryError as exc:
@@ -299,9 +358,11 @@ def denoise(
             "(input minus output) there; try the 'fast' preset or fewer iterations, another slice axis, or keep the "
             "input for those slices."
         )
-    for r in recoveries:
+    for r, which in [(r, "Training") for r in recoveries] + [
+        (r, "The neighbour network's training") for r in neighbour_recoveries
+    ]:
         warnings.append(
-            f"Training diverged at iteration {r.iteration} (mean loss {r.loss:.3g}); the weights of iteration "
+            f"{which} diverged at iteration {r.iteration} (mean loss {r.loss:.3g}); the weights of iteration "
             f"{r.restored_iteration} were restored and the learning rate scaled by {r.learning_rate_scale:g} for the "
             "rest of the run. Check the result; a smaller training.learning_rate avoids this."
         )
@@ -338,6 +399,13 @@ def denoise(
         prediction_axes=["KJI"[a] for a in axes],
         prediction_axes_reason=axes_reason,
         inplane_noise_lag1=[float(v) for v in lag1],
+        neighbour_fusion={
+            "applied": fusion,
+            "reason": fusion_reason,
+            "weight": FUSION_WEIGHT if fusion else 0.0,
+            "loss_curve": [[int(i), float(v)] for i, v in neighbour_curve],
+            "recoveries": [_recovery_dict(r) for r in neighbour_recoveries],
+        },
         warnings=warnings,
         versions={"nsn2n": __version__, "torch": torch.__version__, "numpy": np.__version__},
     )

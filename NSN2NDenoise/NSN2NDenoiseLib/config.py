@@ -164,6 +164,7 @@ class TrainingConfig:
 
 TTA_CHOICES = (1, 2, 4, 8)
 AXES_CHOICES = ("auto", "slice", "all")
+FUSION_CHOICES = ("auto", "off", "on")
 
 
 @dataclass(frozen=True)
@@ -182,10 +183,15 @@ class InferenceConfig:
     noise is white in-plane (independent between slices is NS-N2N's own assumption), else the slice axis only
     (docs/METHOD.md section 5; +0.7 to +1.2 dB on isotropic MRI, RESULTS.md "Protocol"). Inference time grows with the
     number of axes."""
+    neighbour_fusion: str = "auto"
+    """A second network that predicts each slice from its four neighbours, trained against the slice itself and
+    blended into the output (docs/METHOD.md section 5): 'auto' where the volume is denoised along all three axes
+    (see ``axes``), 'on', or 'off'. Doubles the training time where it applies."""
 
     def validate(self) -> None:
         s = "inference"
         _check_choice(s, "axes", self.axes, AXES_CHOICES)
+        _check_choice(s, "neighbour_fusion", self.neighbour_fusion, FUSION_CHOICES)
         if isinstance(self.tta, bool):
             raise ConfigError(f"inference.tta = {self.tta!r} must be one of {', '.join(map(str, TTA_CHOICES))}.")
         _check_choice(s, "tta", self.tta, TTA_CHOICES)

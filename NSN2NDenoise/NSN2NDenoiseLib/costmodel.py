@@ -62,21 +62,21 @@ def estimate(
 ) -> Estimate:
     """The cost model's prediction for a volume of ``shape_kji`` voxels run with ``cfg`` on ``device_type``
     ('cpu' or 'cuda'); ``bf16``: the CPU has native bf16 (see ``training.mixed_precision``). ``spacing_kji`` (mm)
-    tells whether ``inference.axes = 'auto'`` may denoise along three axes (counted as three where it may)."""
+    tells whether ``inference.axes = 'auto'`` may denoise along three axes (counted as three where it may), and
+    so whether ``inference.neighbour_fusion = 'auto'`` trains the neighbour network (twice the training, one more
+    pass of inference)."""
     from .inference import expected_axis_count
 
+    axes = expected_axis_count(spacing_kji, cfg.inference.axes)
+    fusion = cfg.inference.neighbour_fusion == "on" or (cfg.inference.neighbour_fusion == "auto" and axes > 1)
     voxels = float(shape_kji[0]) * shape_kji[1] * shape_kji[2]
     t = cfg.training
     per_iter = TRAINING_S_PER_ITERATION * _width_factor(cfg) * (t.batch_size / 8) * (t.patch_size / 64) ** 2
     per_voxel = INFERENCE_S_PER_VOXEL_BF16 if (bf16 and t.mixed_precision) else INFERENCE_S_PER_VOXEL_FP32
     seconds = {
         "weights": WEIGHTS_S_FIXED + WEIGHTS_S_PER_VOXEL * voxels,
-        "training": per_iter * t.iterations,
-        "inference": per_voxel
-        * _width_factor(cfg)
-        * voxels
-        * cfg.inference.tta
-        * expected_axis_count(spacing_kji, cfg.inference.axes),
+        "training": per_iter * t.iterations * (2 if fusion else 1),
+        "inference": per_voxel * _width_factor(cfg) * voxels * cfg.inference.tta * (axes + (1 if fusion else 0)),
     }
     if device_type == "cuda":
         seconds = {k: v / GPU_SPEEDUP for k, v in seconds.items()}

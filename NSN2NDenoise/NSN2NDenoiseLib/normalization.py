@@ -90,6 +90,10 @@ class NormalizedSlices:
         """Slices start..stop-1, normalised, float32 (stop - start, H, W)."""
         return normalize(self.stack[start:stop], self.imap)
 
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """Slices ``index`` (an int array), normalised, float32 (len(index), H, W)."""
+        return normalize(self.stack[index], self.imap)
+
     def patch(self, index: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
         """Normalised patches of slices ``index`` (an int array) at rows y..y+size-1, columns x..x+size-1:
         float32 (len(index), size, size)."""

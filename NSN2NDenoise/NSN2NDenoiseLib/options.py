@@ -12,7 +12,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .config import AXES_CHOICES, DEVICES, PRESETS, SLICE_AXES, TTA_CHOICES, NSN2NConfig, make_config
+from .config import (
+    AXES_CHOICES,
+    DEVICES,
+    FUSION_CHOICES,
+    PRESETS,
+    SLICE_AXES,
+    TTA_CHOICES,
+    NSN2NConfig,
+    make_config,
+)
 from .errors import ConfigError
 
 
@@ -148,6 +157,17 @@ OPTIONS: tuple[Option, ...] = (
         "axes the network denoises along, averaged: auto (all three where voxels are near-isotropic and the "
         "in-plane noise is white), slice (the slice axis only) or all.",
         choices=AXES_CHOICES,
+        advanced=True,
+    ),
+    Option(
+        "neighbour_fusion",
+        "neighbourFusion",
+        str,
+        ("inference", "neighbour_fusion"),
+        "Neighbour network",
+        "also train a network that predicts each slice from its four neighbours and blend it into the result "
+        "with weight 0.3: auto (where all three axes are used), on or off. Doubles the training time.",
+        choices=FUSION_CHOICES,
         advanced=True,
     ),
     Option(

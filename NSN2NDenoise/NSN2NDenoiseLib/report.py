@@ -49,6 +49,9 @@ class RunReport:
     """Why those axes (``inference.axes`` and, for 'auto', the spacing and in-plane noise test)."""
     inplane_noise_lag1: list[float] = field(default_factory=list)
     """Lag-1 correlation of the noise within a slice, along its rows and columns (about 0 for white noise)."""
+    neighbour_fusion: dict[str, Any] = field(default_factory=dict)
+    """The neighbour network (``inference.neighbour_fusion``): applied (bool), reason, weight (its share of the
+    output, 0 when not applied), loss_curve and recoveries of its training (docs/METHOD.md section 5)."""
     peak_gpu_mb: float | None = None
     """Peak GPU memory allocated by PyTorch during the run, in MiB (None on the CPU)."""
     warnings: list[str] = field(default_factory=list)

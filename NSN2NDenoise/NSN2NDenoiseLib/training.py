@@ -190,6 +190,7 @@ def train_network(
     sampler: PatchSampler | None = None,
     init_state: Mapping[str, torch.Tensor] | None = None,
     on_recovery: Callable[[Recovery], None] | None = None,
+    build: Callable[[NSN2NConfig], torch.nn.Module] = build_network,
 ) -> tuple[UNet2D, list[tuple[int, float]]]:
     """Train a network by NS-N2N on ``source`` (N >= 3 slices) with the maps ``targets``.
 
@@ -198,6 +199,8 @@ def train_network(
     ``source``, ``targets`` and ``cfg.training`` (the benchmarks' oracle rows pass one with clean targets).
     ``init_state`` (a state dict of a network of the same ``cfg.network``, e.g. from :mod:`model_io`) is the
     starting point instead of the identity (a warm start); the optimiser and its schedule start afresh.
+    ``build(cfg)`` makes the network (after the seed is set), e.g. :func:`neighbours.build_neighbour_network`
+    with a :class:`neighbours.NeighbourSampler`.
 
     Divergence guard: every :data:`LOG_EVERY` iterations the weights and the optimiser state are kept; when a
     window's mean loss spikes (:data:`SPIKE_FACTOR`), the last kept state is restored, the learning rate halved
@@ -213,7 +216,7 @@ def train_network(
     """
     tcfg, lcfg = cfg.training, cfg.loss
     torch.manual_seed(tcfg.seed)
-    net = build_network(cfg)
+    net = build(cfg)
     if init_state is not None:
         net.load_state_dict(init_state)  # strict: keys and shapes are checked where the state was loaded
     net = net.to(device, memory_format=torch.channels_last)
