@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from NSN2NDenoiseLib import CancelledError, denoise
+from NSN2NDenoiseLib.inference import use_bf16
 from NSN2NDenoiseLib.neighbours import (
     FUSION_WEIGHT,
     NeighbourSampler,
@@ -17,7 +18,6 @@ from NSN2NDenoiseLib.neighbours import (
     neighbour_rows,
     network_input,
 )
-from NSN2NDenoiseLib.inference import use_bf16
 from NSN2NDenoiseLib.normalization import IntensityMap, NormalizedSlices, fit_intensity_map
 from NSN2NDenoiseLib.phantom import make_phantom
 from NSN2NDenoiseLib.training import train_network
