@@ -273,61 +273,36 @@ def test_the_two_network_row_averages_seeds_s_and_s_plus_1000_and_stores_the_fir
     assert ens["quality"]["psnr"] != pytest.approx(first["quality"]["psnr"], abs=1e-3)
 
 
-def test_the_neighbour_network_never_sees_the_slice_it_predicts():
-    """nsn2n_nbfuse's g: x_i-2, x_i-1, x_i+1, x_i+2, mirrored about i at the ends, never x_i itself."""
-    from benchmarks import neighbour_fusion
-
-    assert neighbour_fusion.neighbour_rows(5, 10) == [3, 4, 6, 7]
-    assert neighbour_fusion.neighbour_rows(0, 10) == [2, 1, 1, 2]
-    assert neighbour_fusion.neighbour_rows(1, 10) == [3, 0, 2, 3]
-    assert neighbour_fusion.neighbour_rows(9, 10) == [7, 8, 8, 7]
-    for n in (3, 4, 5, 8):
-        for i in range(n):
-            rows = neighbour_fusion.neighbour_rows(i, n)
-            assert i not in rows and all(0 <= r < n for r in rows)
-    with pytest.raises(ValueError, match="at least 3"):
-        neighbour_fusion.neighbour_rows(0, 2)
-
-
-def test_the_neighbour_network_starts_as_the_cubic_interpolation_of_the_neighbours():
-    require("torch", "torch==2.13.0 first, see README")
-    import torch
-
-    from benchmarks import neighbour_fusion
-
-    cfg = protocol.nsn2n_config("nsn2n_nbfuse", 1)
-    rng = np.random.default_rng(0)
-    nb = torch.from_numpy(rng.normal(size=(2, 4, 16, 16)).astype(np.float32))
-    x = neighbour_fusion.network_input(nb)
-    a, b, c, d = nb.unbind(1)
-    torch.testing.assert_close(x[:, 2], (-a + 4 * b + 4 * c - d) / 6)
-    torch.testing.assert_close(x[:, [0, 1, 3, 4]], nb)
-    net = neighbour_fusion.build_interpolator(cfg)
-    with torch.no_grad():
-        torch.testing.assert_close(net(x)[:, 0], x[:, 2])
-
-
 def test_the_neighbour_fusion_row_blends_only_where_the_default_used_three_axes(monkeypatch):
+    """nsn2n_nbfuse: the default without the engine's neighbour network, blended with the benchmark's own g where
+    it used three axes; nsn2n_nbfuse_all blends also where it used one."""
     require("torch", "torch==2.13.0 first, see README")
     from benchmarks import neighbour_fusion
-
-    _tiny_rows(monkeypatch, nsn2n="all", nsn2n_nbfuse="all", nsn2n_slice="slice")
-    ds = _phantom_dataset("colin_rician5", "mri", noise_seed=1, phantom_seed=3)
-    out, info = protocol._run_method("nsn2n_nbfuse", ds, 1, {})
-    default, _ = protocol._nsn2n(ds, 1, "nsn2n")
-    fusion = info["neighbour_fusion"]
-    assert fusion["applied"] and set(fusion["psnr"]) >= {"default", "neighbour_network_alone", "blend_0.3"}
     from NSN2NDenoiseLib.normalization import NormalizedSlices, fit_intensity_map
 
+    def rows(axes: str) -> None:
+        for row in ("nsn2n_nofusion", "nsn2n_nbfuse", "nsn2n_nbfuse_all"):
+            monkeypatch.setitem(
+                protocol.NSN2N_ROWS, row, ("fast", {**TINY, "inference": {"axes": axes, "neighbour_fusion": "off"}})
+            )
+
+    rows("all")
+    ds = _phantom_dataset("colin_rician5", "mri", noise_seed=1, phantom_seed=3)
+    out, info = protocol._run_method("nsn2n_nbfuse", ds, 1, {})
+    default, default_info = protocol._nsn2n(ds, 1, "nsn2n_nofusion")
+    assert default_info["prediction_axes"] == ["K", "J", "I"]
+    fusion = info["neighbour_fusion"]
+    assert fusion["applied"] and set(fusion["psnr"]) >= {"default", "neighbour_network_alone", "blend_0.3"}
     source = NormalizedSlices(ds.noisy, 0, fit_intensity_map(ds.noisy))
     cfg = protocol.nsn2n_config("nsn2n_nbfuse", 1)
-    g = neighbour_fusion.predict_interpolator(
-        neighbour_fusion.train_interpolator(source, cfg), source, cfg.inference.tta
-    )
+    net = neighbour_fusion.train_interpolator(source, cfg)
+    g = neighbour_fusion.predict_interpolator(net, source, cfg.inference.tta)
     np.testing.assert_allclose(out, 0.7 * default + 0.3 * g, rtol=1e-5, atol=1e-3)
     assert not np.allclose(out, default, atol=1e-2)
-    _tiny_rows(monkeypatch, nsn2n="slice")
+    rows("slice")
     out1, info1 = protocol._run_method("nsn2n_nbfuse", ds, 1, {})
-    np.testing.assert_array_equal(out1, protocol._nsn2n(ds, 1, "nsn2n")[0])
+    np.testing.assert_array_equal(out1, protocol._nsn2n(ds, 1, "nsn2n_nofusion")[0])
     assert info1["neighbour_fusion"]["applied"] is False
+    out2, info2 = protocol._run_method("nsn2n_nbfuse_all", ds, 1, {})
+    assert info2["neighbour_fusion"]["applied"] is True and not np.allclose(out2, out1, atol=1e-2)
     assert protocol.run_params("nsn2n_nbfuse", {})["fusion_weight"] == neighbour_fusion.FUSION_WEIGHT

@@ -87,6 +87,8 @@ ORDER = (
     "nsn2n_ens2",
     "nsn2n_it3000",
     "nsn2n_nbfuse",
+    "nsn2n_nbfuse_all",
+    "nsn2n_nofusion",
     "nsn2n_best",
     "supervised",
     "supervised_w32",
@@ -107,7 +109,10 @@ LABELS = {
     "nsn2n_train3": "NSN2N default trained on neighbour pairs along K, J and I in turn (ablation, not adopted)",
     "nsn2n_ens2": "NSN2N default, two networks (training seeds s and s + 1000) averaged (ablation)",
     "nsn2n_it3000": "NSN2N default with 3000 iterations (the same training time as two networks; ablation)",
-    "nsn2n_nbfuse": "NSN2N default blended with a network that predicts each slice from its four neighbours (ablation)",
+    "nsn2n_nbfuse": "NSN2N previous default blended with a network that predicts each slice from its four neighbours "
+    "(the ablation behind `inference.neighbour_fusion`)",
+    "nsn2n_nbfuse_all": "the same blend without its gate (also on anisotropic CT; ablation)",
+    "nsn2n_nofusion": "NSN2N default without the neighbour network (`inference.neighbour_fusion = 'off'`)",
     "nsn2n_best": "NSN2N `best`",
     "supervised": "supervised ceiling (default network, clean target)",
     "supervised_w32": "supervised ceiling, width 32 (`best`'s network), default's iterations",
@@ -185,13 +190,14 @@ def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tup
         return _nsn2n_train3(ds, seed)
     if name == "nsn2n_ens2":
         return _nsn2n_ens2(ds, seed)
-    if name == "nsn2n_nbfuse":
+    if name in ("nsn2n_nbfuse", "nsn2n_nbfuse_all"):
         return neighbour_fusion.run(
             ds,
             seed,
-            lambda d, s: _nsn2n(d, s, "nsn2n"),
-            lambda s: nsn2n_config("nsn2n_nbfuse", s),
+            lambda d, s: _nsn2n(d, s, "nsn2n_nofusion"),
+            lambda s: nsn2n_config(name, s),
             lambda v: metrics.psnr(ds.clean, v, ds.mask, ds.data_range),
+            gate=name == "nsn2n_nbfuse",
         )
     if name in NSN2N_ROWS:
         return _nsn2n(ds, seed, name)
@@ -206,7 +212,9 @@ NSN2N_ROWS = {
     "nsn2n_train3": ("default", {}),
     "nsn2n_ens2": ("default", {}),
     "nsn2n_it3000": ("default", {"training": {"iterations": 3000}}),
-    "nsn2n_nbfuse": ("default", {}),
+    "nsn2n_nbfuse": ("default", {"inference": {"neighbour_fusion": "off"}}),
+    "nsn2n_nbfuse_all": ("default", {"inference": {"neighbour_fusion": "off"}}),
+    "nsn2n_nofusion": ("default", {"inference": {"neighbour_fusion": "off"}}),
     "nsn2n_best": ("best", {}),
 }
 """NSN2N rows: (preset, configuration overrides)."""
@@ -411,7 +419,7 @@ def run_params(method: str, chosen: dict) -> dict:
         params["config"] = nsn2n_config(method if method in NSN2N_ROWS else "default", 0).to_dict()
     if method == "supervised_w32":
         params["config"]["network"]["width"] = 32
-    if method == "nsn2n_nbfuse":
+    if method in ("nsn2n_nbfuse", "nsn2n_nbfuse_all"):
         params["fusion_weight"] = neighbour_fusion.FUSION_WEIGHT
     return params
 
