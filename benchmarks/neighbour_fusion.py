@@ -13,7 +13,8 @@ on the 1.5 mm CT slices g alone is far below the noisy input (the anatomy moves 
 the row ``nsn2n_nbfuse_all`` (the same without the gate) measures. g is the default's U-Net with five input
 channels (x_i-2, x_i-1, q_i, x_i+1, x_i+2), residual on q_i (so it starts as the cubic interpolation), trained
 with the default's iterations, batch, patch, learning rate and schedule on all pixels (no weight maps: g learns
-where the interpolation fails), predicted with the default's test-time augmentation. Training g costs as much as training f.
+where the interpolation fails), predicted with the default's test-time augmentation. Training g costs as much as
+training f.
 
     python -m benchmarks.protocol run --set tuning --cases mnitune_rician5,mnitune_rician10 --methods nsn2n_nbfuse
 
