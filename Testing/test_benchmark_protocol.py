@@ -306,3 +306,31 @@ def test_the_neighbour_fusion_row_blends_only_where_the_default_used_three_axes(
     out2, info2 = protocol._run_method("nsn2n_nbfuse_all", ds, 1, {})
     assert info2["neighbour_fusion"]["applied"] is True and not np.allclose(out2, out1, atol=1e-2)
     assert protocol.run_params("nsn2n_nbfuse", {})["fusion_weight"] == neighbour_fusion.FUSION_WEIGHT
+
+
+def test_the_neighbour_fusion_table_pairs_each_blend_and_the_engine_with_their_defaults(tmp_path, monkeypatch):
+    monkeypatch.setitem(protocol.SETS, "tuning", {"cases": ("mnitune_rician5",), "seeds": (100, 101)})
+    monkeypatch.setitem(protocol.SETS, "reporting", {"cases": ("colin_rician5", "ct_ld_1e5"), "seeds": (1, 2)})
+
+    def write(case, seed, method, psnr, fusion=None):
+        path = protocol.result_path(case, seed, method, tmp_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = {"neighbour_fusion": {"psnr": fusion}} if fusion else {}
+        path.write_text(json.dumps({"method": method, "seed": seed, "quality": {"psnr": psnr}, "info": info}))
+
+    for seed, base in ((100, 33.0), (101, 33.2)):
+        blends = {"blend_0.2": base + 0.3, "blend_0.3": base + 0.4, "blend_0.4": base + 0.1, "blend_0.5": base - 0.2}
+        fusion = {"default": base, "neighbour_network_alone": base - 2.0, **blends}
+        write("mnitune_rician5", seed, "nsn2n_nbfuse", base + 0.4, fusion)
+    for seed, (new, old) in ((1, (33.7, 33.5)), (2, (33.6, 33.5))):
+        write("colin_rician5", seed, "nsn2n", new)
+        write("colin_rician5", seed, "nsn2n_nofusion", old)
+    write("ct_ld_1e5", 1, "nsn2n", 30.0)  # no ablation row and no 'without' row: no line
+    lines = protocol.neighbour_fusion_table(tmp_path).splitlines()
+    assert len(lines) == 4
+    assert lines[2] == (
+        "| `mnitune_rician5` | 100, 101 | 33.10 ± 0.14 (2 seeds) | -2.00 ± 0.00 | +0.30 ± 0.00 | +0.40 ± 0.00 "
+        "| +0.10 ± 0.00 | -0.20 ± 0.00 | – | – |"
+    )
+    assert lines[3].startswith("| `colin_rician5` | – | 33.50 ± 0.00 (2 seeds) | – |")
+    assert lines[3].endswith("| 33.65 ± 0.07 (2 seeds) | +0.15 ± 0.07 (2 seeds) |")  # paired: +0.2, +0.1

@@ -733,6 +733,59 @@ def training_axes_table(set_name: str = "reporting", root: Path = RESULTS_DIR) -
     return "\n".join(lines)
 
 
+def _paired(found: dict, a: str, b: str) -> Summary | None:
+    """Mean ± sd over the shared seeds of PSNR(a) - PSNR(b), or None when either is missing."""
+    if a not in found or b not in found:
+        return None
+    by_seed = {m: {r["seed"]: r["quality"]["psnr"] for r in found[m]} for m in (a, b)}
+    seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
+    return summarise([by_seed[a][s] - by_seed[b][s] for s in seeds]) if seeds else None
+
+
+BLEND_WEIGHTS = ("blend_0.2", "blend_0.3", "blend_0.4", "blend_0.5")
+
+
+def neighbour_fusion_table(root: Path = RESULTS_DIR) -> str:
+    """Per case where the neighbour-network ablation ran: the benchmark's row (``nsn2n_nbfuse``: g alone and each
+    recorded blend weight against the default it was blended with, paired by seed) and, on the reporting set, the
+    engine's default with the neighbour network (``nsn2n``) against the default without it (``nsn2n_nofusion``)."""
+    head = (
+        "| case | seeds | default without it | g alone − default | w 0.2 | **w 0.3** | w 0.4 | w 0.5 "
+        "| engine default (w 0.3) | engine − without |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for set_name, spec in SETS.items():
+        for case in spec["cases"]:
+            found = collect(case, spec["seeds"], root)
+            rows = [r for r in found.get("nsn2n_nbfuse", []) if r["info"]["neighbour_fusion"].get("psnr")]
+            engine = _paired(found, "nsn2n", "nsn2n_nofusion") if set_name == "reporting" else None
+            if not rows and engine is None:
+                continue
+            cells = []
+            for key in ("neighbour_network_alone", *BLEND_WEIGHTS):
+                if rows:
+                    d = summarise(
+                        [
+                            r["info"]["neighbour_fusion"]["psnr"][key]
+                            - r["info"]["neighbour_fusion"]["psnr"]["default"]
+                            for r in rows
+                        ]
+                    )
+                    cells.append(f"{d.mean:+.2f} ± {d.sd:.2f}" if d.n > 1 else f"{d.mean:+.2f}")
+                else:
+                    cells.append("–")
+            base = (
+                summarise([r["info"]["neighbour_fusion"]["psnr"]["default"] for r in rows]).text()
+                if rows
+                else _figure(found["nsn2n_nofusion"], "psnr").text()
+            )
+            seeds = ", ".join(str(r["seed"]) for r in rows) if rows else "–"
+            new = _figure(found["nsn2n"], "psnr").text() if engine is not None else "–"
+            diff = f"{engine.mean:+.2f} ± {engine.sd:.2f} ({engine.n} seeds)" if engine is not None else "–"
+            lines.append(f"| `{case}` | {seeds} | {base} | " + " | ".join(cells) + f" | {new} | {diff} |")
+    return "\n".join(lines)
+
+
 def write_tables(root: Path = RESULTS_DIR) -> Path:
     """Rebuild ``<root>/SUMMARY.md`` from the stored result files alone."""
     parts = [
@@ -753,6 +806,11 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         "## Training along three axes (ablation on the reporting set, `nsn2n_train3`; not adopted)",
         "",
         training_axes_table("reporting", root),
+        "",
+        "## The neighbour network (`nsn2n_nbfuse` ablation rows; the engine's default `nsn2n` against "
+        "`nsn2n_nofusion`)",
+        "",
+        neighbour_fusion_table(root),
         "",
     ]
     for set_name, spec in SETS.items():
