@@ -95,7 +95,7 @@ class NSN2NDenoiseParameterNode:
     threads: Annotated[int, WithinRange(0, 1024)] = 0
     tta: Annotated[int, Choice([1, 2, 4, 8])] = 8
     axes: Annotated[str, Choice(["auto", "slice", "all"])] = "auto"
-    neighbourFusion: Annotated[str, Choice(["auto", "off", "on"])] = "auto"
+    neighbourFusion: Annotated[str, Choice(["off", "auto", "on"])] = "off"
     lambdaSelf: Annotated[float, WithinRange(0.0, 100.0)] = 0.5
     lambdaRc: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     lambdaIc: Annotated[float, WithinRange(0.0, 100.0)] = 0.0

@@ -323,9 +323,9 @@ def test_the_neighbour_fusion_table_pairs_each_blend_and_the_engine_with_their_d
         fusion = {"default": base, "neighbour_network_alone": base - 2.0, **blends}
         write("mnitune_rician5", seed, "nsn2n_nbfuse", base + 0.4, fusion)
     for seed, (new, old) in ((1, (33.7, 33.5)), (2, (33.6, 33.5))):
-        write("colin_rician5", seed, "nsn2n", new)
-        write("colin_rician5", seed, "nsn2n_nofusion", old)
-    write("ct_ld_1e5", 1, "nsn2n", 30.0)  # no ablation row and no 'without' row: no line
+        write("colin_rician5", seed, "nsn2n_fusion", new)
+        write("colin_rician5", seed, "nsn2n", old)
+    write("ct_ld_1e5", 1, "nsn2n", 30.0)  # no ablation row and no engine row with it: no line
     lines = protocol.neighbour_fusion_table(tmp_path).splitlines()
     assert len(lines) == 4
     assert lines[2] == (

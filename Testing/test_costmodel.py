@@ -118,8 +118,9 @@ def test_the_neighbour_network_doubles_training_and_adds_one_pass_where_it_appli
     """'auto' trains it where three axes are expected (near-isotropic voxels), 'on' everywhere, 'off' never."""
     iso, aniso = (1.0, 1.0, 1.0), (3.0, 1.0, 1.0)
     base = estimate((10, 64, 64), CFG.replace(inference={"neighbour_fusion": "off"}), bf16=False, spacing_kji=aniso)
-    auto_iso = estimate((10, 64, 64), CFG, bf16=False, spacing_kji=iso)
-    auto_aniso = estimate((10, 64, 64), CFG, bf16=False, spacing_kji=aniso)
+    auto = CFG.replace(inference={"neighbour_fusion": "auto"})
+    auto_iso = estimate((10, 64, 64), auto, bf16=False, spacing_kji=iso)
+    auto_aniso = estimate((10, 64, 64), auto, bf16=False, spacing_kji=aniso)
     on_aniso = estimate((10, 64, 64), CFG.replace(inference={"neighbour_fusion": "on"}), bf16=False, spacing_kji=aniso)
     assert auto_iso.seconds["training"] == pytest.approx(2 * base.seconds["training"])
     assert auto_iso.seconds["inference"] == pytest.approx(4 * base.seconds["inference"])  # three axes + g

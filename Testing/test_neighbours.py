@@ -38,6 +38,12 @@ def test_the_neighbours_are_two_on_each_side_mirrored_at_the_ends_and_never_the_
         neighbour_rows(0, 2)
 
 
+def test_the_network_has_the_configured_depth_and_width(tiny_config):
+    net = build_neighbour_network(tiny_config.replace(network={"depth": 3, "width": 8}))
+    assert net.depth == 3 and len(net.encoders) == 3
+    assert net.encoders[0][0].in_channels == 5 and net.encoders[0][0].out_channels == 8 and net.head.out_channels == 1
+
+
 def test_the_network_starts_as_the_cubic_interpolation_of_the_neighbours(tiny_config):
     rng = np.random.default_rng(0)
     nb = torch.from_numpy(rng.normal(size=(2, 4, 16, 16)).astype(np.float32))
@@ -70,10 +76,39 @@ def test_the_sampler_feeds_the_neighbours_and_targets_the_slice_itself():
         lo, hi = batch.x[:, c].amin(dim=(-2, -1)), batch.x[:, c].amax(dim=(-2, -1))
         assert torch.all(torch.floor(lo + 1e-3) == torch.floor(hi + 1e-3))
     assert torch.all(offsets == torch.tensor([-2.0, -1.0, 1.0, 2.0]))
+    assert len(set(centre.tolist())) > 1  # the slice drawn varies (not always the same stack)
     assert torch.equal(batch.weights, torch.ones_like(batch.target))
     assert torch.equal(batch.keep, torch.zeros_like(batch.target))
     with pytest.raises(ValueError, match="at least 5"):
         NeighbourSampler(NormalizedSlices(_index_volume(4), 0, IntensityMap(0.0, 1.0)), 16, 2, 0, torch.device("cpu"))
+
+
+def _code_volume(n, h, w):
+    """Voxel (k, y, x) holds 10000 k + 100 y + x: a patch's minimum is its corner, whatever the transform."""
+    k, y, x = np.meshgrid(np.arange(n), np.arange(h), np.arange(w), indexing="ij")
+    return (10000.0 * k + 100.0 * y + x).astype(np.float32)
+
+
+def test_the_sampler_draws_every_slice_position_and_transform_and_clips_the_patch_to_the_slice():
+    n, h, w = 5, 12, 40  # 5 slices: only slice 2 has two neighbours on each side
+    source = NormalizedSlices(_code_volume(n, h, w), 0, IntensityMap(offset=0.0, scale=1.0))
+    sampler = NeighbourSampler(source, patch=16, batch=256, seed=0, device=torch.device("cpu"))
+    assert sampler.size == 12  # min(patch, h, w)
+    batch = sampler.sample()
+    assert batch.target.shape == (256, 1, 12, 12)
+    corner = batch.target.amin(dim=(1, 2, 3))
+    slices, rows, cols = corner // 10000, (corner % 10000) // 100, corner % 100
+    assert set(slices.tolist()) == {2}
+    assert set(rows.tolist()) == {0} and set(cols.tolist()) == set(range(0, w - 12 + 1))
+    t = batch.target[:, 0]
+    identity = (t[:, 0, 0] == corner) & (t[:, 0, 1] == corner + 1) & (t[:, 1, 0] == corner + 100)
+    assert identity.any() and not identity.all()  # the identity is one of the 8 transforms drawn
+    wide = NeighbourSampler(
+        NormalizedSlices(_code_volume(6, 40, 12), 0, IntensityMap(0.0, 1.0)), 16, 256, 1, torch.device("cpu")
+    )
+    corner = wide.sample().target.amin(dim=(1, 2, 3))
+    assert set(((corner % 10000) // 100).tolist()) == set(range(0, 40 - 12 + 1))
+    assert set((corner // 10000).tolist()) == {2, 3}
 
 
 def test_its_loss_is_plain_noise2noise_on_every_pixel(tiny_config):
@@ -82,20 +117,23 @@ def test_its_loss_is_plain_noise2noise_on_every_pixel(tiny_config):
     assert cfg.training == tiny_config.training and cfg.network == tiny_config.network
 
 
+THREE = "denoised along three axes (near-isotropic voxels, white in-plane noise)"
+ONE = "denoised along the slice axis only (anisotropic voxels or in-plane correlated noise)"
+
+
 @pytest.mark.parametrize(
     ("choice", "axes", "n", "applies", "why"),
     [
-        ("auto", [0, 1, 2], 10, True, "three axes"),
-        ("auto", [0], 10, False, "slice axis only"),
-        ("on", [0], 10, True, "'on'"),
-        ("off", [0, 1, 2], 10, False, "'off'"),
-        ("on", [0, 1, 2], 4, False, "fewer than 5"),
-        ("auto", [0, 1, 2], 5, True, "three axes"),
+        ("auto", [0, 1, 2], 10, True, THREE),
+        ("auto", [0], 10, False, ONE),
+        ("on", [0], 10, True, "inference.neighbour_fusion = 'on'"),
+        ("off", [0, 1, 2], 10, False, "inference.neighbour_fusion = 'off'"),
+        ("on", [0, 1, 2], 4, False, "fewer than 5 slices along the slice axis"),
+        ("auto", [0, 1, 2], 5, True, THREE),
     ],
 )
 def test_auto_follows_the_prediction_axes(choice, axes, n, applies, why):
-    ok, reason = fusion_applies(choice, axes, n)
-    assert ok is applies and why in reason
+    assert fusion_applies(choice, axes, n) == (applies, why)
 
 
 class _Centre(torch.nn.Module):
@@ -128,8 +166,24 @@ def test_the_blend_is_one_minus_the_weight_of_f_plus_the_weight_of_g_in_the_inpu
 def test_the_blend_stops_when_cancelled():
     source = NormalizedSlices(_index_volume(7, 12, 12), 0, IntensityMap(0.0, 1.0))
     out = np.zeros((7, 12, 12), dtype=np.float32)
-    with pytest.raises(CancelledError):
+    with pytest.raises(CancelledError, match="^Inference was cancelled; no result was produced.$"):
         blend_into(_Centre(), source, out, 1, torch.device("cpu"), is_cancelled=lambda: True)
+
+
+def test_the_blend_runs_in_float32_unless_bf16_is_asked_for(tiny_config):
+    torch.manual_seed(0)
+    net = build_neighbour_network(tiny_config.replace(network={"width": 8}))
+    torch.nn.init.normal_(net.head.weight, std=0.5)  # no longer the identity start
+    net.eval()
+    rng = np.random.default_rng(1)
+    vol = rng.normal(size=(6, 16, 16)).astype(np.float32)
+    source = NormalizedSlices(vol, 0, IntensityMap(0.0, 1.0))
+    default, fp32, bf16 = (np.zeros_like(vol) for _ in range(3))
+    blend_into(net, source, default, 1, torch.device("cpu"))
+    blend_into(net, source, fp32, 1, torch.device("cpu"), bf16=False)
+    blend_into(net, source, bf16, 1, torch.device("cpu"), bf16=True)
+    np.testing.assert_array_equal(default, fp32)
+    assert np.abs(bf16 - fp32).max() > 1e-4  # bf16 autocast is applied when asked for
 
 
 def _isotropic_pair():
@@ -140,7 +194,9 @@ def _isotropic_pair():
 
 def test_a_run_trains_it_where_auto_says_and_blends_it_into_the_output(tiny_config):
     noisy = _isotropic_pair()
-    cfg = tiny_config.replace(inference={"axes": "all", "tta": 2}, training={"patch_size": 16})
+    cfg = tiny_config.replace(
+        inference={"axes": "all", "tta": 2, "neighbour_fusion": "auto"}, training={"patch_size": 16}
+    )
     steps = []
     out, report = denoise(noisy, config=cfg, progress=lambda *a: steps.append(a))
     off, report_off = denoise(noisy, config=cfg.replace(inference={"neighbour_fusion": "off"}))
@@ -172,9 +228,13 @@ def test_a_run_trains_it_where_auto_says_and_blends_it_into_the_output(tiny_conf
     assert inference[-1][1] == inference[-1][2] == 10 + 32 + 32 + 10
 
 
-def test_auto_leaves_an_anisotropic_run_exactly_as_without_it(tiny_config):
+def test_it_is_off_by_default_and_auto_leaves_an_anisotropic_run_exactly_as_without_it(tiny_config):
+    assert tiny_config.inference.neighbour_fusion == "off"
+    _, report_default = denoise(_isotropic_pair(), config=tiny_config.replace(inference={"axes": "all"}))
+    assert report_default.neighbour_fusion["applied"] is False and "'off'" in report_default.neighbour_fusion["reason"]
     noisy = _isotropic_pair()
-    out, report = denoise(noisy, spacing=(3.0, 1.0, 1.0), config=tiny_config)
-    off, _ = denoise(noisy, spacing=(3.0, 1.0, 1.0), config=tiny_config.replace(inference={"neighbour_fusion": "off"}))
+    auto = tiny_config.replace(inference={"neighbour_fusion": "auto"})
+    out, report = denoise(noisy, spacing=(3.0, 1.0, 1.0), config=auto)
+    off, _ = denoise(noisy, spacing=(3.0, 1.0, 1.0), config=tiny_config)
     assert np.array_equal(out, off)
     assert report.neighbour_fusion["applied"] is False and "slice axis only" in report.neighbour_fusion["reason"]

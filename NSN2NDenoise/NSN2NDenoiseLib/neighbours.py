@@ -146,12 +146,12 @@ def blend_into(
                 raise CancelledError("Inference was cancelled; no result was produced.")
             stack = source.rows(np.array(neighbour_rows(i, n)))
             x = network_input(torch.from_numpy(stack).to(device)[None])
-            acc = torch.zeros((1, 1, *stack.shape[1:]), device=device)
+            outputs = []
             for k in TTA_ORDER[:tta]:
                 with autocast(device, bf16):
                     y = net(dihedral(x, k).contiguous(memory_format=torch.channels_last)).float()
-                acc += inverse_dihedral(y, k)
-            g = (acc / len(TTA_ORDER[:tta]))[0, 0].cpu().numpy()
+                outputs.append(inverse_dihedral(y, k))
+            g = torch.stack(outputs).mean(dim=0)[0, 0].cpu().numpy()
             g *= scale
             g += offset
             out[i] *= keep

@@ -166,7 +166,7 @@ OPTIONS: tuple[Option, ...] = (
         ("inference", "neighbour_fusion"),
         "Neighbour network",
         "also train a network that predicts each slice from its four neighbours and blend it into the result "
-        "with weight 0.3: auto (where all three axes are used), on or off. Doubles the training time.",
+        "with weight 0.3: off (the default), auto (where all three axes are used) or on. Doubles the training time.",
         choices=FUSION_CHOICES,
         advanced=True,
     ),
