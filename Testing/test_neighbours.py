@@ -39,8 +39,8 @@ def test_the_neighbours_are_two_on_each_side_mirrored_at_the_ends_and_never_the_
 
 
 def test_the_network_has_the_configured_depth_and_width(tiny_config):
-    net = build_neighbour_network(tiny_config.replace(network={"depth": 3, "width": 8}))
-    assert net.depth == 3 and len(net.encoders) == 3
+    net = build_neighbour_network(tiny_config.replace(network={"depth": 1, "width": 8}))
+    assert net.depth == 1 and len(net.encoders) == 1
     assert net.encoders[0][0].in_channels == 5 and net.encoders[0][0].out_channels == 8 and net.head.out_channels == 1
 
 
@@ -184,6 +184,18 @@ def test_the_blend_runs_in_float32_unless_bf16_is_asked_for(tiny_config):
     blend_into(net, source, bf16, 1, torch.device("cpu"), bf16=True)
     np.testing.assert_array_equal(default, fp32)
     assert np.abs(bf16 - fp32).max() > 1e-4  # bf16 autocast is applied when asked for
+    # with test-time augmentation, g is the mean over the transforms, each undone
+    tta8 = np.zeros_like(vol)
+    blend_into(net, source, tta8, 8, torch.device("cpu"))
+    from NSN2NDenoiseLib.inference import TTA_ORDER
+    from NSN2NDenoiseLib.training import dihedral, inverse_dihedral
+
+    with torch.no_grad():
+        for i in (0, 3):
+            x = network_input(torch.from_numpy(vol[neighbour_rows(i, 6)])[None])
+            g = torch.stack([inverse_dihedral(net(dihedral(x, k)), k) for k in TTA_ORDER]).mean(0)[0, 0].numpy()
+            np.testing.assert_allclose(tta8[i], FUSION_WEIGHT * g, rtol=1e-4, atol=1e-5)
+    assert np.abs(tta8 - fp32).max() > 1e-3  # not the identity transform alone
 
 
 def _isotropic_pair():
