@@ -188,7 +188,8 @@ class InferenceConfig:
     blended into the output (docs/METHOD.md section 5): 'off' (the default), 'auto' (where the volume is denoised
     along all three axes, see ``axes``) or 'on'. Where it applies it doubles the training time. Not the default:
     it gained on the reporting set only at high noise on the smooth MNI152 slab (+0.42 dB at Rician 10 %), tied
-    on Colin27 and lost 0.04 dB on MNI152 at 5 % (RESULTS.md, "Measured and offered as an option")."""
+    on Colin27 with Rician noise and lost 0.04-0.08 dB on MNI152 at 5 % and Colin27 with Gaussian noise (RESULTS.md,
+    "Measured and offered as an option: the neighbour network")."""
 
     def validate(self) -> None:
         s = "inference"
