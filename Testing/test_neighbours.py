@@ -17,10 +17,10 @@ from NSN2NDenoiseLib.neighbours import (
     neighbour_config,
     neighbour_rows,
     network_input,
+    train_neighbour_network,
 )
 from NSN2NDenoiseLib.normalization import IntensityMap, NormalizedSlices, fit_intensity_map
 from NSN2NDenoiseLib.phantom import make_phantom
-from NSN2NDenoiseLib.training import train_network
 
 
 def test_the_neighbours_are_two_on_each_side_mirrored_at_the_ends_and_never_the_slice_itself():
@@ -219,14 +219,7 @@ def test_a_run_trains_it_where_auto_says_and_blends_it_into_the_output(tiny_conf
     # the output is (1 - w) f + w g, with f the run without it (same seed, same training of f)
     source = NormalizedSlices(noisy, 0, fit_intensity_map(noisy))
     t = cfg.training
-    g, _ = train_network(
-        source,
-        None,
-        neighbour_config(cfg),
-        torch.device("cpu"),
-        sampler=NeighbourSampler(source, t.patch_size, t.batch_size, t.seed, torch.device("cpu")),
-        build=build_neighbour_network,
-    )
+    g, _ = train_neighbour_network(source, cfg, torch.device("cpu"))
     expected = off.copy()
     cpu = torch.device("cpu")
     blend_into(g, source, expected, cfg.inference.tta, cpu, use_bf16(cpu, cfg.training.mixed_precision))

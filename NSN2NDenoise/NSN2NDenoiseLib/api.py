@@ -20,14 +20,7 @@ from . import __version__
 from .config import NSN2NConfig, make_config
 from .errors import OUT_OF_MEMORY_ADVICE, CancelledError, DeviceError, InputError
 from .inference import predict_into, prediction_axes, use_bf16
-from .neighbours import (
-    FUSION_WEIGHT,
-    NeighbourSampler,
-    blend_into,
-    build_neighbour_network,
-    fusion_applies,
-    neighbour_config,
-)
+from .neighbours import FUSION_WEIGHT, blend_into, fusion_applies, train_neighbour_network
 from .noise_estimates import estimate_inplane_lag1, estimate_noise
 from .normalization import NormalizedSlices, fit_intensity_map
 from .report import RunReport
@@ -301,17 +294,13 @@ def denoise(
         del targets  # the maps are not needed any more: free them before the output is allocated
         neighbour_net, neighbour_curve, neighbour_recoveries = None, [], []
         if fusion:
-            t = cfg.training
-            neighbour_net, neighbour_curve = train_network(
+            neighbour_net, neighbour_curve = train_neighbour_network(
                 source,
-                None,
-                neighbour_config(cfg),
+                cfg,
                 device,
                 _offset_progress(progress, iterations, trainings * iterations),
                 is_cancelled,
-                sampler=NeighbourSampler(source, t.patch_size, t.batch_size, t.seed, device),
                 on_recovery=neighbour_recoveries.append,
-                build=build_neighbour_network,
             )
         phase_seconds["training"] = time.perf_counter() - t0
 

@@ -23,7 +23,7 @@ from .errors import CancelledError
 from .inference import TTA_ORDER
 from .network import UNet2D
 from .normalization import NormalizedSlices
-from .training import Batch, autocast, dihedral, inverse_dihedral
+from .training import Batch, Recovery, autocast, dihedral, inverse_dihedral, train_network
 
 FUSION_WEIGHT = 0.3
 """g's share of the output. Chosen on the tuning set (MNI152 slices 110-157, 3 seeds): at Rician 5 % 0.2 and 0.3
@@ -99,6 +99,31 @@ class NeighbourSampler:
         target = torch.stack(targets).to(self.device)
         ones = torch.ones_like(target)
         return Batch(x=x_in, target=target, weights=ones, keep=torch.zeros_like(target))
+
+
+def train_neighbour_network(
+    source: NormalizedSlices,
+    cfg: NSN2NConfig,
+    device: torch.device,
+    progress=None,
+    is_cancelled: Callable[[], bool] | None = None,
+    on_recovery: Callable[[Recovery], None] | None = None,
+) -> tuple[torch.nn.Module, list[tuple[int, float]]]:
+    """Train g on ``source`` with f's training settings (:func:`neighbour_config`, :class:`NeighbourSampler`
+    seeded by ``cfg.training.seed``) through :func:`training.train_network` (its guard, cancel and progress);
+    returns the network in eval mode and its loss curve."""
+    t = cfg.training
+    return train_network(
+        source,
+        None,
+        neighbour_config(cfg),
+        device,
+        progress,
+        is_cancelled,
+        sampler=NeighbourSampler(source, t.patch_size, t.batch_size, t.seed, device),
+        on_recovery=on_recovery,
+        build=build_neighbour_network,
+    )
 
 
 def fusion_applies(choice: str, axes: list[int], n_slices: int) -> tuple[bool, str]:
