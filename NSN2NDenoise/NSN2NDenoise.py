@@ -96,6 +96,7 @@ class NSN2NDenoiseParameterNode:
     tta: Annotated[int, Choice([1, 2, 4, 8])] = 8
     axes: Annotated[str, Choice(["auto", "slice", "all"])] = "auto"
     neighbourFusion: Annotated[str, Choice(["off", "auto", "on"])] = "off"
+    wiener: Annotated[str, Choice(["off", "on"])] = "on"
     lambdaSelf: Annotated[float, WithinRange(0.0, 100.0)] = 0.5
     lambdaRc: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     lambdaIc: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
@@ -384,6 +385,7 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
         "tta",
         "axes",
         "neighbourFusion",
+        "wiener",
         "lambdaSelf",
         "lambdaRc",
         "lambdaIc",
@@ -638,7 +640,7 @@ class NSN2NDenoiseLogic(ScriptedLoadableModuleLogic):
         iterations : int, optional
             Training iterations; None keeps the preset's.
         device : {'auto', 'cpu', 'cuda'}
-        sliceAxis, seed, threads, tta, axes, neighbourFusion, lambdaSelf, lambdaRc, lambdaIc : optional
+        sliceAxis, seed, threads, tta, axes, neighbourFusion, wiener, lambdaSelf, lambdaRc, lambdaIc : optional
             The other options of ``NSN2NDenoiseLib.options.OPTIONS`` by their camelCase names; None keeps the
             preset's value.
         config : NSN2NDenoiseLib.NSN2NConfig, optional

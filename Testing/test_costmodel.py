@@ -19,6 +19,8 @@ from NSN2NDenoiseLib.errors import (
 )
 
 CFG = make_config("default")
+NET = CFG.replace(inference={"wiener": "off"})
+"""The default without the Wiener stage: its inference time is the network's alone."""
 
 
 def test_estimates_grow_linearly_with_voxels_and_iterations():
@@ -39,18 +41,18 @@ def test_estimates_grow_linearly_with_voxels_and_iterations():
 
 
 def test_estimates_follow_width_tta_batch_precision_and_device():
-    base = estimate((10, 64, 64), CFG, bf16=False)
-    wide = estimate((10, 64, 64), CFG.replace(network={"width": 32}), bf16=False)
+    base = estimate((10, 64, 64), NET, bf16=False)
+    wide = estimate((10, 64, 64), NET.replace(network={"width": 32}), bf16=False)
     assert wide.seconds["training"] == pytest.approx(4 * base.seconds["training"])
-    tta1 = estimate((10, 64, 64), CFG.replace(inference={"tta": 1}), bf16=False)
+    tta1 = estimate((10, 64, 64), NET.replace(inference={"tta": 1}), bf16=False)
     assert base.seconds["inference"] == pytest.approx(8 * tta1.seconds["inference"])
-    batch = estimate((10, 64, 64), CFG.replace(training={"batch_size": 16}), bf16=False)
+    batch = estimate((10, 64, 64), NET.replace(training={"batch_size": 16}), bf16=False)
     assert batch.seconds["training"] == pytest.approx(2 * base.seconds["training"])
-    fast = estimate((10, 64, 64), CFG, bf16=True)
+    fast = estimate((10, 64, 64), NET, bf16=True)
     assert fast.seconds["inference"] < base.seconds["inference"]
-    off = estimate((10, 64, 64), CFG.replace(training={"mixed_precision": False}), bf16=True)
+    off = estimate((10, 64, 64), NET.replace(training={"mixed_precision": False}), bf16=True)
     assert off.seconds["inference"] == pytest.approx(base.seconds["inference"])
-    gpu = estimate((10, 64, 64), CFG, "cuda", bf16=False)
+    gpu = estimate((10, 64, 64), NET, "cuda", bf16=False)
     for phase in PHASES:
         assert gpu.seconds[phase] == pytest.approx(base.seconds[phase] / costmodel.GPU_SPEEDUP)
 
@@ -103,13 +105,13 @@ def test_explain_turns_errors_into_actionable_ones():
 
 
 def test_inference_time_counts_the_axes_auto_may_use():
-    no_fusion = CFG.replace(inference={"neighbour_fusion": "off"})
+    no_fusion = NET.replace(inference={"neighbour_fusion": "off"})
     iso = estimate((10, 64, 64), no_fusion, bf16=False, spacing_kji=(1.0, 1.0, 1.0))
     aniso = estimate((10, 64, 64), no_fusion, bf16=False, spacing_kji=(3.0, 1.0, 1.0))
     unknown = estimate((10, 64, 64), no_fusion, bf16=False)
     assert iso.seconds["inference"] == pytest.approx(3 * aniso.seconds["inference"])
     assert unknown.seconds["inference"] == pytest.approx(aniso.seconds["inference"])
-    single = estimate((10, 64, 64), CFG.replace(inference={"axes": "slice"}), bf16=False, spacing_kji=(1, 1, 1))
+    single = estimate((10, 64, 64), NET.replace(inference={"axes": "slice"}), bf16=False, spacing_kji=(1, 1, 1))
     assert single.seconds["inference"] == pytest.approx(aniso.seconds["inference"])
     assert iso.seconds["training"] == pytest.approx(aniso.seconds["training"])
 
@@ -117,13 +119,26 @@ def test_inference_time_counts_the_axes_auto_may_use():
 def test_the_neighbour_network_doubles_training_and_adds_one_pass_where_it_applies():
     """'auto' trains it where three axes are expected (near-isotropic voxels), 'on' everywhere, 'off' never."""
     iso, aniso = (1.0, 1.0, 1.0), (3.0, 1.0, 1.0)
-    base = estimate((10, 64, 64), CFG.replace(inference={"neighbour_fusion": "off"}), bf16=False, spacing_kji=aniso)
-    auto = CFG.replace(inference={"neighbour_fusion": "auto"})
+    base = estimate((10, 64, 64), NET.replace(inference={"neighbour_fusion": "off"}), bf16=False, spacing_kji=aniso)
+    auto = NET.replace(inference={"neighbour_fusion": "auto"})
     auto_iso = estimate((10, 64, 64), auto, bf16=False, spacing_kji=iso)
     auto_aniso = estimate((10, 64, 64), auto, bf16=False, spacing_kji=aniso)
-    on_aniso = estimate((10, 64, 64), CFG.replace(inference={"neighbour_fusion": "on"}), bf16=False, spacing_kji=aniso)
+    on_aniso = estimate((10, 64, 64), NET.replace(inference={"neighbour_fusion": "on"}), bf16=False, spacing_kji=aniso)
     assert auto_iso.seconds["training"] == pytest.approx(2 * base.seconds["training"])
     assert auto_iso.seconds["inference"] == pytest.approx(4 * base.seconds["inference"])  # three axes + g
     assert auto_aniso.seconds == pytest.approx(base.seconds)
     assert on_aniso.seconds["training"] == pytest.approx(2 * base.seconds["training"])
     assert on_aniso.seconds["inference"] == pytest.approx(2 * base.seconds["inference"])
+
+
+def test_the_wiener_stage_adds_its_cpu_time_per_voxel_whatever_the_device():
+    shape = (10, 64, 48)
+    voxels = 10 * 64 * 48
+    for device in ("cpu", "cuda"):
+        on = estimate(shape, CFG, device, bf16=False)
+        off = estimate(shape, NET, device, bf16=False)
+        assert on.seconds["inference"] - off.seconds["inference"] == pytest.approx(
+            costmodel.WIENER_S_PER_VOXEL * voxels
+        )
+        assert on.seconds["training"] == off.seconds["training"] and on.seconds["weights"] == off.seconds["weights"]
+        assert on.host_bytes == off.host_bytes

@@ -82,6 +82,7 @@ ORDER = (
     "bm4d_est",
     "bm4d_swept",
     "nsn2n",
+    "nsn2n_nowiener",
     "nsn2n_slice",
     "nsn2n_train3",
     "nsn2n_ens2",
@@ -105,7 +106,8 @@ LABELS = {
     "bm4d_est": "BM4D, estimated noise",
     "bm4d_swept": "BM4D, swept sigma",
     "nsn2n": "**NSN2N default**",
-    "nsn2n_slice": "NSN2N default, slice axis only (`inference.axes = 'slice'`)",
+    "nsn2n_nowiener": "NSN2N default without the Wiener stage (`inference.wiener = 'off'`; the previous default)",
+    "nsn2n_slice": "NSN2N default, slice axis only (`inference.axes = 'slice'`, no Wiener stage)",
     "nsn2n_train3": "NSN2N default trained on neighbour pairs along K, J and I in turn (ablation, not adopted)",
     "nsn2n_ens2": "NSN2N default, two networks (training seeds s and s + 1000) averaged (ablation)",
     "nsn2n_it3000": "NSN2N default with 3000 iterations (the same training time as two networks; ablation)",
@@ -206,19 +208,22 @@ def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tup
     raise KeyError(f"unknown method {name!r}; known: {', '.join(ORDER)}")
 
 
+NO_WIENER = {"wiener": "off"}
 NSN2N_ROWS = {
     "nsn2n": ("default", {}),
-    "nsn2n_slice": ("default", {"inference": {"axes": "slice"}}),
-    "nsn2n_train3": ("default", {}),
-    "nsn2n_ens2": ("default", {}),
-    "nsn2n_it3000": ("default", {"training": {"iterations": 3000}}),
-    "nsn2n_nbfuse": ("default", {"inference": {"neighbour_fusion": "off"}}),
-    "nsn2n_nbfuse_all": ("default", {"inference": {"neighbour_fusion": "off"}}),
-    "nsn2n_nofusion": ("default", {"inference": {"neighbour_fusion": "off"}}),
-    "nsn2n_fusion": ("default", {"inference": {"neighbour_fusion": "auto"}}),
-    "nsn2n_best": ("best", {}),
+    "nsn2n_nowiener": ("default", {"inference": NO_WIENER}),
+    "nsn2n_slice": ("default", {"inference": {"axes": "slice", **NO_WIENER}}),
+    "nsn2n_train3": ("default", {"inference": NO_WIENER}),
+    "nsn2n_ens2": ("default", {"inference": NO_WIENER}),
+    "nsn2n_it3000": ("default", {"training": {"iterations": 3000}, "inference": NO_WIENER}),
+    "nsn2n_nbfuse": ("default", {"inference": {"neighbour_fusion": "off", **NO_WIENER}}),
+    "nsn2n_nbfuse_all": ("default", {"inference": {"neighbour_fusion": "off", **NO_WIENER}}),
+    "nsn2n_nofusion": ("default", {"inference": {"neighbour_fusion": "off", **NO_WIENER}}),
+    "nsn2n_fusion": ("default", {"inference": {"neighbour_fusion": "auto", **NO_WIENER}}),
+    "nsn2n_best": ("best", {"inference": NO_WIENER}),
 }
-"""NSN2N rows: (preset, configuration overrides)."""
+"""NSN2N rows: (preset, configuration overrides). The rows measured before the Wiener stage existed say
+``wiener = 'off'``, which is what they ran."""
 
 
 def nsn2n_config(row: str, seed: int, threads: int = 1):
@@ -323,10 +328,19 @@ def _nsn2n_ens2(ds: datasets.Dataset, seed: int) -> tuple[np.ndarray, dict]:
 
 
 def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]:
+    """An NSN2N row through the engine. For the default (``inference.wiener = 'on'``) the engine runs with the
+    Wiener stage off and the stage is then applied by the engine's own ``wiener.apply_wiener``, exactly as
+    ``denoise`` does (Testing/test_wiener.py checks that the two agree to the bit), so that the same training
+    also gives the network's output alone (stored as ``nsn2n_nowiener``) and, where three axes were used, its
+    slice-axis pass (``nsn2n_slice``)."""
     from NSN2NDenoiseLib import denoise
+    from NSN2NDenoiseLib.residual_check import residual_structure
+    from NSN2NDenoiseLib.wiener import apply_wiener
 
     cfg = nsn2n_config(row, seed)
-    out, report, state = denoise(ds.noisy, spacing=ds.spacing, config=cfg, return_model=True)
+    wiener = cfg.inference.wiener == "on"
+    run_cfg = cfg.replace(inference=NO_WIENER) if wiener else cfg
+    out, report, state = denoise(ds.noisy, spacing=ds.spacing, config=run_cfg, return_model=True)
     r = report.to_dict()
     keep = (
         "slice_axis",
@@ -339,11 +353,32 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
         "prediction_axes",
         "prediction_axes_reason",
         "training_recoveries",
+        "wiener",
     )
     info = {k: r[k] for k in keep if k in r}
     info["residual_check"] = (r.get("residual_check") or {}).get("score")
     info["warnings"] = r.get("warnings", [])
     info["config"] = r.get("config")
+    extras = {}
+    if wiener:
+        network_only = out.copy()
+        axis = r["slice_axis"]
+        t0 = time.perf_counter()
+        info["wiener"] = apply_wiener(
+            np.moveaxis(ds.noisy, axis, 0), np.moveaxis(out, axis, 0), tuple(r["inplane_noise_lag1"])
+        )
+        info["phase_seconds"] = {**info["phase_seconds"], "wiener": time.perf_counter() - t0}
+        info["config"] = cfg.to_dict()
+        check = residual_structure(np.moveaxis(ds.noisy, axis, 0), np.moveaxis(out, axis, 0))
+        info["residual_check"] = check.score
+        note = {
+            "derived_from": "the nsn2n run of this seed (same training; the network's output before the Wiener stage)",
+            "seconds": sum(v for k, v in r["phase_seconds"].items() if k != "residual_check"),
+            "wiener": {"applied": False, "reason": "inference.wiener = 'off'"},
+            "residual_check": (r.get("residual_check") or {}).get("score"),
+            "config": run_cfg.to_dict(),
+        }
+        extras["nsn2n_nowiener"] = (network_only, note)
     if row == "nsn2n" and len(r["prediction_axes"]) > 1:
         # The slice-only row of the same training: stored as nsn2n_slice by run_case (no second training).
         t0 = time.perf_counter()
@@ -351,13 +386,15 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
         extra = _slice_only(ds, cfg_slice, state, r["slice_axis"])
         seconds = r["phase_seconds"]["weights"] + r["phase_seconds"]["training"] + time.perf_counter() - t0
         note = {
-            "derived_from": "the nsn2n run of this seed (same training; slice-axis pass only)",
+            "derived_from": "the nsn2n run of this seed (same training; slice-axis pass only, no Wiener stage)",
             "seconds": seconds,
             "prediction_axes": [r["prediction_axes"][0]],
             "prediction_axes_reason": "inference.axes = 'slice'",
             "config": cfg_slice.to_dict(),
         }
-        info["_extra"] = {"nsn2n_slice": (extra, note)}
+        extras["nsn2n_slice"] = (extra, note)
+    if extras:
+        info["_extra"] = extras
     return out, info
 
 

@@ -27,6 +27,7 @@ from .report import RunReport
 from .residual_check import residual_structure
 from .training import Recovery, train_network
 from .weights import compute_targets
+from .wiener import apply_wiener, row_count
 
 ProgressFn = Callable[[str, int, int, float | None], None]
 
@@ -306,12 +307,25 @@ def denoise(
 
         t0 = time.perf_counter()
         n = arr.shape[axis]
+        wiener_rows = row_count(n) if cfg.inference.wiener == "on" else 0
         denoised = _predict_along(
-            net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled, n if fusion else 0
+            net,
+            arr,
+            imap,
+            source,
+            axis,
+            axes,
+            cfg,
+            device,
+            bf16,
+            progress,
+            is_cancelled,
+            (n if fusion else 0) + wiener_rows,
         )
+        total = sum(arr.shape[a] for a in axes) + (n if fusion else 0) + wiener_rows
         if neighbour_net is not None:
-            total = sum(arr.shape[a] for a in axes) + n
-            step = None if progress is None else (lambda i: progress("inference", total - n + i + 1, total, None))
+            first = total - wiener_rows - n
+            step = None if progress is None else (lambda i: progress("inference", first + i + 1, total, None))
             blend_into(
                 neighbour_net,
                 source,
@@ -323,6 +337,15 @@ def denoise(
                 is_cancelled,
             )
         phase_seconds["inference"] = time.perf_counter() - t0
+        wiener_info: dict = {"applied": False, "reason": "inference.wiener = 'off'"}
+        if wiener_rows:
+            t0 = time.perf_counter()
+            first = total - wiener_rows
+            step = None if progress is None else (lambda r: progress("inference", first + r + 1, total, None))
+            wiener_info = apply_wiener(
+                np.moveaxis(arr, axis, 0), np.moveaxis(denoised, axis, 0), lag1, step, is_cancelled
+            )
+            phase_seconds["wiener"] = time.perf_counter() - t0
         peak_gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     except torch.cuda.OutOfMemoryError as exc:
         raise DeviceError(f"The GPU ran out of memory. {OUT_OF_MEMORY_ADVICE}") from exc
@@ -395,6 +418,7 @@ def denoise(
             "loss_curve": [[int(i), float(v)] for i, v in neighbour_curve],
             "recoveries": [_recovery_dict(r) for r in neighbour_recoveries],
         },
+        wiener=wiener_info,
         warnings=warnings,
         versions={"nsn2n": __version__, "torch": torch.__version__, "numpy": np.__version__},
     )

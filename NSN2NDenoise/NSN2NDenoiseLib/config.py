@@ -165,6 +165,7 @@ class TrainingConfig:
 TTA_CHOICES = (1, 2, 4, 8)
 AXES_CHOICES = ("auto", "slice", "all")
 FUSION_CHOICES = ("off", "auto", "on")
+WIENER_CHOICES = ("off", "on")
 
 
 @dataclass(frozen=True)
@@ -190,11 +191,16 @@ class InferenceConfig:
     it gained on the reporting set only at high noise on the smooth MNI152 slab (+0.42 dB at Rician 10 %), tied
     on Colin27 with Rician noise and lost 0.04-0.08 dB on MNI152 at 5 % and Colin27 with Gaussian noise (RESULTS.md,
     "Measured and offered as an option: the neighbour network")."""
+    wiener: str = "on"
+    """The Wiener stage (docs/METHOD.md section 5): 'on' uses the network's output as the pilot of a
+    sliding-window DCT Wiener filter of the input, whose noise level is read from the removed residual; 'off'
+    returns the network's output. It costs one pass over the volume (RESULTS.md, "The Wiener stage")."""
 
     def validate(self) -> None:
         s = "inference"
         _check_choice(s, "axes", self.axes, AXES_CHOICES)
         _check_choice(s, "neighbour_fusion", self.neighbour_fusion, FUSION_CHOICES)
+        _check_choice(s, "wiener", self.wiener, WIENER_CHOICES)
         if isinstance(self.tta, bool):
             raise ConfigError(f"inference.tta = {self.tta!r} must be one of {', '.join(map(str, TTA_CHOICES))}.")
         _check_choice(s, "tta", self.tta, TTA_CHOICES)
@@ -290,7 +296,7 @@ def _preset_changes(name: str) -> dict[str, Any]:
             "preset": "fast",
             "training": {"iterations": 400},
             "loss": {"target_warmup": 0.5},
-            "inference": {"tta": 1},
+            "inference": {"tta": 1, "wiener": "off"},
         }
     if name == "default":
         return {"preset": "default"}

@@ -24,6 +24,8 @@ INFERENCE_S_PER_VOXEL_BF16 = 1.5e-7
 measured at 100 and 600 slices, TTA 1 and 8)."""
 INFERENCE_S_PER_VOXEL_FP32 = 2.85e-7
 """The same in float32 (no native bf16): 1.9x the bf16 time ("Real sizes", inference options)."""
+WIENER_S_PER_VOXEL = 3.0e-7
+"""Seconds per voxel of the Wiener stage (``inference.wiener = 'on'``; CPU, whatever the device of the network)."""
 GPU_SPEEDUP = 20.0
 """A CUDA GPU taken as this many times faster than the 2-core CPU, phase by phase: a conservative guess, not a
 measurement (no GPU was available to measure it)."""
@@ -80,6 +82,8 @@ def estimate(
     }
     if device_type == "cuda":
         seconds = {k: v / GPU_SPEEDUP for k, v in seconds.items()}
+    if cfg.inference.wiener == "on":
+        seconds["inference"] += WIENER_S_PER_VOXEL * voxels  # on the CPU whatever the device
     return Estimate(seconds=seconds, host_bytes=int(HOST_BYTES_PER_VOXEL * voxels + HOST_BYTES_FIXED))
 
 

@@ -122,7 +122,8 @@ def build_config(preset: str = "default", warm_start: bool = False, **options: A
     **options
         ``iterations`` (0 also keeps the preset's), ``device`` ('auto', 'cpu', 'cuda'; 'gpu' means 'cuda';
         any case), ``slice_axis`` (any case), ``seed``, ``threads``, ``tta``, ``axes`` (any case),
-        ``neighbour_fusion`` (any case), ``lambda_self``, ``lambda_rc``, ``lambda_ic``: see :data:`options.OPTIONS`.
+        ``neighbour_fusion`` (any case), ``wiener`` (any case), ``lambda_self``, ``lambda_rc``, ``lambda_ic``: see
+        :data:`options.OPTIONS`.
 
     Raises
     ------
@@ -132,7 +133,7 @@ def build_config(preset: str = "default", warm_start: bool = False, **options: A
     values = {name: value for name, value in options.items() if value is not None}
     if values.get("iterations") == 0:
         del values["iterations"]
-    for name in ("device", "slice_axis", "axes", "neighbour_fusion"):
+    for name in ("device", "slice_axis", "axes", "neighbour_fusion", "wiener"):
         if name in values:
             values[name] = str(values[name]).lower()
     if "device" in values:

@@ -19,6 +19,7 @@ from .config import (
     PRESETS,
     SLICE_AXES,
     TTA_CHOICES,
+    WIENER_CHOICES,
     NSN2NConfig,
     make_config,
 )
@@ -168,6 +169,17 @@ OPTIONS: tuple[Option, ...] = (
         "also train a network that predicts each slice from its four neighbours and blend it into the result "
         "with weight 0.3: off (the default), auto (where all three axes are used) or on. Doubles the training time.",
         choices=FUSION_CHOICES,
+        advanced=True,
+    ),
+    Option(
+        "wiener",
+        "wiener",
+        str,
+        ("inference", "wiener"),
+        "Wiener stage",
+        "use the network's output as the pilot of a DCT Wiener filter of the input, its noise level read from the "
+        "removed residual: on (the default) or off (the network's output as it is).",
+        choices=WIENER_CHOICES,
         advanced=True,
     ),
     Option(

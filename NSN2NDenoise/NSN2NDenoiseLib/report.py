@@ -52,6 +52,10 @@ class RunReport:
     neighbour_fusion: dict[str, Any] = field(default_factory=dict)
     """The neighbour network (``inference.neighbour_fusion``): applied (bool), reason, weight (its share of the
     output, 0 when not applied), loss_curve and recoveries of its training (docs/METHOD.md section 5)."""
+    wiener: dict[str, Any] = field(default_factory=dict)
+    """The Wiener stage (``inference.wiener``): applied (bool); where applied, noise_class ('white' or
+    'correlated'), factor (on the residual's spectrum), residual_rms (input units), block (voxels, slice axis
+    first) and step (voxels); else reason (docs/METHOD.md section 5)."""
     peak_gpu_mb: float | None = None
     """Peak GPU memory allocated by PyTorch during the run, in MiB (None on the CPU)."""
     warnings: list[str] = field(default_factory=list)

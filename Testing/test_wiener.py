@@ -1,0 +1,230 @@
+"""The Wiener stage (NSN2NDenoiseLib/wiener.py): the transform, the filter against an independent reference, the
+noise spectrum, streaming, cancellation, and its place in a run."""
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+import torch.nn.functional as F
+
+from NSN2NDenoiseLib import denoise, make_config, wiener
+from NSN2NDenoiseLib.errors import CancelledError
+from NSN2NDenoiseLib.inference import WHITE_LAG1
+
+
+def reference_wiener(noisy, pilot, variance, share=1.0):
+    """Every block, one at a time, with scipy's DCT: blocks every STEP from 0 along K plus one at K - bk; in-plane
+    the volume mirrored by b - 1 (and what makes whole steps) and blocks every STEP."""
+    b = wiener.block_shape(noisy.shape)
+    s = wiener.STEP
+    pads = [wiener._padding(n, bb) for n, bb in zip(noisy.shape[1:], b[1:])]
+    x = np.pad(noisy.astype(np.float64), [(0, 0), *pads], mode="reflect")
+    p = np.pad(pilot.astype(np.float64), [(0, 0), *pads], mode="reflect")
+    num = np.zeros_like(x)
+    den = np.zeros_like(x)
+    ks = list(range(0, noisy.shape[0] - b[0] + 1, s))
+    if ks[-1] != noisy.shape[0] - b[0]:
+        ks.append(noisy.shape[0] - b[0])
+    for k in ks:
+        for j in range(0, x.shape[1] - b[1] + 1, s):
+            for i in range(0, x.shape[2] - b[2] + 1, s):
+                blk = (slice(k, k + b[0]), slice(j, j + b[1]), slice(i, i + b[2]))
+                xc = scipy.fft.dctn(x[blk], norm="ortho")
+                pc = scipy.fft.dctn(p[blk], norm="ortho")
+                w = pc**2 / (pc**2 + variance)
+                weight = 1.0 / max((w**2).sum(), 1e-12)
+                num[blk] += weight * scipy.fft.idctn(w * xc, norm="ortho")
+                den[blk] += weight
+    est = (num / den)[:, pads[0][0] : pads[0][0] + noisy.shape[1], pads[1][0] : pads[1][0] + noisy.shape[2]]
+    return pilot + share * (est - pilot)
+
+
+def smooth_volume(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    clean = 100 * np.sin(3 * k + 2 * j) + 80 * (i > 0.5) + 40 * np.cos(5 * j * i)
+    return clean.astype(np.float32), rng
+
+
+def test_the_dct_matrix_is_orthonormal_and_is_scipys_dct():
+    for n in (3, 4, 8):
+        d = wiener.dct_matrix(n).double().numpy()
+        assert np.allclose(d @ d.T, np.eye(n), atol=1e-6)
+        v = np.random.default_rng(n).normal(size=n)
+        assert np.allclose(d @ v, scipy.fft.dct(v, norm="ortho"), atol=1e-5)
+
+
+def test_the_3d_transform_is_scipys_dctn_along_k_j_and_i_and_inverts():
+    rng = np.random.default_rng(1)
+    blocks = rng.normal(size=(2, 3, 4, 8, 5)).astype(np.float32)
+    d = [wiener.dct_matrix(n) for n in (4, 8, 5)]
+    c = wiener._transform(torch.from_numpy(blocks), *d).numpy()
+    assert np.allclose(c, scipy.fft.dctn(blocks, axes=(-3, -2, -1), norm="ortho"), atol=1e-4)
+    back = wiener._transform(torch.from_numpy(c), d[0].T, d[1].T, d[2].T).numpy()
+    assert np.allclose(back, blocks, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(12, 20, 23), (9, 8, 13), (3, 4, 5), (8, 9, 8)])
+def test_the_streamed_filter_is_the_block_by_block_reference(shape):
+    clean, rng = smooth_volume(shape)
+    noisy = clean + rng.normal(0, 20, shape).astype(np.float32)
+    pilot = clean + rng.normal(0, 5, shape).astype(np.float32)
+    b = wiener.block_shape(shape)
+    variance = np.full(b, 400.0) * np.linspace(0.5, 1.5, b[2])  # a spectrum that differs by coefficient
+    out = pilot.copy()
+    wiener.wiener_into(noisy, out, variance)
+    assert np.allclose(out, reference_wiener(noisy, pilot, variance), atol=2e-3)
+    half = pilot.copy()
+    wiener.wiener_into(noisy, half, variance, share=0.3)
+    assert np.allclose(half, reference_wiener(noisy, pilot, variance, 0.3), atol=2e-3)
+
+
+def test_no_noise_keeps_the_input_and_infinite_noise_gives_zero():
+    clean, rng = smooth_volume((10, 16, 18))
+    noisy = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
+    pilot = clean + rng.normal(0, 1, clean.shape).astype(np.float32)  # no coefficient exactly 0
+    out = pilot.copy()
+    wiener.wiener_into(noisy, out, np.zeros((8, 8, 8)))
+    assert np.allclose(out, noisy, atol=1e-3)
+    out = pilot.copy()
+    wiener.wiener_into(noisy, out, np.full((8, 8, 8), 1e12))
+    assert np.abs(out).max() < 1e-2
+
+
+def test_with_a_good_pilot_and_the_true_noise_the_filter_removes_most_of_the_noise_and_keeps_the_input():
+    clean, rng = smooth_volume((16, 32, 32))
+    noisy = clean + rng.normal(0, 20, clean.shape).astype(np.float32)
+    before = noisy.copy()
+    pilot = clean + rng.normal(0, 4, clean.shape).astype(np.float32)
+    out = pilot.copy()
+    wiener.wiener_into(noisy, out, np.full((8, 8, 8), 400.0))
+    rmse = float(np.sqrt(np.mean((out - clean) ** 2)))
+    assert rmse < 0.25 * 20
+    assert np.array_equal(noisy, before)
+
+
+def test_the_residual_spectrum_reads_white_noise_flat_and_correlated_noise_low_pass():
+    rng = np.random.default_rng(3)
+    shape = (16, 128, 128)
+    white = rng.normal(0, 10, shape).astype(np.float32)
+    spec = wiener.residual_spectrum(white, np.zeros(shape, np.float32))
+    assert spec.shape == (8, 8, 8)
+    assert np.allclose(spec, 100.0, rtol=0.25)
+    assert spec.mean() == pytest.approx(100.0, rel=0.05)
+    # in-plane correlated (smoothed along J and I only): power in the low in-plane frequencies
+    t = torch.from_numpy(white)[:, None]
+    kernel = torch.ones(1, 1, 3, 3) / 9.0
+    corr = F.conv2d(F.pad(t, (1, 1, 1, 1), mode="reflect"), kernel)[:, 0].numpy()
+    spec = wiener.residual_spectrum(corr, np.zeros(shape, np.float32))
+    assert spec[:, 0, 0].mean() > 5 * spec[:, -1, -1].mean()
+    assert np.allclose(spec[0], spec[-1], rtol=0.3)  # white along K
+    # the residual is noisy minus pilot, not the noisy volume
+    offset = np.full(shape, 50.0, np.float32)
+    assert np.allclose(wiener.residual_spectrum(white + offset, offset), wiener.residual_spectrum(white, 0 * white))
+
+
+def test_the_residual_spectrum_of_a_short_volume_has_the_short_axis_block():
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 3, (5, 20, 6)).astype(np.float32)
+    spec = wiener.residual_spectrum(x, np.zeros_like(x))
+    assert spec.shape == (5, 8, 6) == wiener.block_shape(x.shape)
+    assert spec.mean() == pytest.approx(9.0, rel=0.3)
+
+
+def test_steps_are_the_block_rows_and_cancel_stops_before_a_row():
+    clean, rng = smooth_volume((20, 16, 16))
+    noisy = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
+    rows = []
+    out = clean.copy()
+    wiener.wiener_into(noisy, out, np.full((8, 8, 8), 100.0), step=rows.append)
+    assert rows == list(range(wiener.row_count(20)))
+    assert wiener.row_count(20) == len(wiener._starts(20, 8, wiener.STEP))
+    assert wiener._starts(20, 8, 3) == [0, 3, 6, 9, 12]
+    assert wiener._starts(21, 8, 3) == [0, 3, 6, 9, 12, 13]
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(CancelledError):
+        wiener.wiener_into(noisy, clean.copy(), np.full((8, 8, 8), 100.0), is_cancelled=cancel)
+    assert len(calls) == 3
+
+
+def test_the_noise_class_follows_the_in_plane_lag1_gate():
+    assert wiener.noise_class((0.0, WHITE_LAG1)) == "white"
+    assert wiener.noise_class((-WHITE_LAG1, 0.1)) == "white"
+    assert wiener.noise_class((0.05, WHITE_LAG1 + 0.01)) == "correlated"
+    assert wiener.noise_class((-0.3, 0.0)) == "correlated"
+    assert wiener.noise_class(None) == "correlated"
+
+
+@pytest.mark.parametrize("lag1, cls", [((0.02, 0.05), "white"), ((0.33, 0.31), "correlated")])
+def test_apply_wiener_scales_the_residual_spectrum_by_its_class_and_blends_half(lag1, cls):
+    clean, rng = smooth_volume((12, 24, 24))
+    noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
+    pilot = clean + rng.normal(0, 3, clean.shape).astype(np.float32)
+    out = pilot.copy()
+    info = wiener.apply_wiener(noisy, out, lag1)
+    spectrum = wiener.residual_spectrum(noisy, pilot)
+    expected = pilot.copy()
+    wiener.wiener_into(noisy, expected, wiener.FACTORS[cls] * spectrum, share=wiener.SHARE)
+    assert np.array_equal(out, expected)
+    assert info == {
+        "applied": True,
+        "noise_class": cls,
+        "factor": wiener.FACTORS[cls],
+        "share": wiener.SHARE,
+        "residual_rms": pytest.approx(float(np.sqrt(spectrum.mean()))),
+        "block": [8, 8, 8],
+        "step": wiener.STEP,
+    }
+    assert wiener.SHARE == 0.5 and wiener.FACTORS == {"white": 1.0, "correlated": 4.0}
+
+
+@pytest.fixture
+def small_run():
+    clean, rng = smooth_volume((10, 32, 30))
+    noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
+    cfg = make_config(
+        "default", training={"iterations": 20, "patch_size": 16, "batch_size": 4, "seed": 3, "threads": 1}
+    ).replace(device="cpu", inference={"tta": 2})
+    return noisy, cfg
+
+
+def test_a_run_with_the_wiener_stage_is_the_run_without_it_then_apply_wiener(small_run):
+    noisy, cfg = small_run
+    assert cfg.inference.wiener == "on" and make_config("fast").inference.wiener == "off"
+    seen = []
+    out, report = denoise(noisy, config=cfg, progress=lambda *a: seen.append(a))
+    off, report_off = denoise(noisy, config=cfg.replace(inference={"wiener": "off"}))
+    expected = off.copy()
+    axis = report_off.slice_axis
+    info = wiener.apply_wiener(
+        np.moveaxis(noisy, axis, 0), np.moveaxis(expected, axis, 0), tuple(report_off.inplane_noise_lag1)
+    )
+    assert np.array_equal(out, expected)
+    assert report.wiener == info and report.to_dict()["wiener"]["applied"] is True
+    assert report_off.wiener == {"applied": False, "reason": "inference.wiener = 'off'"}
+    assert "wiener" in report.phase_seconds and "wiener" not in report_off.phase_seconds
+    inference = [s for s in seen if s[0] == "inference"]
+    total = inference[-1][2]
+    slices = sum(noisy.shape[a] for a in range(3) if "KJI"[a] in report.prediction_axes)
+    assert total == slices + wiener.row_count(noisy.shape[axis])
+    assert [s[1] for s in inference] == list(range(1, total + 1))
+
+
+def test_cancelling_during_the_wiener_stage_returns_nothing(small_run):
+    noisy, cfg = small_run
+    token = {"stop": False}
+    slices = noisy.shape[0] * 3
+
+    def progress(phase, step, total, loss):
+        if phase == "inference" and step > slices:
+            token["stop"] = True
+
+    before = noisy.copy()
+    with pytest.raises(CancelledError):
+        denoise(noisy, config=cfg.replace(inference={"axes": "all"}), progress=progress, cancel=lambda: token["stop"])
+    assert token["stop"] and np.array_equal(noisy, before)
