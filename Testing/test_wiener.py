@@ -17,7 +17,7 @@ def reference_wiener(noisy, pilot, variance, share=1.0):
     the volume mirrored by b - 1 (and what makes whole steps) and blocks every STEP."""
     b = wiener.block_shape(noisy.shape)
     s = wiener.STEP
-    pads = [wiener._padding(n, bb) for n, bb in zip(noisy.shape[1:], b[1:])]
+    pads = [wiener._padding(n, bb) for n, bb in zip(noisy.shape[1:], b[1:], strict=True)]
     x = np.pad(noisy.astype(np.float64), [(0, 0), *pads], mode="reflect")
     p = np.pad(pilot.astype(np.float64), [(0, 0), *pads], mode="reflect")
     num = np.zeros_like(x)
@@ -180,7 +180,7 @@ def test_apply_wiener_scales_the_residual_spectrum_by_its_class_and_blends_half(
         "block": [8, 8, 8],
         "step": wiener.STEP,
     }
-    assert wiener.SHARE == 0.5 and wiener.FACTORS == {"white": 1.0, "correlated": 4.0}
+    assert wiener.SHARE == 0.5 and wiener.FACTORS == {"white": 2.0, "correlated": 4.0}
 
 
 @pytest.fixture

@@ -362,6 +362,7 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
     extras = {}
     if wiener:
         network_only = out.copy()
+        _cache_network_output(ds, seed, network_only, {k: v for k, v in info.items() if k != "config"})
         axis = r["slice_axis"]
         t0 = time.perf_counter()
         info["wiener"] = apply_wiener(
@@ -396,6 +397,17 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
     if extras:
         info["_extra"] = extras
     return out, info
+
+
+def _cache_network_output(ds: datasets.Dataset, seed: int, out: np.ndarray, info: dict) -> None:
+    """Keep the network's output of a default run (before the Wiener stage) in the git-ignored cache of
+    :mod:`benchmarks.wiener_grid`, which can then score other Wiener settings on it without training again."""
+    from . import wiener_grid
+
+    wiener_grid.CACHE.mkdir(parents=True, exist_ok=True)
+    path = wiener_grid.CACHE / f"{ds.name}_seed{seed}.npy"
+    np.save(path, out)
+    path.with_suffix(".json").write_text(json.dumps(info, default=float))
 
 
 def _supervised(ds: datasets.Dataset, seed: int, width: int | None = None) -> tuple[np.ndarray, dict]:

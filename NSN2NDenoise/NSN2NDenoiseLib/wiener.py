@@ -32,7 +32,7 @@ BLOCK = 8
 """Block edge in voxels along K, J and I."""
 STEP = 3
 """Distance between neighbouring blocks' origins along each axis, in voxels."""
-FACTORS = {"white": 1.0, "correlated": 4.0}
+FACTORS = {"white": 2.0, "correlated": 4.0}
 """Noise-variance factor on the residual's spectrum, by the in-plane noise class of the run's report (white:
 lag-1 correlation at most ``inference.WHITE_LAG1``). Chosen on the tuning set (RESULTS.md, "The Wiener
 stage")."""
