@@ -218,6 +218,39 @@ def test_the_slice_only_row_derived_from_a_multi_axis_run_equals_its_own_run(tmp
     assert derived["quality"]["psnr"] != pytest.approx(multi["quality"]["psnr"], abs=1e-3)
 
 
+def test_the_default_row_is_the_engine_with_its_wiener_stage_and_stores_the_network_alone_beside_it(
+    tmp_path, monkeypatch
+):
+    """nsn2n (Wiener stage on) is trained once: its stored result is what the engine returns with the stage on,
+    nsn2n_nowiener what it returns with the stage off, and the network's output is cached for wiener_grid."""
+    require("torch", "torch==2.13.0 first, see README")
+    from benchmarks import wiener_grid
+    from NSN2NDenoiseLib import denoise
+
+    for row, wiener in (("nsn2n", "on"), ("nsn2n_nowiener", "off")):
+        monkeypatch.setitem(
+            protocol.NSN2N_ROWS, row, ("fast", {**TINY, "inference": {"axes": "slice", "wiener": wiener}})
+        )
+    monkeypatch.setattr(wiener_grid, "CACHE", tmp_path / "cache")
+    ds = _phantom_dataset("ct_gauss30", "ct", noise_seed=0, phantom_seed=2)
+    monkeypatch.setattr(protocol, "_build", lambda case, seed: ds)
+    protocol.run_case("ct_gauss30", (1,), ["nsn2n"], root=tmp_path)
+    stored = {
+        m: json.loads(protocol.result_path("ct_gauss30", 1, m, tmp_path).read_text())
+        for m in ("nsn2n", "nsn2n_nowiener")
+    }
+    on, report = denoise(ds.noisy, spacing=ds.spacing, config=protocol.nsn2n_config("nsn2n", 1))
+    off, _ = denoise(ds.noisy, spacing=ds.spacing, config=protocol.nsn2n_config("nsn2n_nowiener", 1))
+    assert stored["nsn2n"]["quality"]["psnr"] == pytest.approx(protocol._score(ds, on)["psnr"], abs=1e-9)
+    assert stored["nsn2n_nowiener"]["quality"]["psnr"] == pytest.approx(protocol._score(ds, off)["psnr"], abs=1e-9)
+    assert stored["nsn2n"]["quality"]["psnr"] != pytest.approx(stored["nsn2n_nowiener"]["quality"]["psnr"], abs=1e-3)
+    assert stored["nsn2n"]["info"]["wiener"] == report.wiener and report.wiener["applied"]
+    assert stored["nsn2n_nowiener"]["info"]["wiener"]["applied"] is False
+    assert stored["nsn2n"]["info"]["config"]["inference"]["wiener"] == "on"
+    assert stored["nsn2n_nowiener"]["params"] == protocol.run_params("nsn2n_nowiener", {})
+    np.testing.assert_array_equal(np.load(tmp_path / "cache" / "ct_gauss30_seed1.npy"), off)
+
+
 def test_the_three_axis_training_ablation_trains_on_each_axis_and_averages_the_default_axes(monkeypatch):
     """nsn2n_train3: a network trained on K, J and I pairs in turn (not the default's), denoised along the
     default's axes with its inference and averaged."""
@@ -334,3 +367,46 @@ def test_the_neighbour_fusion_table_pairs_each_blend_and_the_engine_with_their_d
     )
     assert lines[3].startswith("| `colin_rician5` | – | 33.50 ± 0.00 (2 seeds) | – |")
     assert lines[3].endswith("| 33.65 ± 0.07 (2 seeds) | +0.15 ± 0.07 (2 seeds) |")  # paired: +0.2, +0.1
+
+
+def test_the_wiener_grid_table_averages_each_grid_point_over_seeds_and_marks_the_engines_choice(tmp_path):
+    require("torch", "torch==2.13.0 first, see README")
+    from benchmarks import wiener_grid
+    from NSN2NDenoiseLib import wiener
+
+    chosen = f"{wiener.FACTORS['white']:g}|{wiener.SHARE:g}"
+    entries = {}
+    for seed, gains in ((100, (0.1, 0.3)), (101, (0.3, 0.5))):
+        entries[f"mnitune_rician5/seed{seed}"] = {
+            "case": "mnitune_rician5",
+            "seed": seed,
+            "noise_class": "white",
+            "network_psnr": 30.0 + seed - 100,
+            "gain_db": {"0.5|0.3": gains[0], chosen: gains[1]},
+            "engine": {"gain_db": gains[1]},
+        }
+    (tmp_path / "wiener_grid.json").write_text(json.dumps(entries))
+    row = wiener_grid.table(tmp_path).splitlines()[-1]
+    assert row.startswith("| `mnitune_rician5` | white | 100, 101 | 30.50 ± 0.71 (2 seeds) |")
+    assert "0.5 x 0.3: +0.20 ± 0.14" in row
+    assert f"**{wiener.FACTORS['white']:g} x {wiener.SHARE:g}: +0.40 ± 0.14**" in row
+    assert row.endswith("| **+0.40 ± 0.14** |")
+    assert wiener_grid.table(tmp_path / "absent") == ""
+
+
+def test_the_wiener_table_pairs_the_default_with_the_network_alone_on_the_seeds_both_have(tmp_path, monkeypatch):
+    monkeypatch.setitem(protocol.SETS, "reporting", {"cases": ("colin_rician5", "ct_ld_1e5"), "seeds": (1, 2, 3)})
+    figures = {"nsn2n": (34.0, 34.5, 34.1, None), "nsn2n_nowiener": (33.5, 33.7, 33.7, 30.0)}
+    for method, values in figures.items():
+        for seed, psnr in zip((1, 2, 3, 4), values, strict=True):
+            if psnr is None:
+                continue
+            path = protocol.result_path("colin_rician5", seed, method, tmp_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"method": method, "seed": seed, "quality": {"psnr": psnr}}))
+    ct = protocol.result_path("ct_ld_1e5", 1, "nsn2n", tmp_path)  # no network-alone row: no line
+    ct.parent.mkdir(parents=True, exist_ok=True)
+    ct.write_text(json.dumps({"method": "nsn2n", "seed": 1, "quality": {"psnr": 30.0}}))
+    lines = protocol.wiener_table("reporting", tmp_path).splitlines()
+    assert len(lines) == 3
+    assert lines[-1] == "| `colin_rician5` | 1, 2, 3 | 33.63 ± 0.12 | **34.20 ± 0.26** | +0.57 ± 0.21 |"

@@ -703,7 +703,7 @@ def headline_table(set_name: str = "reporting", root: Path = RESULTS_DIR) -> str
     spec = SETS[set_name]
     head = (
         "| case | noisy | best as users run it | NLM, true noise | BM4D, swept | **NSN2N default** "
-        "| default − BM4D swept | NSN2N slice axis only | supervised ceiling |"
+        "| default − BM4D swept | without the Wiener stage | slice axis only, no Wiener stage | supervised ceiling |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for case in spec["cases"]:
@@ -724,10 +724,14 @@ def headline_table(set_name: str = "reporting", root: Path = RESULTS_DIR) -> str
         single_axis = "nsn2n" in found and all(
             len(r.get("info", {}).get("prediction_axes", [])) == 1 for r in found["nsn2n"]
         )
-        slice_text = "= default (one axis here)" if single_axis and "nsn2n_slice" not in cell else text("nsn2n_slice")
+        slice_text = (
+            "= without the Wiener stage (one axis here)"
+            if single_axis and "nsn2n_slice" not in cell
+            else text("nsn2n_slice")
+        )
         lines.append(
             f"| `{case}` | {text('noisy')} | {user_text} | {text('nlm_true')} | {text('bm4d_swept')} "
-            f"| **{text('nsn2n')}** | {gap} | {slice_text} | {text('supervised')} |"
+            f"| **{text('nsn2n')}** | {gap} | {text('nsn2n_nowiener')} | {slice_text} | {text('supervised')} |"
         )
     return "\n".join(lines)
 
@@ -792,6 +796,29 @@ def _paired(found: dict, a: str, b: str) -> Summary | None:
     return summarise([by_seed[a][s] - by_seed[b][s] for s in seeds]) if seeds else None
 
 
+def wiener_table(set_name: str = "reporting", root: Path = RESULTS_DIR) -> str:
+    """The Wiener stage on a set: PSNR (dB) of the default without it (``nsn2n_nowiener``, the same training) and
+    with it (``nsn2n``), and their difference paired by seed."""
+    spec = SETS[set_name]
+    head = "| case | seeds | without the Wiener stage | **default (with it)** | default − without (paired) |"
+    lines = [head, "|---|---|---|---|---|"]
+    for case in spec["cases"]:
+        found = collect(case, spec["seeds"], root)
+        diff = _paired(found, "nsn2n", "nsn2n_nowiener")
+        if diff is None:
+            continue
+        seeds = sorted({r["seed"] for r in found["nsn2n_nowiener"]} & {r["seed"] for r in found["nsn2n"]})
+        a, b = (
+            summarise([r["quality"]["psnr"] for r in found[m] if r["seed"] in seeds])
+            for m in ("nsn2n_nowiener", "nsn2n")
+        )
+        lines.append(
+            f"| `{case}` | {', '.join(map(str, seeds))} | {a.text()} | **{b.text()}** "
+            f"| {diff.mean:+.2f} ± {diff.sd:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 BLEND_WEIGHTS = ("blend_0.2", "blend_0.3", "blend_0.4", "blend_0.5")
 
 
@@ -839,6 +866,8 @@ def neighbour_fusion_table(root: Path = RESULTS_DIR) -> str:
 
 def write_tables(root: Path = RESULTS_DIR) -> Path:
     """Rebuild ``<root>/SUMMARY.md`` from the stored result files alone."""
+    from . import wiener_grid
+
     parts = [
         "# Protocol results (issue 11)",
         "",
@@ -849,6 +878,14 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         "## Headline: reporting set, PSNR dB",
         "",
         headline_table("reporting", root),
+        "",
+        "## The Wiener stage: its choice on the tuning set (`python -m benchmarks.wiener_grid`)",
+        "",
+        wiener_grid.table(root),
+        "",
+        "## The Wiener stage on the reporting set (`nsn2n` against `nsn2n_nowiener`, the same training)",
+        "",
+        wiener_table("reporting", root),
         "",
         "## Multi-axis inference (ablation, `python -m benchmarks.multi_axis`)",
         "",
