@@ -390,7 +390,10 @@ def test_the_wiener_grid_table_averages_each_grid_point_over_seeds_and_marks_the
     assert row.startswith("| `mnitune_rician5` | white | 100, 101 | 30.50 ± 0.71 (2 seeds) |")
     assert "0.5 x 0.3: +0.20 ± 0.14" in row
     assert f"**{wiener.FACTORS['white']:g} x {wiener.SHARE:g}: +0.40 ± 0.14**" in row
-    assert row.endswith("| **+0.40 ± 0.14** |")
+    assert row.endswith("| **+0.40 ± 0.14** | not run |")
+    entries["mnitune_rician5/seed100"]["bm4d_pilot_true_sigma_gain_db"] = 1.5
+    (tmp_path / "wiener_grid.json").write_text(json.dumps(entries))
+    assert wiener_grid.table(tmp_path).splitlines()[-1].endswith("| **+0.40 ± 0.14** | +1.50 ± 0.00 (1) |")
     assert wiener_grid.table(tmp_path / "absent") == ""
 
 

@@ -8,6 +8,7 @@ the grid, and the engine's own choice (``wiener.FACTORS`` of the run's noise cla
 set only.
 
     python -m benchmarks.wiener_grid --cases cttune_ld_1e5,cttune_ld_2e4,mnitune_rician5,mnitune_rician10
+    python -m benchmarks.wiener_grid --cases mnitune_rician5,cttune_ld_1e5 --bm4d   # + BM4D's Wiener step
 
 The network's output is cached under ``benchmarks/.cache/wiener/`` (git-ignored; it is the deterministic output
 of ``protocol.nsn2n_config('nsn2n_nowiener', seed)``). Writes ``benchmarks/results/protocol/wiener_grid.json``
@@ -48,7 +49,18 @@ def network_output(case: str, seed: int, ds) -> tuple[np.ndarray, dict]:
     return out, info
 
 
-def run(cases: list[str], seeds: tuple[int, ...]) -> dict:
+def bm4d_with_pilot(ds, pilot: np.ndarray) -> float:
+    """PSNR gain (dB) of BM4D's Wiener step with the network's output as its pilot and the true noise level (an
+    oracle the engine does not have, and a library the engine may not ship): what block matching would add."""
+    bm4d = protocol.baselines._import_bm4d()
+    out = np.asarray(
+        bm4d.bm4d(ds.noisy.astype(np.float64), protocol.true_sigma(ds), stage_arg=pilot.astype(np.float64)),
+        dtype=np.float32,
+    )
+    return metrics.psnr(ds.clean, out, ds.mask, ds.data_range) - metrics.psnr(ds.clean, pilot, ds.mask, ds.data_range)
+
+
+def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False) -> dict:
     from NSN2NDenoiseLib import wiener
 
     stored = json.loads(OUT.read_text()) if OUT.is_file() else {}
@@ -76,7 +88,12 @@ def run(cases: list[str], seeds: tuple[int, ...]) -> dict:
             t0 = time.perf_counter()
             chosen = wiener.apply_wiener(noisy, np.moveaxis(engine, axis, 0), lag1)
             seconds = time.perf_counter() - t0
+            previous = stored.get(f"{case}/seed{seed}", {})
+            extra = {"bm4d_pilot_true_sigma_gain_db": bm4d_with_pilot(ds, pilot)} if with_bm4d else {}
+            if "bm4d_pilot_true_sigma_gain_db" in previous and not with_bm4d:
+                extra["bm4d_pilot_true_sigma_gain_db"] = previous["bm4d_pilot_true_sigma_gain_db"]
             stored[f"{case}/seed{seed}"] = {
+                **extra,
                 "case": case,
                 "seed": seed,
                 "noise_class": cls,
@@ -108,8 +125,8 @@ def table(root: Path = protocol.RESULTS_DIR) -> str:
         by_case.setdefault(entry["case"], []).append(entry)
     lines = [
         "| case (tuning) | noise class | seeds | network alone | factor x share: gain in dB (mean ± sd) "
-        "| engine's choice |",
-        "|---|---|---|---|---|---|",
+        "| engine's choice | BM4D's Wiener step, same pilot, true noise (oracle) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for case, entries in sorted(by_case.items()):
         entries.sort(key=lambda e: e["seed"])
@@ -124,9 +141,12 @@ def table(root: Path = protocol.RESULTS_DIR) -> str:
         engine = protocol.summarise([e["engine"]["gain_db"] for e in entries])
         base = protocol.summarise([e["network_psnr"] for e in entries])
         seeds = ", ".join(str(e["seed"]) for e in entries)
+        oracle = [e["bm4d_pilot_true_sigma_gain_db"] for e in entries if "bm4d_pilot_true_sigma_gain_db" in e]
+        b = protocol.summarise(oracle)
+        bm4d = "not run" if not oracle else f"{b.mean:+.2f} ± {b.sd:.2f}" + ("" if b.n == len(entries) else f" ({b.n})")
         lines.append(
             f"| `{case}` | {cls} | {seeds} | {base.text()} | {'; '.join(cells)} "
-            f"| **{engine.mean:+.2f} ± {engine.sd:.2f}** |"
+            f"| **{engine.mean:+.2f} ± {engine.sd:.2f}** | {bm4d} |"
         )
     return "\n".join(lines)
 
@@ -135,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(protocol.TUNING_CASES))
     parser.add_argument("--seeds", default=",".join(map(str, protocol.SETS["tuning"]["seeds"])))
+    parser.add_argument("--bm4d", action="store_true", help="also score BM4D's Wiener step with the same pilot")
     args = parser.parse_args(argv)
-    run(args.cases.split(","), tuple(int(s) for s in args.seeds.split(",")))
+    run(args.cases.split(","), tuple(int(s) for s in args.seeds.split(",")), args.bm4d)
     print(table())
     return 0
 
