@@ -91,6 +91,8 @@ ORDER = (
     "nsn2n_nbfuse_all",
     "nsn2n_fusion",
     "nsn2n_best",
+    "nsn2n_fast",
+    "nsn2n_fast_nowiener",
     "supervised",
     "supervised_w32",
 )
@@ -115,7 +117,9 @@ LABELS = {
     "(the ablation behind `inference.neighbour_fusion`)",
     "nsn2n_nbfuse_all": "the same blend without its gate (also on anisotropic CT; ablation)",
     "nsn2n_fusion": "NSN2N default with the engine's neighbour network (`inference.neighbour_fusion = 'auto'`)",
-    "nsn2n_best": "NSN2N `best`",
+    "nsn2n_best": "NSN2N `best` (before the Wiener stage)",
+    "nsn2n_fast": "NSN2N `fast`",
+    "nsn2n_fast_nowiener": "NSN2N `fast` without the Wiener stage (the same training)",
     "supervised": "supervised ceiling (default network, clean target)",
     "supervised_w32": "supervised ceiling, width 32 (`best`'s network), default's iterations",
 }
@@ -221,6 +225,8 @@ NSN2N_ROWS = {
     "nsn2n_nofusion": ("default", {"inference": {"neighbour_fusion": "off", **NO_WIENER}}),
     "nsn2n_fusion": ("default", {"inference": {"neighbour_fusion": "auto", **NO_WIENER}}),
     "nsn2n_best": ("best", {"inference": NO_WIENER}),
+    "nsn2n_fast": ("fast", {}),
+    "nsn2n_fast_nowiener": ("fast", {"inference": NO_WIENER}),
 }
 """NSN2N rows: (preset, configuration overrides). The rows measured before the Wiener stage existed say
 ``wiener = 'off'``, which is what they ran."""
@@ -379,7 +385,7 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
             "residual_check": (r.get("residual_check") or {}).get("score"),
             "config": run_cfg.to_dict(),
         }
-        extras["nsn2n_nowiener"] = (network_only, note)
+        extras[f"{row}_nowiener"] = (network_only, note)
     if row == "nsn2n" and len(r["prediction_axes"]) > 1:
         # The slice-only row of the same training: stored as nsn2n_slice by run_case (no second training).
         t0 = time.perf_counter()

@@ -296,7 +296,7 @@ def _preset_changes(name: str) -> dict[str, Any]:
             "preset": "fast",
             "training": {"iterations": 400},
             "loss": {"target_warmup": 0.5},
-            "inference": {"tta": 1, "wiener": "off"},
+            "inference": {"tta": 1},
         }
     if name == "default":
         return {"preset": "default"}

@@ -178,7 +178,7 @@ OPTIONS: tuple[Option, ...] = (
         ("inference", "wiener"),
         "Wiener stage",
         "use the network's output as the pilot of a DCT Wiener filter of the input, its noise level read from the "
-        "removed residual: on (the default) or off (the network's output as it is).",
+        "removed residual: on (the default, in every preset) or off (the network's output as it is).",
         choices=WIENER_CHOICES,
         advanced=True,
     ),
