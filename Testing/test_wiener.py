@@ -15,9 +15,10 @@ from NSN2NDenoiseLib.inference import WHITE_LAG1
 def reference_wiener(noisy, pilot, variance, share=1.0):
     """Every block, one at a time, with scipy's DCT: blocks every STEP from 0 along K plus one at K - bk; in-plane
     the volume mirrored by b - 1 (and what makes whole steps) and blocks every STEP."""
-    b = wiener.block_shape(noisy.shape)
+    b = [min(8, n) for n in noisy.shape]
     s = wiener.STEP
-    pads = [wiener._padding(n, bb) for n, bb in zip(noisy.shape[1:], b[1:], strict=True)]
+    pads = [(bb - 1, bb - 1 + next(e for e in range(s) if (n + 2 * (bb - 1) + e - bb) % s == 0))
+            for n, bb in zip(noisy.shape[1:], b[1:], strict=True)]  # fmt: skip
     x = np.pad(noisy.astype(np.float64), [(0, 0), *pads], mode="reflect")
     p = np.pad(pilot.astype(np.float64), [(0, 0), *pads], mode="reflect")
     num = np.zeros_like(x)
@@ -64,13 +65,25 @@ def test_the_3d_transform_is_scipys_dctn_along_k_j_and_i_and_inverts():
     assert np.allclose(back, blocks, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(12, 20, 23), (9, 8, 13), (3, 4, 5), (8, 9, 8)])
-def test_the_streamed_filter_is_the_block_by_block_reference(shape):
+@pytest.mark.parametrize(
+    "shape, level",
+    [
+        ((12, 20, 23), 400.0),
+        ((9, 8, 13), 400.0),
+        ((3, 4, 5), 400.0),
+        ((8, 9, 8), 400.0),
+        ((10, 20, 21), 400.0),  # J and I padded differently
+        ((12, 6, 20), 400.0),  # a block shorter along J than along K
+        ((8, 110, 12), 400.0),  # more block rows than one chunk
+        ((12, 20, 23), 5e4),  # noise far above the signal: blocks kept with little weight
+    ],
+)
+def test_the_streamed_filter_is_the_block_by_block_reference(shape, level):
     clean, rng = smooth_volume(shape)
     noisy = clean + rng.normal(0, 20, shape).astype(np.float32)
     pilot = clean + rng.normal(0, 5, shape).astype(np.float32)
     b = wiener.block_shape(shape)
-    variance = np.full(b, 400.0) * np.linspace(0.5, 1.5, b[2])  # a spectrum that differs by coefficient
+    variance = np.full(b, level) * np.linspace(0.5, 1.5, b[2])  # a spectrum that differs by coefficient
     out = pilot.copy()
     wiener.wiener_into(noisy, out, variance)
     assert np.allclose(out, reference_wiener(noisy, pilot, variance), atol=2e-3)
@@ -123,6 +136,31 @@ def test_the_residual_spectrum_reads_white_noise_flat_and_correlated_noise_low_p
     assert np.allclose(wiener.residual_spectrum(white + offset, offset), wiener.residual_spectrum(white, 0 * white))
 
 
+def reference_spectrum(noisy, pilot):
+    """Mean square of scipy's DCT of non-overlapping blocks of noisy - pilot: along K every b from 0 and one more
+    ending at the last slice where b does not divide K; in-plane whole blocks from 0 (a remainder is left out)."""
+    r = noisy.astype(np.float64) - pilot.astype(np.float64)
+    b = [min(8, n) for n in r.shape]
+    ks = sorted({*range(0, r.shape[0] - b[0] + 1, b[0]), r.shape[0] - b[0]})
+    squares = [
+        scipy.fft.dctn(r[k : k + b[0], j : j + b[1], i : i + b[2]], norm="ortho") ** 2
+        for k in ks
+        for j in range(0, r.shape[1] - b[1] + 1, b[1])
+        for i in range(0, r.shape[2] - b[2] + 1, b[2])
+    ]
+    return np.mean(squares, axis=0)
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 8), (24, 6, 20), (20, 16, 12), (5, 20, 6)])
+def test_the_residual_spectrum_is_the_mean_square_dct_of_the_residual_over_whole_blocks(shape):
+    rng = np.random.default_rng(5)
+    noisy = rng.normal(0, 10, shape).astype(np.int16)  # a scanner's integers
+    pilot = rng.normal(0, 3, shape).astype(np.float32)
+    np.testing.assert_allclose(
+        wiener.residual_spectrum(noisy, pilot), reference_spectrum(noisy, pilot), rtol=1e-4, atol=1e-3
+    )
+
+
 def test_the_residual_spectrum_of_a_short_volume_has_the_short_axis_block():
     rng = np.random.default_rng(4)
     x = rng.normal(0, 3, (5, 20, 6)).astype(np.float32)
@@ -147,9 +185,29 @@ def test_steps_are_the_block_rows_and_cancel_stops_before_a_row():
         calls.append(1)
         return len(calls) > 2
 
-    with pytest.raises(CancelledError):
+    with pytest.raises(CancelledError, match="cancelled"):
         wiener.wiener_into(noisy, clean.copy(), np.full((8, 8, 8), 100.0), is_cancelled=cancel)
     assert len(calls) == 3
+    with pytest.raises(CancelledError, match="Denoising was cancelled"):
+        wiener.apply_wiener(noisy, clean.copy(), (0.0, 0.0), is_cancelled=lambda: True)
+
+
+def test_an_integer_input_gives_what_its_float_copy_gives():
+    clean, rng = smooth_volume((10, 18, 20))
+    noisy = np.round(clean + rng.normal(0, 20, clean.shape)).astype(np.int16)
+    pilot = clean + rng.normal(0, 5, clean.shape).astype(np.float32)
+    a, b = pilot.copy(), pilot.copy()
+    wiener.apply_wiener(noisy, a, (0.0, 0.0))
+    wiener.apply_wiener(noisy.astype(np.float32), b, (0.0, 0.0))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_the_in_plane_padding_is_b_minus_1_and_makes_whole_steps():
+    for n in range(4, 40):
+        for b in (4, 8):
+            before, after = wiener._padding(n, b)
+            assert before == b - 1 and b - 1 <= after < b - 1 + wiener.STEP
+            assert (n + before + after - b) % wiener.STEP == 0
 
 
 def test_the_noise_class_follows_the_in_plane_lag1_gate():
