@@ -205,18 +205,19 @@ def fit_cost_model(rows: list[dict]) -> dict:
 
 def markdown(rows: list[dict], model: dict) -> str:
     lines = [
-        "| volume (K,J,I) | preset | TTA | axes | weights s | training s | inference s | engine s | wall s "
-        "| peak RSS MB | limit MB (2x float32 + 1.5 GB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| volume (K,J,I) | preset | TTA | axes | weights s | training s | inference s | Wiener stage s | engine s "
+        "| wall s | peak RSS MB | limit MB (2x float32 + 1.5 GB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ps = r["phase_seconds"]
         limit = 2 * r["float32_volume_mb"] + 1536
+        wiener = f"{ps['wiener']:.1f}" if "wiener" in ps else "off"
         lines.append(
             f"| {'x'.join(map(str, r['shape_kji']))} | {r['preset']} | {r['tta']} "
             f"| {''.join(r.get('prediction_axes') or 'K')} | {ps['weights']:.1f} | "
-            f"{ps['training']:.1f} | {ps['inference']:.1f} | {r['engine_seconds']:.1f} | {r['wall_s']:.1f} | "
-            f"{r['peak_rss_mb']:.0f} | {limit:.0f} |"
+            f"{ps['training']:.1f} | {ps['inference']:.1f} | {wiener} | {r['engine_seconds']:.1f} "
+            f"| {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {limit:.0f} |"
         )
     lines.append("")
     fitted = ", ".join(f"{k} = {v:.3g}" for k, v in model.items())
