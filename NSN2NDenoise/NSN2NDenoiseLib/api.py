@@ -211,10 +211,11 @@ def denoise(
     config : NSN2NConfig, optional
         Defaults to ``make_config('default')``.
     progress : callable(phase, step, total, loss), optional
-        Called from the running thread; ``phase`` is 'weights', 'training' or 'inference', ``loss`` is the mean
-        training loss of the last few iterations (None outside training).
+        Called from the running thread; ``phase`` is 'weights', 'training' or 'inference' (the network's slices,
+        then the Wiener stage's block rows, in one count), ``loss`` is the mean training loss of the last few
+        iterations (None outside training).
     cancel : CancelToken, threading.Event or callable returning bool, optional
-        Checked before every slab of weight maps, training iteration and inference batch.
+        Checked before every slab of weight maps, training iteration, inference batch and Wiener block row.
     init_model : mapping of str to Tensor, optional
         The network's starting weights (a state dict, e.g. ``model_io.load_model(path).state``), trained on
         another volume with the same ``config.network``; training starts from it instead of the identity.

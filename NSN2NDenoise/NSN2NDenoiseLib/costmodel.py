@@ -24,8 +24,9 @@ INFERENCE_S_PER_VOXEL_BF16 = 1.5e-7
 measured at 100 and 600 slices, TTA 1 and 8)."""
 INFERENCE_S_PER_VOXEL_FP32 = 2.85e-7
 """The same in float32 (no native bf16): 1.9x the bf16 time ("Real sizes", inference options)."""
-WIENER_S_PER_VOXEL = 3.0e-7
-"""Seconds per voxel of the Wiener stage (``inference.wiener = 'on'``; CPU, whatever the device of the network)."""
+WIENER_S_PER_VOXEL = 4.8e-7
+"""Seconds per voxel of the Wiener stage (``inference.wiener = 'on'``; on the CPU whatever the network's device):
+37.2 and 37.8 s for 512x512x300 with 2 threads (benchmarks/results/scale_300_wiener)."""
 GPU_SPEEDUP = 20.0
 """A CUDA GPU taken as this many times faster than the 2-core CPU, phase by phase: a conservative guess, not a
 measurement (no GPU was available to measure it)."""

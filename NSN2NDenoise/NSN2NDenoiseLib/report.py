@@ -25,7 +25,8 @@ class RunReport:
     """Array axis (0=K, 1=J, 2=I) used as the slice axis."""
     iterations: int
     phase_seconds: dict[str, float]
-    """Wall time of 'weights' (maps and noise estimates), 'training', 'inference' and 'residual_check'."""
+    """Wall time of 'weights' (maps and noise estimates), 'training', 'inference' (the network), 'wiener' (the
+    Wiener stage, when on) and 'residual_check'."""
     total_seconds: float
     loss_curve: list[list[float]]
     """[iteration, mean loss] every few iterations."""
