@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from NSN2NDenoiseLib import CancelledError, CancelToken, DeviceError, InputError, denoise, make_config
+from NSN2NDenoiseLib import CancelledError, CancelToken, DeviceError, InputError, denoise, make_config, wiener
 from NSN2NDenoiseLib.api import choose_slice_axis, resolve_device
 from NSN2NDenoiseLib.phantom import make_phantom, psnr
 
@@ -48,7 +48,8 @@ def test_progress_reports_every_phase(phantom_pair, tiny_config):
     assert phases[0] == "weights" and "training" in phases and phases[-1] == "inference"
     training = [c for c in calls if c[0] == "training"]
     assert training[-1][1] == training[-1][2] == 5 and training[-1][3] is not None
-    assert calls[-1][1] == calls[-1][2] == noisy.shape[0]
+    # the network's slices, then the Wiener stage's block rows, in one count
+    assert calls[-1][1] == calls[-1][2] == noisy.shape[0] + wiener.row_count(noisy.shape[0])
 
 
 @pytest.mark.parametrize("kind", ["token", "event", "callable"])
@@ -219,7 +220,7 @@ def test_axes_all_is_the_mean_of_the_network_along_each_axis(tiny_config):
     clean = make_phantom((12, 24, 20), seed=1)
     noisy = (clean + rng.normal(0, 30.0, clean.shape)).astype(np.float32)
     cfg = tiny_config.replace(
-        inference={"axes": "all", "tta": 2, "neighbour_fusion": "off"}, training={"patch_size": 16}
+        inference={"axes": "all", "tta": 2, "neighbour_fusion": "off", "wiener": "off"}, training={"patch_size": 16}
     )
     out, report, state = denoise(noisy, config=cfg, return_model=True)
     net = build_network(cfg)
@@ -251,7 +252,8 @@ def test_auto_axes_keep_the_slice_axis_for_anisotropic_voxels_and_report_why(pha
         progress=lambda phase, step, total, loss: steps.append((phase, step, total)),
     )
     inference = [s for s in steps if s[0] == "inference"]
-    assert inference[-1][1] == inference[-1][2] == 16 + 32 + 32  # one count over the three axes
+    # one count over the three axes and the Wiener stage's block rows
+    assert inference[-1][1] == inference[-1][2] == 16 + 32 + 32 + wiener.row_count(16)
     assert all(a[1] <= b[1] for a, b in zip(inference, inference[1:], strict=False))
 
 

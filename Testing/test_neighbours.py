@@ -207,7 +207,7 @@ def _isotropic_pair():
 def test_a_run_trains_it_where_auto_says_and_blends_it_into_the_output(tiny_config):
     noisy = _isotropic_pair()
     cfg = tiny_config.replace(
-        inference={"axes": "all", "tta": 2, "neighbour_fusion": "auto"}, training={"patch_size": 16}
+        inference={"axes": "all", "tta": 2, "neighbour_fusion": "auto", "wiener": "off"}, training={"patch_size": 16}
     )
     steps = []
     out, report = denoise(noisy, config=cfg, progress=lambda *a: steps.append(a))

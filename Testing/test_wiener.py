@@ -298,3 +298,19 @@ def test_cancelling_during_the_wiener_stage_returns_nothing(small_run):
     with pytest.raises(CancelledError):
         denoise(noisy, config=cfg.replace(inference={"axes": "all"}), progress=progress, cancel=lambda: token["stop"])
     assert token["stop"] and np.array_equal(noisy, before)
+
+
+def test_with_the_neighbour_network_the_wiener_stage_comes_last_in_one_inference_count(small_run):
+    noisy, cfg = small_run
+    cfg = cfg.replace(inference={"axes": "all", "neighbour_fusion": "on"})
+    seen = []
+    out, report = denoise(noisy, config=cfg, progress=lambda *a: seen.append(a))
+    off, report_off = denoise(noisy, config=cfg.replace(inference={"wiener": "off"}))
+    expected = off.copy()
+    wiener.apply_wiener(noisy, expected, tuple(report_off.inplane_noise_lag1))
+    assert report.neighbour_fusion["applied"] and report.wiener["applied"]
+    np.testing.assert_array_equal(out, expected)
+    inference = [s for s in seen if s[0] == "inference"]
+    n = noisy.shape[0]
+    assert inference[-1][1] == inference[-1][2] == sum(noisy.shape) + n + wiener.row_count(n)
+    assert [s[1] for s in inference] == list(range(1, inference[-1][2] + 1))
