@@ -317,7 +317,9 @@ def test_the_neighbour_fusion_row_blends_only_where_the_default_used_three_axes(
     def rows(axes: str) -> None:
         for row in ("nsn2n_nofusion", "nsn2n_nbfuse", "nsn2n_nbfuse_all"):
             monkeypatch.setitem(
-                protocol.NSN2N_ROWS, row, ("fast", {**TINY, "inference": {"axes": axes, "neighbour_fusion": "off"}})
+                protocol.NSN2N_ROWS,
+                row,
+                ("fast", {**TINY, "inference": {"axes": axes, "neighbour_fusion": "off", "wiener": "off"}}),
             )
 
     rows("all")
@@ -414,3 +416,13 @@ def test_the_wiener_table_pairs_the_default_with_the_network_alone_on_the_seeds_
     lines = protocol.wiener_table("reporting", tmp_path).splitlines()
     assert len(lines) == 3
     assert lines[-1] == "| `colin_rician5` | 1, 2, 3 | 33.63 ± 0.12 | **34.20 ± 0.26** | +0.57 ± 0.21 |"
+
+
+def test_every_row_with_the_wiener_stage_names_a_network_alone_row_without_it():
+    for row, alone in protocol.NETWORK_ALONE.items():
+        with_stage = protocol.nsn2n_config(row, 1)
+        without = protocol.nsn2n_config(alone, 1)
+        assert with_stage.inference.wiener == "on" and without.inference.wiener == "off"
+        assert with_stage.replace(inference={"wiener": "off"}) == without
+    stage_rows = {r for r in protocol.NSN2N_ROWS if protocol.nsn2n_config(r, 1).inference.wiener == "on"}
+    assert stage_rows == set(protocol.NETWORK_ALONE)

@@ -91,6 +91,7 @@ ORDER = (
     "nsn2n_nbfuse_all",
     "nsn2n_fusion",
     "nsn2n_best",
+    "nsn2n_best_wiener",
     "nsn2n_fast",
     "nsn2n_fast_nowiener",
     "supervised",
@@ -120,6 +121,7 @@ LABELS = {
     "nsn2n_best": "NSN2N `best` (before the Wiener stage)",
     "nsn2n_fast": "NSN2N `fast`",
     "nsn2n_fast_nowiener": "NSN2N `fast` without the Wiener stage (the same training)",
+    "nsn2n_best_wiener": "NSN2N `best` with the Wiener stage (its network alone: `nsn2n_best`)",
     "supervised": "supervised ceiling (default network, clean target)",
     "supervised_w32": "supervised ceiling, width 32 (`best`'s network), default's iterations",
 }
@@ -227,9 +229,12 @@ NSN2N_ROWS = {
     "nsn2n_best": ("best", {"inference": NO_WIENER}),
     "nsn2n_fast": ("fast", {}),
     "nsn2n_fast_nowiener": ("fast", {"inference": NO_WIENER}),
+    "nsn2n_best_wiener": ("best", {}),
 }
 """NSN2N rows: (preset, configuration overrides). The rows measured before the Wiener stage existed say
 ``wiener = 'off'``, which is what they ran."""
+NETWORK_ALONE = {"nsn2n": "nsn2n_nowiener", "nsn2n_fast": "nsn2n_fast_nowiener", "nsn2n_best_wiener": "nsn2n_best"}
+"""For each row with the Wiener stage, the row its network's output alone is stored as (the same training)."""
 
 
 def nsn2n_config(row: str, seed: int, threads: int = 1):
@@ -385,7 +390,8 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
             "residual_check": (r.get("residual_check") or {}).get("score"),
             "config": run_cfg.to_dict(),
         }
-        extras[f"{row}_nowiener"] = (network_only, note)
+        if row in NETWORK_ALONE:
+            extras[NETWORK_ALONE[row]] = (network_only, note)
     if row == "nsn2n" and len(r["prediction_axes"]) > 1:
         # The slice-only row of the same training: stored as nsn2n_slice by run_case (no second training).
         t0 = time.perf_counter()
