@@ -142,3 +142,38 @@ def test_the_wiener_stage_adds_its_cpu_time_per_voxel_whatever_the_device():
         )
         assert on.seconds["training"] == off.seconds["training"] and on.seconds["weights"] == off.seconds["weights"]
         assert on.host_bytes == off.host_bytes
+
+
+def test_the_estimate_is_the_documented_model_in_absolute_seconds_and_bytes():
+    """Every constant and factor at once, away from the defaults (width 32, batch 16, patch 32), where a ratio test
+    cannot see a wrong absolute value."""
+    shape = (30, 200, 100)
+    voxels = 30 * 200 * 100
+    cfg = CFG.replace(network={"width": 32}, training={"batch_size": 16, "patch_size": 32, "iterations": 700})
+    est = estimate(shape, cfg)  # the default device and bf16: 'cpu' with native bf16
+    width = (32 / 16) ** 2
+    assert est.seconds["weights"] == pytest.approx(costmodel.WEIGHTS_S_FIXED + costmodel.WEIGHTS_S_PER_VOXEL * voxels)
+    per_iteration = costmodel.TRAINING_S_PER_ITERATION * width * (16 / 8) * (32 / 64) ** 2
+    assert est.seconds["training"] == pytest.approx(per_iteration * 700)
+    network = costmodel.INFERENCE_S_PER_VOXEL_BF16 * width * voxels * 8
+    assert est.seconds["inference"] == pytest.approx(network + costmodel.WIENER_S_PER_VOXEL * voxels)
+    assert est.host_bytes == int(costmodel.HOST_BYTES_PER_VOXEL * voxels + costmodel.HOST_BYTES_FIXED)
+    fp32 = estimate(shape, cfg, bf16=False)
+    network32 = costmodel.INFERENCE_S_PER_VOXEL_FP32 * width * voxels * 8
+    assert fp32.seconds["inference"] == pytest.approx(network32 + costmodel.WIENER_S_PER_VOXEL * voxels)
+
+
+def test_overall_fraction_weighs_short_phases_by_their_own_time_and_handles_one_and_zero_steps():
+    est = costmodel.Estimate(seconds={"weights": 2.0, "training": 6.0, "inference": 0.01}, host_bytes=0)
+    total = 8.01
+    assert overall_fraction("training", 10, 10, est) == pytest.approx(8.0 / total)  # a 0.01 s phase stays small
+    assert overall_fraction("training", 1, 1, est) == pytest.approx(8.0 / total)  # one step: the phase is done
+    assert overall_fraction("training", 0, 0, est) == pytest.approx(2.0 / total)  # no steps: nothing of it yet
+    assert overall_fraction("inference", 1, 2, est) == pytest.approx((8.0 + 0.005) / total)
+    assert overall_fraction("residual_check", 1, 1, est) == 0.0
+
+
+def test_a_phase_the_estimate_lacks_counts_as_no_time():
+    est = costmodel.Estimate(seconds={"weights": 1.0, "training": 3.0}, host_bytes=0)
+    assert overall_fraction("training", 5, 5, est) == pytest.approx(1.0)
+    assert overall_fraction("inference", 0, 5, est) == pytest.approx(1.0)
