@@ -164,9 +164,11 @@ def _tv(noisy: np.ndarray, weight: float) -> np.ndarray:
     return denoise_tv_chambolle(noisy.astype(np.float64), weight=weight).astype(np.float32)
 
 
-def _bm4d(noisy: np.ndarray, sigma: float) -> np.ndarray:
+def _bm4d(noisy: np.ndarray, sigma: float, pilot: np.ndarray | None = None) -> np.ndarray:
+    """BM4D with noise std ``sigma``: both stages, or with ``pilot`` its Wiener stage alone with that pilot."""
     bm4d = baselines._import_bm4d()
-    return np.asarray(bm4d.bm4d(noisy.astype(np.float64), sigma), dtype=np.float32)
+    stage = {} if pilot is None else {"stage_arg": pilot.astype(np.float64)}
+    return np.asarray(bm4d.bm4d(noisy.astype(np.float64), sigma, **stage), dtype=np.float32)
 
 
 def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tuple[np.ndarray, dict]:
@@ -417,7 +419,7 @@ def _cache_network_output(ds: datasets.Dataset, seed: int, out: np.ndarray, info
     from . import wiener_grid
 
     wiener_grid.CACHE.mkdir(parents=True, exist_ok=True)
-    path = wiener_grid.CACHE / f"{ds.name}_seed{seed}.npy"
+    path = wiener_grid.cache_path(ds.name, seed)
     np.save(path, out)
     path.with_suffix(".json").write_text(json.dumps(info, default=float))
 

@@ -35,10 +35,15 @@ GRIDS = {
 """Factor x share tried for each noise class (the tuning set's MRI is white, its CT correlated in-plane)."""
 
 
+def cache_path(case: str, seed: int) -> Path:
+    """Where the network's output of ``case`` at ``seed`` is cached (its info beside it, ``.json``)."""
+    return CACHE / f"{case}_seed{seed}.npy"
+
+
 def network_output(case: str, seed: int, ds) -> tuple[np.ndarray, dict]:
     """The engine's output with the Wiener stage off, and its info (cached)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"{case}_seed{seed}.npy"
+    path = cache_path(case, seed)
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file():
         return np.load(path), json.loads(meta.read_text())
@@ -52,11 +57,7 @@ def network_output(case: str, seed: int, ds) -> tuple[np.ndarray, dict]:
 def bm4d_with_pilot(ds, pilot: np.ndarray) -> float:
     """PSNR gain (dB) of BM4D's Wiener step with the network's output as its pilot and the true noise level (an
     oracle the engine does not have, and a library the engine may not ship): what block matching would add."""
-    bm4d = protocol.baselines._import_bm4d()
-    out = np.asarray(
-        bm4d.bm4d(ds.noisy.astype(np.float64), protocol.true_sigma(ds), stage_arg=pilot.astype(np.float64)),
-        dtype=np.float32,
-    )
+    out = protocol._bm4d(ds.noisy, protocol.true_sigma(ds), pilot)
     return metrics.psnr(ds.clean, out, ds.mask, ds.data_range) - metrics.psnr(ds.clean, pilot, ds.mask, ds.data_range)
 
 

@@ -144,13 +144,11 @@ def _check_spacing(spacing) -> tuple[float, float, float]:
     return sp  # type: ignore[return-value]
 
 
-def _predict_along(
-    net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled, extra_steps=0
-) -> np.ndarray:
-    """The network's output along each of ``axes`` (the slice axis first), summed in place and averaged; one
-    progress count over all of them and ``extra_steps`` more (the neighbour network's slices, counted after)."""
+def _predict_along(net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled, total) -> np.ndarray:
+    """The network's output along each of ``axes`` (the slice axis first), summed in place and averaged; progress
+    counts its slices as the first of ``total`` inference steps (the neighbour network's slices and the Wiener
+    stage's block rows come after)."""
     denoised = np.empty(arr.shape, dtype=np.float32)
-    total = sum(arr.shape[a] for a in axes) + extra_steps
     done = 0
     for n, a in enumerate(axes):
         slices = source if a == axis else NormalizedSlices(arr, a, imap)
@@ -309,21 +307,8 @@ def denoise(
         t0 = time.perf_counter()
         n = arr.shape[axis]
         wiener_rows = row_count(n) if cfg.inference.wiener == "on" else 0
-        denoised = _predict_along(
-            net,
-            arr,
-            imap,
-            source,
-            axis,
-            axes,
-            cfg,
-            device,
-            bf16,
-            progress,
-            is_cancelled,
-            (n if fusion else 0) + wiener_rows,
-        )
         total = sum(arr.shape[a] for a in axes) + (n if fusion else 0) + wiener_rows
+        denoised = _predict_along(net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled, total)
         if neighbour_net is not None:
             first = total - wiener_rows - n
             step = None if progress is None else (lambda i: progress("inference", first + i + 1, total, None))
@@ -339,7 +324,7 @@ def denoise(
             )
         phase_seconds["inference"] = time.perf_counter() - t0
         wiener_info: dict = {"applied": False, "reason": "inference.wiener = 'off'"}
-        if wiener_rows:
+        if cfg.inference.wiener == "on":
             t0 = time.perf_counter()
             first = total - wiener_rows
             step = None if progress is None else (lambda r: progress("inference", first + r + 1, total, None))
