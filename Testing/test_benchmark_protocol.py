@@ -17,7 +17,13 @@ if importlib.util.find_spec("benchmarks") is None:
 
 from conftest import require  # noqa: E402
 
-from benchmarks import data, datasets, multi_axis, protocol  # noqa: E402
+from benchmarks import data, datasets, multi_axis, protocol, wiener_grid  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _private_wiener_cache(tmp_path, monkeypatch):
+    """Runs of NSN2N rows cache the network's output for wiener_grid: never in the repository's cache."""
+    monkeypatch.setattr(wiener_grid, "CACHE", tmp_path / "wiener_cache")
 
 
 def _dataset(seed: int) -> datasets.Dataset:
@@ -225,14 +231,12 @@ def test_the_default_row_is_the_engine_with_its_wiener_stage_and_stores_the_netw
     """nsn2n (Wiener stage on) is trained once: its stored result is what the engine returns with the stage on,
     nsn2n_nowiener what it returns with the stage off, and the network's output is cached for wiener_grid."""
     require("torch", "torch==2.13.0 first, see README")
-    from benchmarks import wiener_grid
     from NSN2NDenoiseLib import denoise
 
     for row, wiener in (("nsn2n", "on"), ("nsn2n_nowiener", "off")):
         monkeypatch.setitem(
             protocol.NSN2N_ROWS, row, ("fast", {**TINY, "inference": {"axes": "slice", "wiener": wiener}})
         )
-    monkeypatch.setattr(wiener_grid, "CACHE", tmp_path / "cache")
     ds = _phantom_dataset("ct_gauss30", "ct", noise_seed=0, phantom_seed=2)
     monkeypatch.setattr(protocol, "_build", lambda case, seed: ds)
     protocol.run_case("ct_gauss30", (1,), ["nsn2n"], root=tmp_path)
@@ -249,7 +253,30 @@ def test_the_default_row_is_the_engine_with_its_wiener_stage_and_stores_the_netw
     assert stored["nsn2n_nowiener"]["info"]["wiener"]["applied"] is False
     assert stored["nsn2n"]["info"]["config"]["inference"]["wiener"] == "on"
     assert stored["nsn2n_nowiener"]["params"] == protocol.run_params("nsn2n_nowiener", {})
-    np.testing.assert_array_equal(np.load(tmp_path / "cache" / "ct_gauss30_seed1.npy"), off)
+    np.testing.assert_array_equal(np.load(wiener_grid.CACHE / "ct_gauss30_seed1.npy"), off)
+
+
+def test_each_row_caches_its_network_output_under_its_own_name_so_a_preset_never_stands_in_for_the_default(
+    tmp_path, monkeypatch
+):
+    """A run of the fast (or best) row with the Wiener stage caches its network's output beside, not over, the
+    default's, which wiener_grid reads as the pilot of the default."""
+    require("torch", "torch==2.13.0 first, see README")
+    from NSN2NDenoiseLib import denoise
+
+    monkeypatch.setitem(protocol.NSN2N_ROWS, "nsn2n_fast", ("fast", {**TINY, "inference": {"axes": "slice"}}))
+    ds = _phantom_dataset("ct_gauss30", "ct", noise_seed=0, phantom_seed=2)
+    monkeypatch.setattr(protocol, "_build", lambda case, seed: ds)
+    protocol.run_case("ct_gauss30", (1,), ["nsn2n_fast"], root=tmp_path)
+    assert sorted(p.name for p in wiener_grid.CACHE.iterdir()) == [
+        "ct_gauss30_seed1_nsn2n_fast.json",
+        "ct_gauss30_seed1_nsn2n_fast.npy",
+    ]
+    off, _ = denoise(
+        ds.noisy, spacing=ds.spacing, config=protocol.nsn2n_config("nsn2n_fast", 1).replace(inference={"wiener": "off"})
+    )
+    np.testing.assert_array_equal(np.load(wiener_grid.cache_path("ct_gauss30", 1, "nsn2n_fast")), off)
+    assert wiener_grid.cache_path("ct_gauss30", 1) == wiener_grid.CACHE / "ct_gauss30_seed1.npy"
 
 
 def test_the_three_axis_training_ablation_trains_on_each_axis_and_averages_the_default_axes(monkeypatch):

@@ -375,7 +375,7 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
     extras = {}
     if wiener:
         network_only = out.copy()
-        _cache_network_output(ds, seed, network_only, {k: v for k, v in info.items() if k != "config"})
+        _cache_network_output(ds, seed, row, network_only, {k: v for k, v in info.items() if k != "config"})
         axis = r["slice_axis"]
         t0 = time.perf_counter()
         info["wiener"] = apply_wiener(
@@ -413,13 +413,14 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
     return out, info
 
 
-def _cache_network_output(ds: datasets.Dataset, seed: int, out: np.ndarray, info: dict) -> None:
-    """Keep the network's output of a default run (before the Wiener stage) in the git-ignored cache of
-    :mod:`benchmarks.wiener_grid`, which can then score other Wiener settings on it without training again."""
+def _cache_network_output(ds: datasets.Dataset, seed: int, row: str, out: np.ndarray, info: dict) -> None:
+    """Keep the network's output of a run of ``row`` (before the Wiener stage) in the git-ignored cache of
+    :mod:`benchmarks.wiener_grid`, which can then score other Wiener settings on it without training again. Each
+    row has its own file, so that another preset's run never stands in for the default's."""
     from . import wiener_grid
 
     wiener_grid.CACHE.mkdir(parents=True, exist_ok=True)
-    path = wiener_grid.cache_path(ds.name, seed)
+    path = wiener_grid.cache_path(ds.name, seed, row)
     np.save(path, out)
     path.with_suffix(".json").write_text(json.dumps(info, default=float))
 

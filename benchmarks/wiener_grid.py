@@ -35,9 +35,10 @@ GRIDS = {
 """Factor x share tried for each noise class (the tuning set's MRI is white, its CT correlated in-plane)."""
 
 
-def cache_path(case: str, seed: int) -> Path:
-    """Where the network's output of ``case`` at ``seed`` is cached (its info beside it, ``.json``)."""
-    return CACHE / f"{case}_seed{seed}.npy"
+def cache_path(case: str, seed: int, row: str = "nsn2n") -> Path:
+    """Where the network's output (before the Wiener stage) of the protocol's ``row`` on ``case`` at ``seed`` is
+    cached, its info beside it (``.json``); the default's output has no row in its name."""
+    return CACHE / (f"{case}_seed{seed}.npy" if row == "nsn2n" else f"{case}_seed{seed}_{row}.npy")
 
 
 def network_output(case: str, seed: int, ds) -> tuple[np.ndarray, dict]:
