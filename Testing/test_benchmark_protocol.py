@@ -107,6 +107,20 @@ def test_nsn2n_results_are_keyed_by_the_whole_configuration():
     assert protocol.run_params("noisy", {}) == {"v": protocol.PROTOCOL_VERSION}
 
 
+def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them_reruns_the_row(monkeypatch):
+    from NSN2NDenoiseLib import wiener
+
+    default = protocol.run_params("nsn2n", {})
+    assert default["wiener_filters"] == [
+        {"block": 8, "step": 3, "factors": {"white": 4.0, "correlated": 4.0}},
+        {"block": 4, "step": 2, "factors": {"white": 2.0, "correlated": 4.0}},
+    ]
+    assert protocol.run_params("nsn2n_fast", {})["wiener_filters"] == default["wiener_filters"]
+    assert "wiener_filters" not in protocol.run_params("nsn2n_nowiener", {})
+    monkeypatch.setattr(wiener, "PASSES", wiener.PASSES[:1])
+    assert protocol.run_params("nsn2n", {}) != default
+
+
 def test_summaries_are_mean_and_sample_sd_over_seeds():
     s = protocol.summarise([30.0, 31.0, 32.0])
     assert (s.mean, s.sd, s.n) == (31.0, 1.0, 3)
@@ -399,12 +413,9 @@ def test_the_neighbour_fusion_table_pairs_each_blend_and_the_engine_with_their_d
     assert lines[3].endswith("| 33.65 ± 0.07 (2 seeds) | +0.15 ± 0.07 (2 seeds) |")  # paired: +0.2, +0.1
 
 
-def test_the_wiener_grid_table_averages_each_grid_point_over_seeds_and_marks_the_engines_choice(tmp_path):
+def test_the_wiener_grid_table_averages_each_grid_point_over_seeds_and_marks_the_first_versions_choice(tmp_path):
     require("torch", "torch==2.13.0 first, see README")
-    from benchmarks import wiener_grid
-    from NSN2NDenoiseLib import wiener
-
-    chosen = f"{wiener.FACTORS['white']:g}|{wiener.SHARE:g}"
+    chosen = "2|0.5"
     entries = {}
     for seed, gains in ((100, (0.1, 0.3)), (101, (0.3, 0.5))):
         entries[f"mnitune_rician5/seed{seed}"] = {
@@ -419,12 +430,42 @@ def test_the_wiener_grid_table_averages_each_grid_point_over_seeds_and_marks_the
     row = wiener_grid.table(tmp_path).splitlines()[-1]
     assert row.startswith("| `mnitune_rician5` | white | 100, 101 | 30.50 ± 0.71 (2 seeds) |")
     assert "0.5 x 0.3: +0.20 ± 0.14" in row
-    assert f"**{wiener.FACTORS['white']:g} x {wiener.SHARE:g}: +0.40 ± 0.14**" in row
+    assert "**2 x 0.5: +0.40 ± 0.14**" in row
     assert row.endswith("| **+0.40 ± 0.14** | not run |")
     entries["mnitune_rician5/seed100"]["bm4d_pilot_true_sigma_gain_db"] = 1.5
     (tmp_path / "wiener_grid.json").write_text(json.dumps(entries))
     assert wiener_grid.table(tmp_path).splitlines()[-1].endswith("| **+0.40 ± 0.14** | +1.50 ± 0.00 (1) |")
     assert wiener_grid.table(tmp_path / "absent") == ""
+
+
+def test_the_filters_table_marks_the_engines_filters_and_pairs_the_engine_with_the_first_version(tmp_path):
+    require("torch", "torch==2.13.0 first, see README")
+    from NSN2NDenoiseLib import wiener
+
+    chosen = "|".join(f"{p.block}:{p.factors['correlated']:g}" for p in wiener.PASSES)
+    assert chosen == "8:4|4:4"
+    entries, grid = {}, {}
+    for seed, gains in ((100, (0.1, 0.4)), (101, (0.3, 0.6))):
+        key = f"cttune_ld_1e5/seed{seed}"
+        entries[key] = {
+            "case": "cttune_ld_1e5",
+            "seed": seed,
+            "noise_class": "correlated",
+            "network_psnr": 34.0 + seed - 100,
+            "single_share_0.5": {"8:4": gains[0]},
+            "pair_thirds": {"8:2|4:4": gains[0], chosen: gains[1]},
+            "pair_network_weight": {"0.25": gains[0]},
+            "pair_plus_6_quarters": {"6:4": gains[1]},
+            "engine": {"gain_db": gains[1]},
+        }
+        grid[key] = {"gain_db": {"4|0.5": 0.2, "2|0.5": 9.0}}
+    (tmp_path / "wiener_filters.json").write_text(json.dumps(entries))
+    (tmp_path / "wiener_grid.json").write_text(json.dumps(grid))
+    row = wiener_grid.filters_table(tmp_path).splitlines()[-1]
+    assert row.startswith("| `cttune_ld_1e5` | correlated | 100, 101 | 34.50 ± 0.71 (2 seeds) | 8:4: +0.20 ± 0.14 |")
+    assert "| 8:2|4:4: +0.20 ± 0.14; **8:4|4:4: +0.50 ± 0.14** | w 0.25: +0.20 ± 0.14 | 6:4: +0.50 ± 0.14 |" in row
+    assert row.endswith("| **+0.50 ± 0.14** | +0.30 ± 0.14 |")  # paired with the first version: +0.2, +0.4
+    assert wiener_grid.filters_table(tmp_path / "absent") == ""
 
 
 def test_the_wiener_table_pairs_the_default_with_the_network_alone_on_the_seeds_both_have(tmp_path, monkeypatch):

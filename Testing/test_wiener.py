@@ -12,11 +12,10 @@ from NSN2NDenoiseLib.errors import CancelledError
 from NSN2NDenoiseLib.inference import WHITE_LAG1
 
 
-def reference_wiener(noisy, pilot, variance, share=1.0):
-    """Every block, one at a time, with scipy's DCT: blocks every STEP from 0 along K plus one at K - bk; in-plane
-    the volume mirrored by b - 1 (and what makes whole steps) and blocks every STEP."""
-    b = [min(8, n) for n in noisy.shape]
-    s = wiener.STEP
+def reference_wiener(noisy, pilot, variance, share=1.0, block=8, s=3):
+    """Every block, one at a time, with scipy's DCT: blocks of ``block`` every ``s`` from 0 along K plus one at
+    K - bk; in-plane the volume mirrored by b - 1 (and what makes whole steps) and blocks every ``s``."""
+    b = [min(block, n) for n in noisy.shape]
     pads = [(bb - 1, bb - 1 + next(e for e in range(s) if (n + 2 * (bb - 1) + e - bb) % s == 0))
             for n, bb in zip(noisy.shape[1:], b[1:], strict=True)]  # fmt: skip
     x = np.pad(noisy.astype(np.float64), [(0, 0), *pads], mode="reflect")
@@ -83,25 +82,50 @@ def test_the_streamed_filter_is_the_block_by_block_reference(shape, level):
     clean, rng = smooth_volume(shape)
     noisy = clean + rng.normal(0, 20, shape).astype(np.float32)
     pilot = clean + rng.normal(0, 5, shape).astype(np.float32)
-    b = wiener.block_shape(shape)
+    b = wiener.block_shape(shape, 8)
     variance = np.full(b, level) * np.linspace(0.5, 1.5, b[2])  # a spectrum that differs by coefficient
     out = pilot.copy()
-    wiener.wiener_into(noisy, out, variance)
+    wiener.wiener_into(noisy, out, [(8, 3, variance)])
     assert np.allclose(out, reference_wiener(noisy, pilot, variance), atol=2e-3)
     half = pilot.copy()
-    wiener.wiener_into(noisy, half, variance, share=0.3)
+    wiener.wiener_into(noisy, half, [(8, 3, variance)], share=0.3)
     assert np.allclose(half, reference_wiener(noisy, pilot, variance, 0.3), atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "shape, filters",
+    [
+        ((12, 20, 23), ((8, 3), (4, 2))),  # the engine's filters
+        ((17, 11, 9), ((4, 2), (8, 3))),  # in the other order; K not a whole number of steps of either
+        ((9, 10, 21), ((6, 2), (4, 3), (8, 3))),  # three filters
+        ((5, 14, 8), ((8, 3), (4, 2))),  # K shorter than the large block
+    ],
+)
+def test_several_filters_stream_into_the_mean_of_their_block_by_block_references(shape, filters):
+    clean, rng = smooth_volume(shape, 2)
+    noisy = clean + rng.normal(0, 20, shape).astype(np.float32)
+    pilot = clean + rng.normal(0, 5, shape).astype(np.float32)
+    specs = []
+    for n, (block, stride) in enumerate(filters):
+        b = wiener.block_shape(shape, block)
+        specs.append((block, stride, np.full(b, 300.0 * (n + 1)) * np.linspace(0.5, 1.5, b[1])[:, None]))
+    estimates = [reference_wiener(noisy, pilot, v, 1.0, block, stride) for block, stride, v in specs]
+    for share in (1.0, 0.6):
+        out = pilot.copy()
+        wiener.wiener_into(noisy, out, specs, share=share)
+        np.testing.assert_allclose(out, pilot + share * (np.mean(estimates, axis=0) - pilot), atol=2e-3)
 
 
 def test_no_noise_keeps_the_input_and_infinite_noise_gives_zero():
     clean, rng = smooth_volume((10, 16, 18))
     noisy = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
     pilot = clean + rng.normal(0, 1, clean.shape).astype(np.float32)  # no coefficient exactly 0
+    for filters in ([(8, 3, np.zeros((8, 8, 8)))], [(8, 3, np.zeros((8, 8, 8))), (4, 2, np.zeros((4, 4, 4)))]):
+        out = pilot.copy()
+        wiener.wiener_into(noisy, out, filters)
+        assert np.allclose(out, noisy, atol=1e-3)
     out = pilot.copy()
-    wiener.wiener_into(noisy, out, np.zeros((8, 8, 8)))
-    assert np.allclose(out, noisy, atol=1e-3)
-    out = pilot.copy()
-    wiener.wiener_into(noisy, out, np.full((8, 8, 8), 1e12))
+    wiener.wiener_into(noisy, out, [(8, 3, np.full((8, 8, 8), 1e12)), (4, 2, np.full((4, 4, 4), 1e12))])
     assert np.abs(out).max() < 1e-2
 
 
@@ -111,7 +135,7 @@ def test_with_a_good_pilot_and_the_true_noise_the_filter_removes_most_of_the_noi
     before = noisy.copy()
     pilot = clean + rng.normal(0, 4, clean.shape).astype(np.float32)
     out = pilot.copy()
-    wiener.wiener_into(noisy, out, np.full((8, 8, 8), 400.0))
+    wiener.wiener_into(noisy, out, [(8, 3, np.full((8, 8, 8), 400.0)), (4, 2, np.full((4, 4, 4), 400.0))])
     rmse = float(np.sqrt(np.mean((out - clean) ** 2)))
     assert rmse < 0.25 * 20
     assert np.array_equal(noisy, before)
@@ -121,7 +145,7 @@ def test_the_residual_spectrum_reads_white_noise_flat_and_correlated_noise_low_p
     rng = np.random.default_rng(3)
     shape = (16, 128, 128)
     white = rng.normal(0, 10, shape).astype(np.float32)
-    spec = wiener.residual_spectrum(white, np.zeros(shape, np.float32))
+    spec = wiener.residual_spectrum(white, np.zeros(shape, np.float32), 8)
     assert spec.shape == (8, 8, 8)
     assert np.allclose(spec, 100.0, rtol=0.25)
     assert spec.mean() == pytest.approx(100.0, rel=0.05)
@@ -129,19 +153,23 @@ def test_the_residual_spectrum_reads_white_noise_flat_and_correlated_noise_low_p
     t = torch.from_numpy(white)[:, None]
     kernel = torch.ones(1, 1, 3, 3) / 9.0
     corr = F.conv2d(F.pad(t, (1, 1, 1, 1), mode="reflect"), kernel)[:, 0].numpy()
-    spec = wiener.residual_spectrum(corr, np.zeros(shape, np.float32))
+    spec = wiener.residual_spectrum(corr, np.zeros(shape, np.float32), 8)
     assert spec[:, 0, 0].mean() > 5 * spec[:, -1, -1].mean()
     assert np.allclose(spec[0], spec[-1], rtol=0.3)  # white along K
     # the residual is noisy minus pilot, not the noisy volume
     offset = np.full(shape, 50.0, np.float32)
-    assert np.allclose(wiener.residual_spectrum(white + offset, offset), wiener.residual_spectrum(white, 0 * white))
+    assert np.allclose(
+        wiener.residual_spectrum(white + offset, offset, 8), wiener.residual_spectrum(white, 0 * white, 8)
+    )
+    small = wiener.residual_spectrum(white, np.zeros(shape, np.float32), 4)
+    assert small.shape == (4, 4, 4) and np.allclose(small, 100.0, rtol=0.1)
 
 
-def reference_spectrum(noisy, pilot):
+def reference_spectrum(noisy, pilot, block):
     """Mean square of scipy's DCT of non-overlapping blocks of noisy - pilot: along K every b from 0 and one more
     ending at the last slice where b does not divide K; in-plane whole blocks from 0 (a remainder is left out)."""
     r = noisy.astype(np.float64) - pilot.astype(np.float64)
-    b = [min(8, n) for n in r.shape]
+    b = [min(block, n) for n in r.shape]
     ks = sorted({*range(0, r.shape[0] - b[0] + 1, b[0]), r.shape[0] - b[0]})
     squares = [
         scipy.fft.dctn(r[k : k + b[0], j : j + b[1], i : i + b[2]], norm="ortho") ** 2
@@ -153,20 +181,21 @@ def reference_spectrum(noisy, pilot):
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 8), (24, 6, 20), (20, 16, 12), (5, 20, 6)])
-def test_the_residual_spectrum_is_the_mean_square_dct_of_the_residual_over_whole_blocks(shape):
+@pytest.mark.parametrize("block", [8, 4])
+def test_the_residual_spectrum_is_the_mean_square_dct_of_the_residual_over_whole_blocks(shape, block):
     rng = np.random.default_rng(5)
     noisy = rng.normal(0, 10, shape).astype(np.int16)  # a scanner's integers
     pilot = rng.normal(0, 3, shape).astype(np.float32)
     np.testing.assert_allclose(
-        wiener.residual_spectrum(noisy, pilot), reference_spectrum(noisy, pilot), rtol=1e-4, atol=1e-3
+        wiener.residual_spectrum(noisy, pilot, block), reference_spectrum(noisy, pilot, block), rtol=1e-4, atol=1e-3
     )
 
 
 def test_the_residual_spectrum_of_a_short_volume_has_the_short_axis_block():
     rng = np.random.default_rng(4)
     x = rng.normal(0, 3, (5, 20, 6)).astype(np.float32)
-    spec = wiener.residual_spectrum(x, np.zeros_like(x))
-    assert spec.shape == (5, 8, 6) == wiener.block_shape(x.shape)
+    spec = wiener.residual_spectrum(x, np.zeros_like(x), 8)
+    assert spec.shape == (5, 8, 6) == wiener.block_shape(x.shape, 8)
     assert spec.mean() == pytest.approx(9.0, rel=0.3)
 
 
@@ -175,9 +204,11 @@ def test_steps_are_the_block_rows_and_cancel_stops_before_a_row():
     noisy = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
     rows = []
     out = clean.copy()
-    wiener.wiener_into(noisy, out, np.full((8, 8, 8), 100.0), step=rows.append)
-    assert rows == list(range(wiener.row_count(20)))
-    assert wiener.row_count(20) == len(wiener._starts(20, 8, wiener.STEP))
+    filters = [(8, 3, np.full((8, 8, 8), 100.0)), (4, 2, np.full((4, 4, 4), 100.0))]
+    wiener.wiener_into(noisy, out, filters, step=rows.append)
+    assert rows == list(range(wiener.row_count(20))) and wiener.row_count(20) == 5 + 9
+    assert wiener.row_count(20) == sum(len(wiener._starts(20, f.block, f.step)) for f in wiener.PASSES)
+    assert wiener.row_count(3) == 1 + 1  # a volume shorter than both blocks: one row of each
     assert wiener._starts(20, 8, 3) == [0, 3, 6, 9, 12]
     assert wiener._starts(21, 8, 3) == [0, 3, 6, 9, 12, 13]
     calls = []
@@ -187,7 +218,7 @@ def test_steps_are_the_block_rows_and_cancel_stops_before_a_row():
         return len(calls) > 2
 
     with pytest.raises(CancelledError) as raised:
-        wiener.wiener_into(noisy, clean.copy(), np.full((8, 8, 8), 100.0), is_cancelled=cancel)
+        wiener.wiener_into(noisy, clean.copy(), filters, is_cancelled=cancel)
     assert str(raised.value) == "Denoising was cancelled."
     assert len(calls) == 3
     with pytest.raises(CancelledError, match="Denoising was cancelled"):
@@ -208,18 +239,19 @@ def test_the_spectrum_of_float64_volumes_is_that_of_their_float32_copies():
     rng = np.random.default_rng(6)
     noisy = rng.normal(0, 10, (10, 16, 16))
     pilot = rng.normal(0, 3, (10, 16, 16))
-    spec = wiener.residual_spectrum(noisy, pilot)
-    np.testing.assert_allclose(spec, wiener.residual_spectrum(noisy.astype(np.float32), pilot.astype(np.float32)))
-    np.testing.assert_allclose(wiener.residual_spectrum(noisy.astype(np.float32), pilot), spec, rtol=1e-5)
-    np.testing.assert_allclose(wiener.residual_spectrum(noisy, pilot.astype(np.float32)), spec, rtol=1e-5)
+    spec = wiener.residual_spectrum(noisy, pilot, 8)
+    np.testing.assert_allclose(spec, wiener.residual_spectrum(noisy.astype(np.float32), pilot.astype(np.float32), 8))
+    np.testing.assert_allclose(wiener.residual_spectrum(noisy.astype(np.float32), pilot, 8), spec, rtol=1e-5)
+    np.testing.assert_allclose(wiener.residual_spectrum(noisy, pilot.astype(np.float32), 8), spec, rtol=1e-5)
 
 
 def test_the_in_plane_padding_is_b_minus_1_and_makes_whole_steps():
     for n in range(4, 40):
         for b in (4, 8):
-            before, after = wiener._padding(n, b)
-            assert before == b - 1 and b - 1 <= after < b - 1 + wiener.STEP
-            assert (n + before + after - b) % wiener.STEP == 0
+            for step in (2, 3):
+                before, after = wiener._padding(n, b, step)
+                assert before == b - 1 and b - 1 <= after < b - 1 + step
+                assert (n + before + after - b) % step == 0
 
 
 def test_the_noise_class_follows_the_in_plane_lag1_gate():
@@ -231,26 +263,28 @@ def test_the_noise_class_follows_the_in_plane_lag1_gate():
 
 
 @pytest.mark.parametrize("lag1, cls", [((0.02, 0.05), "white"), ((0.33, 0.31), "correlated")])
-def test_apply_wiener_scales_the_residual_spectrum_by_its_class_and_blends_half(lag1, cls):
-    clean, rng = smooth_volume((12, 24, 24))
+def test_apply_wiener_scales_each_filters_residual_spectrum_by_its_class_and_takes_the_mean_with_the_pilot(lag1, cls):
+    clean, rng = smooth_volume((12, 24, 6))
     noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
     pilot = clean + rng.normal(0, 3, clean.shape).astype(np.float32)
     out = pilot.copy()
     info = wiener.apply_wiener(noisy, out, lag1)
-    spectrum = wiener.residual_spectrum(noisy, pilot)
+    s8, s4 = wiener.residual_spectrum(noisy, pilot, 8), wiener.residual_spectrum(noisy, pilot, 4)
+    k8, k4 = {"white": (4.0, 2.0), "correlated": (4.0, 4.0)}[cls]
+    w8, w4 = pilot.copy(), pilot.copy()
+    wiener.wiener_into(noisy, w8, [(8, 3, k8 * s8)])
+    wiener.wiener_into(noisy, w4, [(4, 2, k4 * s4)])
+    np.testing.assert_allclose(out, (pilot + w8 + w4) / 3, atol=2e-3)
     expected = pilot.copy()
-    wiener.wiener_into(noisy, expected, wiener.FACTORS[cls] * spectrum, share=wiener.SHARE)
+    wiener.wiener_into(noisy, expected, [(8, 3, k8 * s8), (4, 2, k4 * s4)], share=2 / 3)
     assert np.array_equal(out, expected)
     assert info == {
         "applied": True,
         "noise_class": cls,
-        "factor": wiener.FACTORS[cls],
-        "share": wiener.SHARE,
-        "residual_rms": pytest.approx(float(np.sqrt(spectrum.mean()))),
-        "block": [8, 8, 8],
-        "step": wiener.STEP,
+        "filters": [{"block": [8, 8, 6], "step": 3, "factor": k8}, {"block": [4, 4, 4], "step": 2, "factor": k4}],
+        "share": pytest.approx(2 / 3),
+        "residual_rms": pytest.approx(float(np.sqrt(s8.mean()))),
     }
-    assert wiener.SHARE == 0.5 and wiener.FACTORS == {"white": 2.0, "correlated": 4.0}
 
 
 @pytest.fixture

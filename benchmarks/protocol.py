@@ -20,6 +20,7 @@ Usage, from the repository root::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -482,6 +483,10 @@ def run_params(method: str, chosen: dict) -> dict:
     params = {"v": PROTOCOL_VERSION, **chosen}
     if method in NSN2N_ROWS or method.startswith("supervised"):
         params["config"] = nsn2n_config(method if method in NSN2N_ROWS else "default", 0).to_dict()
+    if method in NSN2N_ROWS and params["config"]["inference"]["wiener"] == "on":
+        from NSN2NDenoiseLib.wiener import PASSES
+
+        params["wiener_filters"] = [dataclasses.asdict(p) for p in PASSES]  # the stage's constants
     if method == "supervised_w32":
         params["config"]["network"]["width"] = 32
     if method in ("nsn2n_nbfuse", "nsn2n_nbfuse_all"):

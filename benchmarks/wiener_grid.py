@@ -1,18 +1,23 @@
-"""How the Wiener stage's two constants were chosen (issue 11, item 5): its noise factor and its share.
+"""How the Wiener stage was chosen (issue 11, item 5): its filters, their noise factors, and its share.
 
 The Wiener stage (``NSN2NDenoiseLib/wiener.py``) filters the input with the network's output as the pilot; the
 noise variance of each DCT coefficient is the removed residual's spectrum times a factor, and the result is
 blended with the network's output. This script trains the network once per tuning case and seed (the engine with
-``inference.wiener = 'off'``, i.e. the default before the stage existed), then scores every factor x share of
-the grid, and the engine's own choice (``wiener.FACTORS`` of the run's noise class, ``wiener.SHARE``). Tuning
-set only.
+``inference.wiener = 'off'``), then scores Wiener settings on that one output. Tuning set only. Two experiments:
+
+- the first version's grid (one filter of 8-voxel blocks every 3 voxels): every factor x share, with that
+  version's choice (:data:`FIRST_CHOICE`) marked; and, with ``--bm4d``, BM4D's own Wiener step on the same
+  pilot with the true noise level (an oracle);
+- ``--filters``: the block size of one filter (8, 6 or 4 voxels) at several factors, and the mean of the network's
+  output with two or three filters' estimates, with the engine's choice (``wiener.PASSES``) marked.
 
     python -m benchmarks.wiener_grid --cases cttune_ld_1e5,cttune_ld_2e4,mnitune_rician5,mnitune_rician10
     python -m benchmarks.wiener_grid --cases mnitune_rician5,cttune_ld_1e5 --bm4d   # + BM4D's Wiener step
+    python -m benchmarks.wiener_grid --filters
 
 The network's output is cached under ``benchmarks/.cache/wiener/`` (git-ignored; it is the deterministic output
 of ``protocol.nsn2n_config('nsn2n_nowiener', seed)``). Writes ``benchmarks/results/protocol/wiener_grid.json``
-(committed), one entry per case and seed.
+and ``wiener_filters.json`` (committed), one entry per case and seed.
 """
 
 from __future__ import annotations
@@ -28,6 +33,14 @@ from . import metrics, protocol
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "wiener"
 OUT = protocol.RESULTS_DIR / "wiener_grid.json"
+OUT_FILTERS = protocol.RESULTS_DIR / "wiener_filters.json"
+FIRST_CHOICE = {"white": 2.0, "correlated": 4.0}
+"""The first version's factor by noise class (one filter of 8-voxel blocks every 3 voxels, share 0.5)."""
+FIRST_SHARE = 0.5
+FILTER_FACTORS = {"white": (1.0, 2.0, 4.0), "correlated": (2.0, 4.0, 8.0)}
+"""Factors tried for each filter in the ``--filters`` experiment, by noise class."""
+FILTER_BLOCKS = ((8, 3), (6, 2), (4, 2))
+"""(block, step) of the filters tried."""
 GRIDS = {
     "white": {"factor": (0.5, 1.0, 1.5, 2.0, 3.0), "share": (0.3, 0.5, 0.7, 1.0)},
     "correlated": {"factor": (1.0, 2.0, 4.0, 6.0), "share": (0.3, 0.5, 0.7, 1.0)},
@@ -79,17 +92,13 @@ def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False) -> di
 
             base = score(pilot)
             noisy = np.moveaxis(ds.noisy, axis, 0)
-            spectrum = wiener.residual_spectrum(noisy, np.moveaxis(pilot, axis, 0))
+            spectrum = wiener.residual_spectrum(noisy, np.moveaxis(pilot, axis, 0), 8)
             grid = {}
             for factor in GRIDS[cls]["factor"]:
                 full = pilot.copy()
-                wiener.wiener_into(noisy, np.moveaxis(full, axis, 0), factor * spectrum)
+                wiener.wiener_into(noisy, np.moveaxis(full, axis, 0), [(8, 3, factor * spectrum)])
                 for share in GRIDS[cls]["share"]:
                     grid[f"{factor:g}|{share:g}"] = score(pilot + np.float32(share) * (full - pilot)) - base
-            engine = pilot.copy()
-            t0 = time.perf_counter()
-            chosen = wiener.apply_wiener(noisy, np.moveaxis(engine, axis, 0), lag1)
-            seconds = time.perf_counter() - t0
             previous = stored.get(f"{case}/seed{seed}", {})
             extra = {"bm4d_pilot_true_sigma_gain_db": bm4d_with_pilot(ds, pilot)} if with_bm4d else {}
             if "bm4d_pilot_true_sigma_gain_db" in previous and not with_bm4d:
@@ -102,32 +111,29 @@ def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False) -> di
                 "inplane_noise_lag1": list(lag1),
                 "network_psnr": base,
                 "gain_db": grid,
-                "engine": {**chosen, "gain_db": score(engine) - base, "seconds": seconds},
                 "command": protocol._command(),
                 "when": time.strftime("%Y-%m-%d %H:%M"),
                 "machine": metrics.machine(),
             }
-            protocol.log(
-                f"{case} seed {seed}: network {base:.2f} dB, engine's Wiener stage {score(engine) - base:+.3f}"
-            )
+            first = grid[f"{FIRST_CHOICE[cls]:g}|{FIRST_SHARE:g}"]
+            protocol.log(f"{case} seed {seed}: network {base:.2f} dB, the first version's stage {first:+.3f}")
             OUT.write_text(json.dumps(stored, indent=1, default=float))
     return stored
 
 
 def table(root: Path = protocol.RESULTS_DIR) -> str:
-    """Mean ± sd over seeds of the gain (dB) of every grid point, by tuning case; the engine's choice in bold."""
+    """Mean ± sd over seeds of the gain (dB) of every grid point of the first version's grid, by tuning case; that
+    version's choice (:data:`FIRST_CHOICE`) in bold."""
     path = root / "wiener_grid.json"
     if not path.is_file():
         return ""
-    from NSN2NDenoiseLib import wiener
-
     stored = json.loads(path.read_text())
     by_case: dict[str, list[dict]] = {}
     for entry in stored.values():
         by_case.setdefault(entry["case"], []).append(entry)
     lines = [
         "| case (tuning) | noise class | seeds | network alone | factor x share: gain in dB (mean ± sd) "
-        "| engine's choice | BM4D's Wiener step, same pilot, true noise (oracle) |",
+        "| the first version's choice | BM4D's Wiener step, same pilot, true noise (oracle) |",
         "|---|---|---|---|---|---|---|",
     ]
     for case, entries in sorted(by_case.items()):
@@ -138,9 +144,9 @@ def table(root: Path = protocol.RESULTS_DIR) -> str:
             s = protocol.summarise([e["gain_db"][key] for e in entries])
             factor, share = (float(v) for v in key.split("|"))
             text = f"{factor:g} x {share:g}: {s.mean:+.2f} ± {s.sd:.2f}"
-            chosen = factor == wiener.FACTORS[cls] and share == wiener.SHARE
+            chosen = factor == FIRST_CHOICE[cls] and share == FIRST_SHARE
             cells.append(f"**{text}**" if chosen else text)
-        engine = protocol.summarise([e["engine"]["gain_db"] for e in entries])
+        engine = protocol.summarise([e["gain_db"][f"{FIRST_CHOICE[cls]:g}|{FIRST_SHARE:g}"] for e in entries])
         base = protocol.summarise([e["network_psnr"] for e in entries])
         seeds = ", ".join(str(e["seed"]) for e in entries)
         oracle = [e["bm4d_pilot_true_sigma_gain_db"] for e in entries if "bm4d_pilot_true_sigma_gain_db" in e]
@@ -153,13 +159,141 @@ def table(root: Path = protocol.RESULTS_DIR) -> str:
     return "\n".join(lines)
 
 
+def _estimate(noisy: np.ndarray, pilot: np.ndarray, block: int, step: int, variance: np.ndarray) -> np.ndarray:
+    """One filter's Wiener estimate of ``noisy`` (slice axis first) with ``pilot`` as the signal estimate."""
+    from NSN2NDenoiseLib import wiener
+
+    out = pilot.copy()
+    wiener.wiener_into(noisy, out, [(block, step, variance)])
+    return out
+
+
+def run_filters(cases: list[str], seeds: tuple[int, ...]) -> dict:
+    """The ``--filters`` experiment: for each case and seed, the gain (dB over the network alone) of one filter of
+    each of :data:`FILTER_BLOCKS` at each of :data:`FILTER_FACTORS` (share 0.5), of the mean of the network's output
+    with an 8-voxel and a 4-voxel estimate at every pair of factors, of that mean with the network's output weighted
+    0.2, 0.25 and 0.4 instead of a third, of the mean with a 6-voxel estimate added, and of the engine's own stage."""
+    from NSN2NDenoiseLib import wiener
+
+    stored = json.loads(OUT_FILTERS.read_text()) if OUT_FILTERS.is_file() else {}
+    for case in cases:
+        for seed in seeds:
+            ds = protocol._build(case, seed)
+            pilot, info = network_output(case, seed, ds)
+            lag1 = tuple(info["inplane_noise_lag1"])
+            cls = wiener.noise_class(lag1)
+            axis = info["slice_axis"]
+            noisy = np.moveaxis(ds.noisy, axis, 0)
+            f = np.moveaxis(pilot, axis, 0)
+
+            def score(v, ds=ds, axis=axis):
+                return metrics.psnr(ds.clean, np.moveaxis(v, 0, axis), ds.mask, ds.data_range)
+
+            base = score(f)
+            est: dict[tuple[int, float], np.ndarray] = {}
+            single = {}
+            for block, step in FILTER_BLOCKS:
+                spectrum = wiener.residual_spectrum(noisy, f, block)
+                for k in FILTER_FACTORS[cls]:
+                    est[block, k] = _estimate(noisy, f, block, step, k * spectrum)
+                    single[f"{block}:{k:g}"] = score(0.5 * (f + est[block, k])) - base
+            pairs = {
+                f"8:{k8:g}|4:{k4:g}": score((f + est[8, k8] + est[4, k4]) / 3) - base
+                for k8 in FILTER_FACTORS[cls]
+                for k4 in FILTER_FACTORS[cls]
+            }
+            chosen = {p.block: p.factors[cls] for p in wiener.PASSES}
+            w8, w4 = est[8, chosen[8]], est[4, chosen[4]]
+            weights = {f"{a:g}": score(a * f + (1 - a) / 2 * (w8 + w4)) - base for a in (0.2, 0.25, 0.4)}
+            with_6 = {f"6:{k:g}": score((f + w8 + w4 + est[6, k]) / 4) - base for k in FILTER_FACTORS[cls]}
+            engine = f.copy()
+            t0 = time.perf_counter()
+            report = wiener.apply_wiener(noisy, engine, lag1)
+            seconds = time.perf_counter() - t0
+            stored[f"{case}/seed{seed}"] = {
+                "case": case,
+                "seed": seed,
+                "noise_class": cls,
+                "inplane_noise_lag1": list(lag1),
+                "network_psnr": base,
+                "single_share_0.5": single,
+                "pair_thirds": pairs,
+                "pair_network_weight": weights,
+                "pair_plus_6_quarters": with_6,
+                "engine": {**report, "gain_db": score(engine) - base, "seconds": seconds},
+                "command": protocol._command(),
+                "when": time.strftime("%Y-%m-%d %H:%M"),
+                "machine": metrics.machine(),
+            }
+            protocol.log(f"{case} seed {seed}: network {base:.2f} dB, the engine's stage {score(engine) - base:+.3f}")
+            OUT_FILTERS.write_text(json.dumps(stored, indent=1, default=float))
+    return stored
+
+
+def filters_table(root: Path = protocol.RESULTS_DIR) -> str:
+    """The ``--filters`` experiment by tuning case: mean ± sd over seeds of each setting's gain (dB), the engine's
+    choice in bold, and the engine's gain paired against the first version's one-filter stage."""
+    path = root / "wiener_filters.json"
+    if not path.is_file():
+        return ""
+    from NSN2NDenoiseLib import wiener
+
+    stored = json.loads(path.read_text())
+    by_case: dict[str, list[dict]] = {}
+    for entry in stored.values():
+        by_case.setdefault(entry["case"], []).append(entry)
+    lines = [
+        "| case (tuning) | noise class | seeds | network alone | one filter, share 0.5 (block:factor) "
+        "| mean of the network and an 8- and a 4-voxel estimate (8:factor, 4:factor) | network's weight instead "
+        "of a third | a 6-voxel estimate added (quarters) | **the engine's stage** | engine − first version |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case, entries in sorted(by_case.items()):
+        entries.sort(key=lambda e: e["seed"])
+        cls = entries[0]["noise_class"]
+        chosen = "|".join(f"{p.block}:{p.factors[cls]:g}" for p in wiener.PASSES)
+
+        def cells(group: str, label=lambda k: k, entries=entries, chosen=chosen) -> str:
+            out = []
+            for key in entries[0][group]:
+                s = protocol.summarise([e[group][key] for e in entries])
+                text = f"{label(key)}: {s.mean:+.2f} ± {s.sd:.2f}"
+                out.append(f"**{text}**" if key == chosen else text)
+            return "; ".join(out)
+
+        engine = protocol.summarise([e["engine"]["gain_db"] for e in entries])
+        first = f"{FIRST_CHOICE[cls]:g}|{FIRST_SHARE:g}"
+        grid = json.loads((root / "wiener_grid.json").read_text()) if (root / "wiener_grid.json").is_file() else {}
+        paired = [
+            e["engine"]["gain_db"] - grid[f"{case}/seed{e['seed']}"]["gain_db"][first]
+            for e in entries
+            if f"{case}/seed{e['seed']}" in grid
+        ]
+        p = protocol.summarise(paired)
+        lines.append(
+            f"| `{case}` | {cls} | {', '.join(str(e['seed']) for e in entries)} "
+            f"| {protocol.summarise([e['network_psnr'] for e in entries]).text()} "
+            f"| {cells('single_share_0.5')} | {cells('pair_thirds')} "
+            f"| {cells('pair_network_weight', lambda k: 'w ' + k)} "
+            f"| {cells('pair_plus_6_quarters')} | **{engine.mean:+.2f} ± {engine.sd:.2f}** "
+            f"| {'–' if not paired else f'{p.mean:+.2f} ± {p.sd:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(protocol.TUNING_CASES))
     parser.add_argument("--seeds", default=",".join(map(str, protocol.SETS["tuning"]["seeds"])))
     parser.add_argument("--bm4d", action="store_true", help="also score BM4D's Wiener step with the same pilot")
+    parser.add_argument("--filters", action="store_true", help="the filters experiment instead of the first grid")
     args = parser.parse_args(argv)
-    run(args.cases.split(","), tuple(int(s) for s in args.seeds.split(",")), args.bm4d)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    if args.filters:
+        run_filters(args.cases.split(","), seeds)
+        print(filters_table())
+        return 0
+    run(args.cases.split(","), seeds, args.bm4d)
     print(table())
     return 0
 

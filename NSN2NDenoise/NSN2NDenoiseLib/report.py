@@ -55,8 +55,9 @@ class RunReport:
     output, 0 when not applied), loss_curve and recoveries of its training (docs/METHOD.md section 5)."""
     wiener: dict[str, Any] = field(default_factory=dict)
     """The Wiener stage (``inference.wiener``): applied (bool); where applied, noise_class ('white' or
-    'correlated'), factor (on the residual's spectrum), residual_rms (input units), block (voxels, slice axis
-    first) and step (voxels); else reason (docs/METHOD.md section 5)."""
+    'correlated'), filters (each its block in voxels, slice axis first, step in voxels, and factor on the residual's
+    spectrum), share (the filters' estimates' weight in the output) and residual_rms (input units); else reason
+    (docs/METHOD.md section 5)."""
     peak_gpu_mb: float | None = None
     """Peak GPU memory allocated by PyTorch during the run, in MiB (None on the CPU)."""
     warnings: list[str] = field(default_factory=list)

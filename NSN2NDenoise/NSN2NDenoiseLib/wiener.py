@@ -1,4 +1,4 @@
-"""The Wiener stage: the network's output as the pilot of a sliding-window DCT Wiener filter (docs/METHOD.md
+"""The Wiener stage: the network's output as the pilot of sliding-window DCT Wiener filters (docs/METHOD.md
 section 5).
 
 The network's output f is a good estimate of the signal but keeps the network's own errors. A second,
@@ -8,19 +8,23 @@ keep (the second stage of BM3D/BM4D, here without block matching):
     Y = W * X,   W = P**2 / (P**2 + v)
 
 where X and P are the DCT coefficients of a block of the input and of f, and v is the noise variance of that
-coefficient. Overlapping blocks (``STEP`` apart) are transformed back and averaged with the weight 1 / sum(W**2)
-(each block's inverse noise level after filtering).
+coefficient. Overlapping blocks (a pass's ``step`` apart) are transformed back and averaged with the weight
+1 / sum(W**2) (each block's inverse noise level after filtering).
 
-The noise variance comes from the volume itself, not from a user: the mean square of the DCT coefficients of
-the removed residual x - f over the whole volume (a spectrum, so in-plane correlated noise is modelled), scaled
-by a factor chosen on the tuning set for each noise class (white or in-plane correlated; :data:`FACTORS`).
+Two such filters run (:data:`PASSES`): 8-voxel blocks, which separate signal from noise finely in frequency,
+and 4-voxel blocks, which follow edges closely; their errors differ, so the output is the mean of f and the two
+Wiener estimates. The noise variance comes from the volume itself, not from a user: the mean square of the DCT
+coefficients of the removed residual x - f over the whole volume (a spectrum, so in-plane correlated noise is
+modelled), scaled by a factor chosen on the tuning set for each pass and noise class (white or in-plane
+correlated).
 
-Arrays are (K, J, I) in the volume's own units; blocks are ``BLOCK`` voxels along K, J and I.
+Arrays are (K, J, I) in the volume's own units; block edges are in voxels along K, J and I.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,18 +32,23 @@ import torch.nn.functional as F
 
 from .errors import CancelledError
 
-BLOCK = 8
-"""Block edge in voxels along K, J and I."""
-STEP = 3
-"""Distance between neighbouring blocks' origins along each axis, in voxels."""
-FACTORS = {"white": 2.0, "correlated": 4.0}
-"""Noise-variance factor on the residual's spectrum, by the in-plane noise class of the run's report (white:
-lag-1 correlation at most ``inference.WHITE_LAG1``). Chosen on the tuning set (RESULTS.md, "The Wiener
-stage")."""
-SHARE = 0.5
-"""The Wiener estimate's share of the output; the rest is the network's output. The two err differently (the
-network's output is biased towards smooth anatomy, the Wiener estimate keeps some noise), so their mean beats
-both on the tuning set (RESULTS.md, "The Wiener stage")."""
+
+@dataclass(frozen=True)
+class WienerPass:
+    """One sliding-window filter: cubic blocks of ``block`` voxels (shorter along an axis shorter than that),
+    origins ``step`` voxels apart, noise variance = the residual's spectrum x ``factors[noise class]``."""
+
+    block: int
+    step: int
+    factors: dict[str, float]
+
+
+PASSES = (
+    WienerPass(block=8, step=3, factors={"white": 4.0, "correlated": 4.0}),
+    WienerPass(block=4, step=2, factors={"white": 2.0, "correlated": 4.0}),
+)
+"""The engine's filters; the output is the mean of the network's output and each filter's estimate. Blocks,
+steps and factors were chosen on the tuning set (RESULTS.md, "The Wiener stage")."""
 ROWS_PER_CHUNK = 32
 """Block rows (along J) transformed at once: bounds the memory of one pass (about 300 MB at 512x512)."""
 
@@ -70,16 +79,17 @@ def _starts(n: int, b: int, s: int) -> list[int]:
     return starts
 
 
-def block_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    """The block of a volume of ``shape`` (K, J, I): :data:`BLOCK` along each axis, or the axis's length where it is
-    shorter."""
-    return tuple(min(BLOCK, n) for n in shape)  # type: ignore[return-value]
+def block_shape(shape: tuple[int, int, int], block: int) -> tuple[int, int, int]:
+    """The block of a volume of ``shape`` (K, J, I): ``block`` voxels along each axis, or the axis's length where it
+    is shorter."""
+    return tuple(min(block, n) for n in shape)  # type: ignore[return-value]
 
 
-def residual_spectrum(noisy: np.ndarray, pilot: np.ndarray) -> np.ndarray:
-    """Mean square of the DCT coefficients of x - f over non-overlapping blocks, shape :func:`block_shape`, in the
-    volume's units squared: the noise variance of each coefficient as far as the network removed it."""
-    b = block_shape(noisy.shape)
+def residual_spectrum(noisy: np.ndarray, pilot: np.ndarray, block: int) -> np.ndarray:
+    """Mean square of the DCT coefficients of x - f over non-overlapping blocks of ``block`` voxels, shape
+    :func:`block_shape`, in the volume's units squared: the noise variance of each coefficient as far as the network
+    removed it."""
+    b = block_shape(noisy.shape, block)
     d = [dct_matrix(n) for n in b]
     total = torch.zeros(b, dtype=torch.float64)
     count = 0
@@ -94,16 +104,36 @@ def residual_spectrum(noisy: np.ndarray, pilot: np.ndarray) -> np.ndarray:
     return (total / max(count, 1)).numpy()
 
 
+@dataclass
+class _Sweep:
+    """One filter's pass along K: its block origins, in-plane padding and the rolling sums of the slices that its
+    blocks still to come may touch."""
+
+    block: tuple[int, int, int]
+    step: int
+    variance: torch.Tensor
+    starts: list[int]
+    pad_j: tuple[int, int]
+    pad_i: tuple[int, int]
+    num: dict[int, torch.Tensor]
+    den: dict[int, torch.Tensor]
+    row: int = 0
+
+    def frontier(self, n_slices: int) -> int:
+        """Slices below this are final for this pass: its next block starts there (all are, once it is done)."""
+        return self.starts[self.row] if self.row < len(self.starts) else n_slices
+
+
 def wiener_into(
     noisy: np.ndarray,
     pilot: np.ndarray,
-    noise_variance: np.ndarray,
+    filters: Sequence[tuple[int, int, np.ndarray]],
     step: Callable[[int], None] | None = None,
     is_cancelled: Callable[[], bool] | None = None,
     share: float = 1.0,
 ) -> None:
-    """Move ``pilot`` in place by ``share`` towards the Wiener estimate of ``noisy`` with ``pilot`` as the signal
-    estimate (``share`` = 1: replace it).
+    """Move ``pilot`` in place by ``share`` towards the mean of the Wiener estimates of ``noisy`` with ``pilot`` as
+    the signal estimate, one estimate per filter (``share`` = 1: replace it by that mean).
 
     Parameters
     ----------
@@ -111,57 +141,77 @@ def wiener_into(
         The input, any real dtype, in its own units; only read.
     pilot : ndarray float32 (K, J, I)
         The network's output, same units; overwritten slice by slice with the result. A slice is written once no
-        block still to come covers it (blocks advance along K), so no second volume is held.
-    noise_variance : ndarray, :func:`block_shape` of the volume
-        The noise variance of each DCT coefficient of a block, in units squared.
+        block still to come of any filter covers it (blocks advance along K), so no second volume is held.
+    filters : sequence of (block, step, noise_variance)
+        Each filter's block edge and block spacing in voxels, and the noise variance of each DCT coefficient of its
+        block (shape :func:`block_shape` of the volume and ``block``), in units squared.
     step : callable(row), optional
-        Called after each of the ``len(_starts(K, bk, STEP))`` block rows along K (progress).
+        Called after each block row along K of every filter, ``row`` counting them all from 0 (progress; their
+        number is :func:`row_count` for the engine's filters).
     is_cancelled : callable, optional
         Checked before every block row; raises :class:`CancelledError` (``pilot`` is then partly overwritten).
     share : float
-        The Wiener estimate's weight in the result, 0..1.
+        The weight of the estimates' mean in the result, 0..1.
     """
     shape = noisy.shape
-    b = block_shape(shape)
-    d = [dct_matrix(n) for n in b]
-    v = torch.as_tensor(np.asarray(noise_variance, dtype=np.float32))
-    starts_k = _starts(shape[0], b[0], STEP)
-    # In-plane: pad so that every voxel is covered by as many blocks as in the middle.
-    pj, pi = _padding(shape[1], b[1]), _padding(shape[2], b[2])
-    hp, wp = shape[1] + sum(pj), shape[2] + sum(pi)
-    # Rolling accumulators over the slices that blocks still to come may touch.
-    acc_num: dict[int, torch.Tensor] = {}
-    acc_den: dict[int, torch.Tensor] = {}
+    sweeps = []
+    for block, stride, variance in filters:
+        b = block_shape(shape, block)
+        sweeps.append(
+            _Sweep(
+                b,
+                stride,
+                torch.as_tensor(np.asarray(variance, dtype=np.float32)),
+                _starts(shape[0], b[0], stride),
+                _padding(shape[1], b[1], stride),
+                _padding(shape[2], b[2], stride),
+                {},
+                {},
+            )
+        )
     done = 0  # slices [0, done) are final and written
-    for row, k0 in enumerate(starts_k):
+    for row in range(sum(len(w.starts) for w in sweeps)):
         if is_cancelled is not None and is_cancelled():
             raise CancelledError("Denoising was cancelled.")
-        x = _pad(noisy[k0 : k0 + b[0]], pj, pi)
-        p = _pad(pilot[k0 : k0 + b[0]], pj, pi)
-        ynum, yden = _filter_slab(x, p, v, b, d)
-        for dk in range(b[0]):
-            kk = k0 + dk
-            if kk not in acc_num:
-                acc_num[kk] = torch.zeros((hp, wp), dtype=torch.float32)
-                acc_den[kk] = torch.zeros((hp, wp), dtype=torch.float32)
-            acc_num[kk] += ynum[dk]
-            acc_den[kk] += yden[dk]
-        nxt = starts_k[row + 1] if row + 1 < len(starts_k) else shape[0]
-        while done < nxt:
-            res = (acc_num.pop(done) / acc_den.pop(done).clamp_min(1e-20))[
-                pj[0] : pj[0] + shape[1], pi[0] : pi[0] + shape[2]
-            ]
-            pilot[done] += np.float32(share) * (res.numpy() - pilot[done])
+        _sweep_row(noisy, pilot, min((w for w in sweeps if w.row < len(w.starts)), key=lambda w: w.starts[w.row]))
+        end = min(w.frontier(shape[0]) for w in sweeps)
+        while done < end:
+            mean = sum(_finish(w, done, shape) for w in sweeps) / len(sweeps)
+            pilot[done] += np.float32(share) * (mean.numpy() - pilot[done])
             done += 1
         if step is not None:
             step(row)
 
 
-def _padding(n: int, b: int) -> tuple[int, int]:
-    """In-plane padding (before, after) of an axis of ``n`` voxels: b - 1 on each side, so that the first and last
-    voxel lie in as many blocks as a middle one, plus what makes the padded length a whole number of steps."""
+def _sweep_row(noisy: np.ndarray, pilot: np.ndarray, w: _Sweep) -> None:
+    """Filter the next block row of one pass and add it to that pass's rolling sums."""
+    k0 = w.starts[w.row]
+    bk = w.block[0]
+    x = _pad(noisy[k0 : k0 + bk], w.pad_j, w.pad_i)
+    p = _pad(pilot[k0 : k0 + bk], w.pad_j, w.pad_i)
+    ynum, yden = _filter_slab(x, p, w.variance, w.block, w.step)
+    for dk in range(bk):
+        kk = k0 + dk
+        if kk not in w.num:
+            w.num[kk] = torch.zeros(x.shape[1:], dtype=torch.float32)
+            w.den[kk] = torch.zeros(x.shape[1:], dtype=torch.float32)
+        w.num[kk] += ynum[dk]
+        w.den[kk] += yden[dk]
+    w.row += 1
+
+
+def _finish(w: _Sweep, k: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """One pass's final estimate of slice ``k`` (J, I), its sums released."""
+    est = w.num.pop(k) / w.den.pop(k).clamp_min(1e-20)
+    return est[w.pad_j[0] : w.pad_j[0] + shape[1], w.pad_i[0] : w.pad_i[0] + shape[2]]
+
+
+def _padding(n: int, b: int, step: int) -> tuple[int, int]:
+    """In-plane padding (before, after) of an axis of ``n`` voxels for blocks of ``b`` every ``step``: b - 1 on each
+    side, so that the first and last voxel lie in as many blocks as a middle one, plus what makes the padded length
+    a whole number of steps."""
     before = b - 1
-    extra = -(n + 2 * before - b) % STEP
+    extra = -(n + 2 * before - b) % step
     return before, before + extra
 
 
@@ -172,32 +222,33 @@ def _pad(slab: np.ndarray, pj: tuple[int, int], pi: tuple[int, int]) -> torch.Te
 
 
 def _filter_slab(
-    x: torch.Tensor, p: torch.Tensor, v: torch.Tensor, b: tuple[int, int, int], d: list[torch.Tensor]
+    x: torch.Tensor, p: torch.Tensor, v: torch.Tensor, b: tuple[int, int, int], step: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Wiener-filter every block of one block row (bk slices, padded in-plane) and fold the weighted blocks back:
-    (numerator, weight) each (bk, H, W)."""
+    """Wiener-filter every block (``b``, origins ``step`` apart in-plane) of one block row (bk slices, padded
+    in-plane) and fold the weighted blocks back: (numerator, weight) each (bk, H, W)."""
     bk, bj, bi = b
+    d = [dct_matrix(n) for n in b]
     hp, wp = x.shape[1], x.shape[2]
-    nj = (hp - bj) // STEP + 1
+    nj = (hp - bj) // step + 1
     num = torch.zeros((bk, hp, wp), dtype=torch.float32)
     den = torch.zeros((bk, hp, wp), dtype=torch.float32)
     for j0 in range(0, nj, ROWS_PER_CHUNK):
         j1 = min(nj, j0 + ROWS_PER_CHUNK)
-        rows = slice(j0 * STEP, (j1 - 1) * STEP + bj)
-        xs = x[:, rows].unfold(1, bj, STEP).unfold(2, bi, STEP).permute(1, 2, 0, 3, 4).contiguous()
-        ps = p[:, rows].unfold(1, bj, STEP).unfold(2, bi, STEP).permute(1, 2, 0, 3, 4).contiguous()
+        rows = slice(j0 * step, (j1 - 1) * step + bj)
+        xs = x[:, rows].unfold(1, bj, step).unfold(2, bi, step).permute(1, 2, 0, 3, 4).contiguous()
+        ps = p[:, rows].unfold(1, bj, step).unfold(2, bi, step).permute(1, 2, 0, 3, 4).contiguous()
         xc = _transform(xs, *d)
         pc = _transform(ps, *d)
         p2 = pc * pc
         w = p2 / (p2 + v).clamp_min(1e-30)  # 0 where neither the pilot nor the noise has power
         weight = 1.0 / (w * w).sum(dim=(-3, -2, -1)).clamp_min(1e-12)  # (nj', ni)
         y = _transform(w * xc, d[0].T, d[1].T, d[2].T) * weight[..., None, None, None]
-        h = (j1 - 1 - j0) * STEP + bj
-        # fold: (1, bk*bj*bi, L) with L = nj' * ni blocks, kernel (bj, bi), stride STEP
+        h = (j1 - 1 - j0) * step + bj
+        # fold: (1, bk*bj*bi, L) with L = nj' * ni blocks, kernel (bj, bi), stride step
         cols = y.permute(2, 3, 4, 0, 1).reshape(1, bk * bj * bi, -1)
-        num[:, rows] += F.fold(cols, (h, wp), (bj, bi), stride=STEP).reshape(bk, h, wp)
+        num[:, rows] += F.fold(cols, (h, wp), (bj, bi), stride=step).reshape(bk, h, wp)
         ones = weight[None, None, None].expand(bk, bj, bi, -1, -1).reshape(1, bk * bj * bi, -1)
-        den[:, rows] += F.fold(ones, (h, wp), (bj, bi), stride=STEP).reshape(bk, h, wp)
+        den[:, rows] += F.fold(ones, (h, wp), (bj, bi), stride=step).reshape(bk, h, wp)
     return num, den
 
 
@@ -212,8 +263,9 @@ def noise_class(lag1: tuple[float, float] | None) -> str:
 
 
 def row_count(n_slices: int) -> int:
-    """Block rows of :func:`wiener_into` along a slice axis of ``n_slices`` (its progress steps)."""
-    return len(_starts(n_slices, min(BLOCK, n_slices), STEP))
+    """Block rows of the engine's filters (:data:`PASSES`) along a slice axis of ``n_slices`` (the stage's progress
+    steps)."""
+    return sum(len(_starts(n_slices, min(f.block, n_slices), f.step)) for f in PASSES)
 
 
 def apply_wiener(
@@ -224,21 +276,24 @@ def apply_wiener(
     is_cancelled: Callable[[], bool] | None = None,
 ) -> dict:
     """The Wiener stage on a run's output: ``denoised`` (the network's output, float32, same shape as ``noisy``,
-    slice axis first) becomes, in place, the mean (weight :data:`SHARE`) of itself and the Wiener estimate of
-    ``noisy`` with it as the pilot, the noise variance being the residual's spectrum times :data:`FACTORS` of the
-    noise class of ``lag1``.
+    slice axis first) becomes, in place, the mean of itself and the Wiener estimates of ``noisy`` of every filter of
+    :data:`PASSES` with it as the pilot, the noise variance of each being the residual's spectrum (for its block)
+    times its factor for the noise class of ``lag1``.
 
-    Returns the report's ``wiener`` entry: noise class, factor, and the residual's RMS in the volume's units (the
-    square root of the spectrum's mean, before the factor)."""
+    Returns the report's ``wiener`` entry: noise class, each filter's block, step and factor, the share of the
+    estimates, and the residual's RMS in the volume's units (the square root of the 8-voxel spectrum's mean, before
+    the factor)."""
     cls = noise_class(lag1)
-    spectrum = residual_spectrum(noisy, denoised)
-    wiener_into(noisy, denoised, FACTORS[cls] * spectrum, step, is_cancelled, SHARE)
+    spectra = [residual_spectrum(noisy, denoised, f.block) for f in PASSES]
+    share = len(PASSES) / (len(PASSES) + 1)
+    filters = [(f.block, f.step, f.factors[cls] * spectrum) for f, spectrum in zip(PASSES, spectra, strict=True)]
+    wiener_into(noisy, denoised, filters, step, is_cancelled, share)
     return {
         "applied": True,
         "noise_class": cls,
-        "factor": FACTORS[cls],
-        "share": SHARE,
-        "residual_rms": float(np.sqrt(spectrum.mean())),
-        "block": list(block_shape(noisy.shape)),
-        "step": STEP,
+        "filters": [
+            {"block": list(block_shape(noisy.shape, f.block)), "step": f.step, "factor": f.factors[cls]} for f in PASSES
+        ],
+        "share": share,
+        "residual_rms": float(np.sqrt(spectra[0].mean())),
     }
