@@ -463,8 +463,19 @@ def test_the_filters_table_marks_the_engines_filters_and_pairs_the_engine_with_t
     (tmp_path / "wiener_grid.json").write_text(json.dumps(grid))
     row = wiener_grid.filters_table(tmp_path).splitlines()[-1]
     assert row.startswith("| `cttune_ld_1e5` | correlated | 100, 101 | 34.50 ± 0.71 (2 seeds) | 8:4: +0.20 ± 0.14 |")
-    assert "| 8:2|4:4: +0.20 ± 0.14; **8:4|4:4: +0.50 ± 0.14** | w 0.25: +0.20 ± 0.14 | 6:4: +0.50 ± 0.14 |" in row
+    assert "| 8:2 & 4:4: +0.20 ± 0.14; **8:4 & 4:4: +0.50 ± 0.14** | w 0.25: +0.20 ± 0.14 | 6:4: +0.50 ± 0.14 |" in row
     assert row.endswith("| **+0.50 ± 0.14** | +0.30 ± 0.14 |")  # paired with the first version: +0.2, +0.4
+    entries["cttune_ld_1e5/seed100/nsn2n_best_wiener"] = {
+        **entries["cttune_ld_1e5/seed100"],
+        "row": "nsn2n_best_wiener",
+    }
+    (tmp_path / "wiener_filters.json").write_text(json.dumps(entries))
+    lines = wiener_grid.filters_table(tmp_path).splitlines()
+    assert lines[-2].startswith("| `cttune_ld_1e5` | correlated | 100, 101 |")
+    assert lines[-1].startswith(
+        "| `cttune_ld_1e5`, `nsn2n_best_wiener`'s network | correlated | 100 | 34.00 (1 seed) |"
+    )
+    assert lines[-1].endswith("| **+0.40 ± 0.00** | – |")  # not paired: the first version's grid is the default's
     assert wiener_grid.filters_table(tmp_path / "absent") == ""
 
 
@@ -494,3 +505,15 @@ def test_every_row_with_the_wiener_stage_names_a_network_alone_row_without_it():
         assert with_stage.replace(inference={"wiener": "off"}) == without
     stage_rows = {r for r in protocol.NSN2N_ROWS if protocol.nsn2n_config(r, 1).inference.wiener == "on"}
     assert stage_rows == set(protocol.NETWORK_ALONE)
+
+
+def test_wiener_grid_reads_another_rows_network_output_only_from_its_cache(monkeypatch):
+    calls = []
+    monkeypatch.setattr(protocol, "_nsn2n", lambda *a: calls.append(a))
+    with pytest.raises(FileNotFoundError, match="run the protocol's nsn2n_best_wiener row on colin_rician5 at seed 1"):
+        wiener_grid.network_output("colin_rician5", 1, None, "nsn2n_best_wiener")
+    assert calls == []
+    np.save(wiener_grid.cache_path("colin_rician5", 1, "nsn2n_best_wiener"), np.ones((2, 3, 4), np.float32))
+    wiener_grid.cache_path("colin_rician5", 1, "nsn2n_best_wiener").with_suffix(".json").write_text('{"slice_axis": 0}')
+    out, info = wiener_grid.network_output("colin_rician5", 1, None, "nsn2n_best_wiener")
+    assert out.shape == (2, 3, 4) and info == {"slice_axis": 0} and calls == []

@@ -54,13 +54,17 @@ def cache_path(case: str, seed: int, row: str = "nsn2n") -> Path:
     return CACHE / (f"{case}_seed{seed}.npy" if row == "nsn2n" else f"{case}_seed{seed}_{row}.npy")
 
 
-def network_output(case: str, seed: int, ds) -> tuple[np.ndarray, dict]:
-    """The engine's output with the Wiener stage off, and its info (cached)."""
+def network_output(case: str, seed: int, ds, row: str = "nsn2n") -> tuple[np.ndarray, dict]:
+    """The engine's output with the Wiener stage off, and its info (cached). The default's is computed when it is
+    not cached; another row's (``nsn2n_best_wiener``, ``nsn2n_fast``) is only read from the cache that the
+    protocol's run of that row left."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = cache_path(case, seed)
+    path = cache_path(case, seed, row)
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file():
         return np.load(path), json.loads(meta.read_text())
+    if row != "nsn2n":
+        raise FileNotFoundError(f"{path} is missing: run the protocol's {row} row on {case} at seed {seed} first")
     out, info = protocol._nsn2n(ds, seed, "nsn2n_nowiener")
     info.pop("_extra", None)
     np.save(path, out)
@@ -168,18 +172,19 @@ def _estimate(noisy: np.ndarray, pilot: np.ndarray, block: int, step: int, varia
     return out
 
 
-def run_filters(cases: list[str], seeds: tuple[int, ...]) -> dict:
+def run_filters(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") -> dict:
     """The ``--filters`` experiment: for each case and seed, the gain (dB over the network alone) of one filter of
     each of :data:`FILTER_BLOCKS` at each of :data:`FILTER_FACTORS` (share 0.5), of the mean of the network's output
     with an 8-voxel and a 4-voxel estimate at every pair of factors, of that mean with the network's output weighted
-    0.2, 0.25 and 0.4 instead of a third, of the mean with a 6-voxel estimate added, and of the engine's own stage."""
+    0.2, 0.25 and 0.4 instead of a third, of the mean with a 6-voxel estimate added, and of the engine's own stage.
+    ``row``: whose network's output is the pilot (the default's, or another protocol row's cached output)."""
     from NSN2NDenoiseLib import wiener
 
     stored = json.loads(OUT_FILTERS.read_text()) if OUT_FILTERS.is_file() else {}
     for case in cases:
         for seed in seeds:
             ds = protocol._build(case, seed)
-            pilot, info = network_output(case, seed, ds)
+            pilot, info = network_output(case, seed, ds, row)
             lag1 = tuple(info["inplane_noise_lag1"])
             cls = wiener.noise_class(lag1)
             axis = info["slice_axis"]
@@ -210,9 +215,10 @@ def run_filters(cases: list[str], seeds: tuple[int, ...]) -> dict:
             t0 = time.perf_counter()
             report = wiener.apply_wiener(noisy, engine, lag1)
             seconds = time.perf_counter() - t0
-            stored[f"{case}/seed{seed}"] = {
+            stored[f"{case}/seed{seed}" + ("" if row == "nsn2n" else f"/{row}")] = {
                 "case": case,
                 "seed": seed,
+                "row": row,
                 "noise_class": cls,
                 "inplane_noise_lag1": list(lag1),
                 "network_psnr": base,
@@ -241,9 +247,11 @@ def filters_table(root: Path = protocol.RESULTS_DIR) -> str:
     stored = json.loads(path.read_text())
     by_case: dict[str, list[dict]] = {}
     for entry in stored.values():
-        by_case.setdefault(entry["case"], []).append(entry)
+        row = entry.get("row", "nsn2n")
+        label = f"`{entry['case']}`" + ("" if row == "nsn2n" else f", `{row}`'s network")
+        by_case.setdefault(label, []).append(entry)
     lines = [
-        "| case (tuning) | noise class | seeds | network alone | one filter, share 0.5 (block:factor) "
+        "| case | noise class | seeds | network alone | one filter, share 0.5 (block:factor) "
         "| mean of the network and an 8- and a 4-voxel estimate (8:factor, 4:factor) | network's weight instead "
         "of a third | a 6-voxel estimate added (quarters) | **the engine's stage** | engine − first version |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -265,15 +273,15 @@ def filters_table(root: Path = protocol.RESULTS_DIR) -> str:
         first = f"{FIRST_CHOICE[cls]:g}|{FIRST_SHARE:g}"
         grid = json.loads((root / "wiener_grid.json").read_text()) if (root / "wiener_grid.json").is_file() else {}
         paired = [
-            e["engine"]["gain_db"] - grid[f"{case}/seed{e['seed']}"]["gain_db"][first]
+            e["engine"]["gain_db"] - grid[f"{e['case']}/seed{e['seed']}"]["gain_db"][first]
             for e in entries
-            if f"{case}/seed{e['seed']}" in grid
+            if f"{e['case']}/seed{e['seed']}" in grid and e.get("row", "nsn2n") == "nsn2n"
         ]
         p = protocol.summarise(paired)
         lines.append(
-            f"| `{case}` | {cls} | {', '.join(str(e['seed']) for e in entries)} "
+            f"| {case} | {cls} | {', '.join(str(e['seed']) for e in entries)} "
             f"| {protocol.summarise([e['network_psnr'] for e in entries]).text()} "
-            f"| {cells('single_share_0.5')} | {cells('pair_thirds')} "
+            f"| {cells('single_share_0.5')} | {cells('pair_thirds', lambda k: k.replace('|', ' & '))} "
             f"| {cells('pair_network_weight', lambda k: 'w ' + k)} "
             f"| {cells('pair_plus_6_quarters')} | **{engine.mean:+.2f} ± {engine.sd:.2f}** "
             f"| {'–' if not paired else f'{p.mean:+.2f} ± {p.sd:.2f}'} |"
@@ -287,10 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=",".join(map(str, protocol.SETS["tuning"]["seeds"])))
     parser.add_argument("--bm4d", action="store_true", help="also score BM4D's Wiener step with the same pilot")
     parser.add_argument("--filters", action="store_true", help="the filters experiment instead of the first grid")
+    parser.add_argument("--row", default="nsn2n", help="--filters on this protocol row's cached network output")
     args = parser.parse_args(argv)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     if args.filters:
-        run_filters(args.cases.split(","), seeds)
+        run_filters(args.cases.split(","), seeds, args.row)
         print(filters_table())
         return 0
     run(args.cases.split(","), seeds, args.bm4d)
