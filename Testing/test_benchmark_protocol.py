@@ -444,7 +444,7 @@ def test_the_filters_table_marks_the_engines_filters_and_pairs_the_engine_with_t
 
     chosen = "|".join(f"{p.block}:{p.factors['correlated']:g}" for p in wiener.PASSES)
     assert chosen == "8:4|4:4"
-    entries, grid = {}, {}
+    entries = {}
     for seed, gains in ((100, (0.1, 0.4)), (101, (0.3, 0.6))):
         key = f"cttune_ld_1e5/seed{seed}"
         entries[key] = {
@@ -452,17 +452,17 @@ def test_the_filters_table_marks_the_engines_filters_and_pairs_the_engine_with_t
             "seed": seed,
             "noise_class": "correlated",
             "network_psnr": 34.0 + seed - 100,
-            "single_share_0.5": {"8:4": gains[0]},
+            "single_share_0.5": {"8:4": 0.2, "8:2": 9.0},
             "pair_thirds": {"8:2|4:4": gains[0], chosen: gains[1]},
             "pair_network_weight": {"0.25": gains[0]},
             "pair_plus_6_quarters": {"6:4": gains[1]},
             "engine": {"gain_db": gains[1]},
         }
-        grid[key] = {"gain_db": {"4|0.5": 0.2, "2|0.5": 9.0}}
     (tmp_path / "wiener_filters.json").write_text(json.dumps(entries))
-    (tmp_path / "wiener_grid.json").write_text(json.dumps(grid))
     row = wiener_grid.filters_table(tmp_path).splitlines()[-1]
-    assert row.startswith("| `cttune_ld_1e5` | correlated | 100, 101 | 34.50 ± 0.71 (2 seeds) | 8:4: +0.20 ± 0.14 |")
+    assert row.startswith(
+        "| `cttune_ld_1e5` | correlated | 100, 101 | 34.50 ± 0.71 (2 seeds) | 8:4: +0.20 ± 0.00; 8:2:"
+    )
     assert "| 8:2 & 4:4: +0.20 ± 0.14; **8:4 & 4:4: +0.50 ± 0.14** | w 0.25: +0.20 ± 0.14 | 6:4: +0.50 ± 0.14 |" in row
     assert row.endswith("| **+0.50 ± 0.14** | +0.30 ± 0.14 |")  # paired with the first version: +0.2, +0.4
     entries["cttune_ld_1e5/seed100/nsn2n_best_wiener"] = {
@@ -475,7 +475,7 @@ def test_the_filters_table_marks_the_engines_filters_and_pairs_the_engine_with_t
     assert lines[-1].startswith(
         "| `cttune_ld_1e5`, `nsn2n_best_wiener`'s network | correlated | 100 | 34.00 (1 seed) |"
     )
-    assert lines[-1].endswith("| **+0.40 ± 0.00** | – |")  # not paired: the first version's grid is the default's
+    assert lines[-1].endswith("| **+0.40 ± 0.00** | +0.20 ± 0.00 |")
     assert wiener_grid.filters_table(tmp_path / "absent") == ""
 
 

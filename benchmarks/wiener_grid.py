@@ -238,7 +238,8 @@ def run_filters(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
 
 def filters_table(root: Path = protocol.RESULTS_DIR) -> str:
     """The ``--filters`` experiment by tuning case: mean ± sd over seeds of each setting's gain (dB), the engine's
-    choice in bold, and the engine's gain paired against the first version's one-filter stage."""
+    choice in bold, and the engine's gain paired against the first version's one-filter stage (on the same network
+    output)."""
     path = root / "wiener_filters.json"
     if not path.is_file():
         return ""
@@ -270,13 +271,8 @@ def filters_table(root: Path = protocol.RESULTS_DIR) -> str:
             return "; ".join(out)
 
         engine = protocol.summarise([e["engine"]["gain_db"] for e in entries])
-        first = f"{FIRST_CHOICE[cls]:g}|{FIRST_SHARE:g}"
-        grid = json.loads((root / "wiener_grid.json").read_text()) if (root / "wiener_grid.json").is_file() else {}
-        paired = [
-            e["engine"]["gain_db"] - grid[f"{e['case']}/seed{e['seed']}"]["gain_db"][first]
-            for e in entries
-            if f"{e['case']}/seed{e['seed']}" in grid and e.get("row", "nsn2n") == "nsn2n"
-        ]
+        first = f"8:{FIRST_CHOICE[cls]:g}"  # one 8-voxel filter, share 0.5: the first version
+        paired = [e["engine"]["gain_db"] - e["single_share_0.5"][first] for e in entries]
         p = protocol.summarise(paired)
         lines.append(
             f"| {case} | {cls} | {', '.join(str(e['seed']) for e in entries)} "
