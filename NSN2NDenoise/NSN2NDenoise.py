@@ -96,7 +96,7 @@ class NSN2NDenoiseParameterNode:
     tta: Annotated[int, Choice([1, 2, 4, 8])] = 8
     axes: Annotated[str, Choice(["auto", "slice", "all"])] = "auto"
     neighbourFusion: Annotated[str, Choice(["off", "auto", "on"])] = "off"
-    wiener: Annotated[str, Choice(["off", "on"])] = "on"
+    wiener: Annotated[str, Choice(["off", "filters", "matched"])] = "matched"
     lambdaSelf: Annotated[float, WithinRange(0.0, 100.0)] = 0.5
     lambdaRc: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     lambdaIc: Annotated[float, WithinRange(0.0, 100.0)] = 0.0

@@ -108,16 +108,20 @@ def test_nsn2n_results_are_keyed_by_the_whole_configuration():
 
 
 def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them_reruns_the_row(monkeypatch):
-    from NSN2NDenoiseLib import wiener
+    from NSN2NDenoiseLib import block_matching, wiener
 
     default = protocol.run_params("nsn2n", {})
-    assert default["wiener_filters"] == [
+    assert default["wiener_filters"] == [{"block": 4, "step": 3, "group": 16, "search": (3, 5), "factor": 4.0}]
+    filters = protocol.run_params("nsn2n_filters", {})
+    assert filters["wiener_filters"] == [
         {"block": 8, "step": 3, "factors": {"white": 4.0, "correlated": 4.0}},
         {"block": 4, "step": 2, "factors": {"white": 2.0, "correlated": 4.0}},
     ]
     assert protocol.run_params("nsn2n_fast", {})["wiener_filters"] == default["wiener_filters"]
     assert "wiener_filters" not in protocol.run_params("nsn2n_nowiener", {})
     monkeypatch.setattr(wiener, "PASSES", wiener.PASSES[:1])
+    assert protocol.run_params("nsn2n_filters", {}) != filters and protocol.run_params("nsn2n", {}) == default
+    monkeypatch.setattr(block_matching, "MATCHED", block_matching.MatchedFilter(4, 3, 8, (3, 5), 4.0))
     assert protocol.run_params("nsn2n", {}) != default
 
 
@@ -247,7 +251,7 @@ def test_the_default_row_is_the_engine_with_its_wiener_stage_and_stores_the_netw
     require("torch", "torch==2.13.0 first, see README")
     from NSN2NDenoiseLib import denoise
 
-    for row, wiener in (("nsn2n", "on"), ("nsn2n_nowiener", "off")):
+    for row, wiener in (("nsn2n", "matched"), ("nsn2n_nowiener", "off")):
         monkeypatch.setitem(
             protocol.NSN2N_ROWS, row, ("fast", {**TINY, "inference": {"axes": "slice", "wiener": wiener}})
         )
@@ -265,7 +269,7 @@ def test_the_default_row_is_the_engine_with_its_wiener_stage_and_stores_the_netw
     assert stored["nsn2n"]["quality"]["psnr"] != pytest.approx(stored["nsn2n_nowiener"]["quality"]["psnr"], abs=1e-3)
     assert stored["nsn2n"]["info"]["wiener"] == report.wiener and report.wiener["applied"]
     assert stored["nsn2n_nowiener"]["info"]["wiener"]["applied"] is False
-    assert stored["nsn2n"]["info"]["config"]["inference"]["wiener"] == "on"
+    assert stored["nsn2n"]["info"]["config"]["inference"]["wiener"] == "matched"
     assert stored["nsn2n_nowiener"]["params"] == protocol.run_params("nsn2n_nowiener", {})
     np.testing.assert_array_equal(np.load(wiener_grid.CACHE / "ct_gauss30_seed1.npy"), off)
 
@@ -501,9 +505,9 @@ def test_every_row_with_the_wiener_stage_names_a_network_alone_row_without_it():
     for row, alone in protocol.NETWORK_ALONE.items():
         with_stage = protocol.nsn2n_config(row, 1)
         without = protocol.nsn2n_config(alone, 1)
-        assert with_stage.inference.wiener == "on" and without.inference.wiener == "off"
+        assert with_stage.inference.wiener != "off" and without.inference.wiener == "off"
         assert with_stage.replace(inference={"wiener": "off"}) == without
-    stage_rows = {r for r in protocol.NSN2N_ROWS if protocol.nsn2n_config(r, 1).inference.wiener == "on"}
+    stage_rows = {r for r in protocol.NSN2N_ROWS if protocol.nsn2n_config(r, 1).inference.wiener != "off"}
     assert stage_rows == set(protocol.NETWORK_ALONE)
 
 
@@ -517,3 +521,51 @@ def test_wiener_grid_reads_another_rows_network_output_only_from_its_cache(monke
     wiener_grid.cache_path("colin_rician5", 1, "nsn2n_best_wiener").with_suffix(".json").write_text('{"slice_axis": 0}')
     out, info = wiener_grid.network_output("colin_rician5", 1, None, "nsn2n_best_wiener")
     assert out.shape == (2, 3, 4) and info == {"slice_axis": 0} and calls == []
+
+
+def test_reuse_network_applies_the_stage_to_the_cached_output_of_the_same_training_and_trains_only_when_it_differs(
+    tmp_path, monkeypatch
+):
+    """--reuse-network: a row with the Wiener stage whose training's network output is cached and scores exactly as
+    the stored network-alone result gets the stage applied to it (no training); otherwise it trains."""
+    require("torch", "torch==2.13.0 first, see README")
+    import NSN2NDenoiseLib
+    from NSN2NDenoiseLib.wiener import apply_wiener
+
+    for row, wiener in (("nsn2n", "matched"), ("nsn2n_nowiener", "off"), ("nsn2n_filters", "filters")):
+        monkeypatch.setitem(
+            protocol.NSN2N_ROWS, row, ("fast", {**TINY, "inference": {"axes": "slice", "wiener": wiener}})
+        )
+    ds = _phantom_dataset("ct_gauss30", "ct", noise_seed=0, phantom_seed=2)
+    monkeypatch.setattr(protocol, "_build", lambda case, seed: ds)
+    protocol.run_case("ct_gauss30", (1,), ["nsn2n"], root=tmp_path)
+    alone = json.loads(protocol.result_path("ct_gauss30", 1, "nsn2n_nowiener", tmp_path).read_text())
+    network = np.load(wiener_grid.cache_path("ct_gauss30", 1))
+    trainings = []
+    real = NSN2NDenoiseLib.denoise
+    monkeypatch.setattr(NSN2NDenoiseLib, "denoise", lambda *a, **k: trainings.append(1) or real(*a, **k))
+    monkeypatch.setattr(protocol, "REUSE_ROOT", tmp_path)
+    protocol.run_case("ct_gauss30", (1,), ["nsn2n_filters"], root=tmp_path)
+    assert trainings == []
+    stored = json.loads(protocol.result_path("ct_gauss30", 1, "nsn2n_filters", tmp_path).read_text())
+    expected = network.copy()
+    info = json.loads(wiener_grid.cache_path("ct_gauss30", 1).with_suffix(".json").read_text())
+    axis = info["slice_axis"]
+    apply_wiener(
+        np.moveaxis(ds.noisy, axis, 0), np.moveaxis(expected, axis, 0), tuple(info["inplane_noise_lag1"]), "filters"
+    )
+    assert stored["quality"]["psnr"] == pytest.approx(protocol._score(ds, expected)["psnr"], abs=1e-9)
+    assert stored["info"]["wiener"]["kind"] == "filters" and stored["params"] == protocol.run_params(
+        "nsn2n_filters", {}
+    )
+    assert stored["info"]["network_reused"]["network_alone_psnr"] == alone["quality"]["psnr"]
+    assert stored["cost"]["seconds"] == pytest.approx(
+        alone["cost"]["seconds"] + stored["info"]["phase_seconds"]["wiener"]
+    )
+    # a cache that is not the stored network output: trained again
+    np.save(wiener_grid.cache_path("ct_gauss30", 1), network + 1.0)
+    protocol.run_case("ct_gauss30", (1,), ["nsn2n_filters"], force=True, root=tmp_path)
+    assert trainings == [1]
+    again = json.loads(protocol.result_path("ct_gauss30", 1, "nsn2n_filters", tmp_path).read_text())
+    assert again["quality"]["psnr"] == pytest.approx(stored["quality"]["psnr"], abs=1e-6)
+    assert "network_reused" not in again["info"]

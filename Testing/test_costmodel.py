@@ -134,12 +134,18 @@ def test_the_neighbour_network_doubles_training_and_adds_one_pass_where_it_appli
 def test_the_wiener_stage_adds_its_cpu_time_per_voxel_whatever_the_device():
     shape = (10, 64, 48)
     voxels = 10 * 64 * 48
+    assert CFG.inference.wiener == "matched"
     for device in ("cpu", "cuda"):
         on = estimate(shape, CFG, device, bf16=False)
         off = estimate(shape, NET, device, bf16=False)
         assert on.seconds["inference"] - off.seconds["inference"] == pytest.approx(
-            costmodel.WIENER_S_PER_VOXEL * voxels
+            costmodel.WIENER_S_PER_VOXEL["matched"] * voxels
         )
+        filters = estimate(shape, CFG.replace(inference={"wiener": "filters"}), device, bf16=False)
+        assert filters.seconds["inference"] - off.seconds["inference"] == pytest.approx(
+            costmodel.WIENER_S_PER_VOXEL["filters"] * voxels
+        )
+        assert costmodel.WIENER_S_PER_VOXEL["filters"] != costmodel.WIENER_S_PER_VOXEL["matched"]
         assert on.seconds["training"] == off.seconds["training"] and on.seconds["weights"] == off.seconds["weights"]
         assert on.host_bytes == off.host_bytes
 
@@ -156,11 +162,11 @@ def test_the_estimate_is_the_documented_model_in_absolute_seconds_and_bytes():
     per_iteration = costmodel.TRAINING_S_PER_ITERATION * width * (16 / 8) * (32 / 64) ** 2
     assert est.seconds["training"] == pytest.approx(per_iteration * 700)
     network = costmodel.INFERENCE_S_PER_VOXEL_BF16 * width * voxels * 8
-    assert est.seconds["inference"] == pytest.approx(network + costmodel.WIENER_S_PER_VOXEL * voxels)
+    assert est.seconds["inference"] == pytest.approx(network + costmodel.WIENER_S_PER_VOXEL["matched"] * voxels)
     assert est.host_bytes == int(costmodel.HOST_BYTES_PER_VOXEL * voxels + costmodel.HOST_BYTES_FIXED)
     fp32 = estimate(shape, cfg, bf16=False)
     network32 = costmodel.INFERENCE_S_PER_VOXEL_FP32 * width * voxels * 8
-    assert fp32.seconds["inference"] == pytest.approx(network32 + costmodel.WIENER_S_PER_VOXEL * voxels)
+    assert fp32.seconds["inference"] == pytest.approx(network32 + costmodel.WIENER_S_PER_VOXEL["matched"] * voxels)
 
 
 def test_overall_fraction_weighs_short_phases_by_their_own_time_and_handles_one_and_zero_steps():

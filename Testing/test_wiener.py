@@ -206,9 +206,10 @@ def test_steps_are_the_block_rows_and_cancel_stops_before_a_row():
     out = clean.copy()
     filters = [(8, 3, np.full((8, 8, 8), 100.0)), (4, 2, np.full((4, 4, 4), 100.0))]
     wiener.wiener_into(noisy, out, filters, step=rows.append)
-    assert rows == list(range(wiener.row_count(20))) and wiener.row_count(20) == 5 + 9
-    assert wiener.row_count(20) == sum(len(wiener._starts(20, f.block, f.step)) for f in wiener.PASSES)
-    assert wiener.row_count(3) == 1 + 1  # a volume shorter than both blocks: one row of each
+    assert rows == list(range(wiener.row_count(20, "filters"))) and wiener.row_count(20, "filters") == 5 + 9
+    assert wiener.row_count(20, "filters") == sum(len(wiener._starts(20, f.block, f.step)) for f in wiener.PASSES)
+    assert wiener.row_count(3, "filters") == 1 + 1  # a volume shorter than both blocks: one row of each
+    assert wiener.row_count(20, "matched") == len([0, 3, 6, 9, 12, 15, 16])
     assert wiener._starts(20, 8, 3) == [0, 3, 6, 9, 12]
     assert wiener._starts(21, 8, 3) == [0, 3, 6, 9, 12, 13]
     calls = []
@@ -222,17 +223,20 @@ def test_steps_are_the_block_rows_and_cancel_stops_before_a_row():
     assert str(raised.value) == "Denoising was cancelled."
     assert len(calls) == 3
     with pytest.raises(CancelledError, match="Denoising was cancelled"):
-        wiener.apply_wiener(noisy, clean.copy(), (0.0, 0.0), is_cancelled=lambda: True)
+        wiener.apply_wiener(noisy, clean.copy(), (0.0, 0.0), "filters", is_cancelled=lambda: True)
+    with pytest.raises(CancelledError, match="Denoising was cancelled"):
+        wiener.apply_wiener(noisy, clean.copy(), (0.0, 0.0), "matched", is_cancelled=lambda: True)
 
 
 def test_an_integer_input_gives_what_its_float_copy_gives():
     clean, rng = smooth_volume((10, 18, 20))
     noisy = np.round(clean + rng.normal(0, 20, clean.shape)).astype(np.int16)
     pilot = clean + rng.normal(0, 5, clean.shape).astype(np.float32)
-    a, b = pilot.copy(), pilot.copy()
-    wiener.apply_wiener(noisy, a, (0.0, 0.0))
-    wiener.apply_wiener(noisy.astype(np.float32), b, (0.0, 0.0))
-    np.testing.assert_array_equal(a, b)
+    for kind in ("filters", "matched"):
+        a, b = pilot.copy(), pilot.copy()
+        wiener.apply_wiener(noisy, a, (0.0, 0.0), kind)
+        wiener.apply_wiener(noisy.astype(np.float32), b, (0.0, 0.0), kind)
+        np.testing.assert_array_equal(a, b)
 
 
 def test_the_spectrum_of_float64_volumes_is_that_of_their_float32_copies():
@@ -268,7 +272,7 @@ def test_apply_wiener_scales_each_filters_residual_spectrum_by_its_class_and_tak
     noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
     pilot = clean + rng.normal(0, 3, clean.shape).astype(np.float32)
     out = pilot.copy()
-    info = wiener.apply_wiener(noisy, out, lag1)
+    info = wiener.apply_wiener(noisy, out, lag1, "filters")
     s8, s4 = wiener.residual_spectrum(noisy, pilot, 8), wiener.residual_spectrum(noisy, pilot, 4)
     k8, k4 = {"white": (4.0, 2.0), "correlated": (4.0, 4.0)}[cls]
     w8, w4 = pilot.copy(), pilot.copy()
@@ -280,6 +284,7 @@ def test_apply_wiener_scales_each_filters_residual_spectrum_by_its_class_and_tak
     assert np.array_equal(out, expected)
     assert info == {
         "applied": True,
+        "kind": "filters",
         "noise_class": cls,
         "filters": [{"block": [8, 8, 6], "step": 3, "factor": k8}, {"block": [4, 4, 4], "step": 2, "factor": k4}],
         "share": pytest.approx(2 / 3),
@@ -299,14 +304,14 @@ def small_run():
 
 def test_a_run_with_the_wiener_stage_is_the_run_without_it_then_apply_wiener(small_run):
     noisy, cfg = small_run
-    assert all(make_config(p).inference.wiener == "on" for p in ("fast", "default", "best"))
+    assert all(make_config(p).inference.wiener == "matched" for p in ("fast", "default", "best"))
     seen = []
     out, report = denoise(noisy, config=cfg, progress=lambda *a: seen.append(a))
     off, report_off = denoise(noisy, config=cfg.replace(inference={"wiener": "off"}))
     expected = off.copy()
     axis = report_off.slice_axis
     info = wiener.apply_wiener(
-        np.moveaxis(noisy, axis, 0), np.moveaxis(expected, axis, 0), tuple(report_off.inplane_noise_lag1)
+        np.moveaxis(noisy, axis, 0), np.moveaxis(expected, axis, 0), tuple(report_off.inplane_noise_lag1), "matched"
     )
     assert np.array_equal(out, expected)
     assert report.wiener == info and report.to_dict()["wiener"]["applied"] is True
@@ -315,7 +320,7 @@ def test_a_run_with_the_wiener_stage_is_the_run_without_it_then_apply_wiener(sma
     inference = [s for s in seen if s[0] == "inference"]
     total = inference[-1][2]
     slices = sum(noisy.shape[a] for a in range(3) if "KJI"[a] in report.prediction_axes)
-    assert total == slices + wiener.row_count(noisy.shape[axis])
+    assert total == slices + wiener.row_count(noisy.shape[axis], "matched")
     assert [s[1] for s in inference] == list(range(1, total + 1))
 
 
@@ -341,10 +346,10 @@ def test_with_the_neighbour_network_the_wiener_stage_comes_last_in_one_inference
     out, report = denoise(noisy, config=cfg, progress=lambda *a: seen.append(a))
     off, report_off = denoise(noisy, config=cfg.replace(inference={"wiener": "off"}))
     expected = off.copy()
-    wiener.apply_wiener(noisy, expected, tuple(report_off.inplane_noise_lag1))
+    wiener.apply_wiener(noisy, expected, tuple(report_off.inplane_noise_lag1), "matched")
     assert report.neighbour_fusion["applied"] and report.wiener["applied"]
     np.testing.assert_array_equal(out, expected)
     inference = [s for s in seen if s[0] == "inference"]
     n = noisy.shape[0]
-    assert inference[-1][1] == inference[-1][2] == sum(noisy.shape) + n + wiener.row_count(n)
+    assert inference[-1][1] == inference[-1][2] == sum(noisy.shape) + n + wiener.row_count(n, "matched")
     assert [s[1] for s in inference] == list(range(1, inference[-1][2] + 1))

@@ -93,6 +93,7 @@ ORDER = (
     "nsn2n_fusion",
     "nsn2n_best",
     "nsn2n_best_wiener",
+    "nsn2n_filters",
     "nsn2n_fast",
     "nsn2n_fast_nowiener",
     "supervised",
@@ -123,6 +124,8 @@ LABELS = {
     "nsn2n_fast": "NSN2N `fast`",
     "nsn2n_fast_nowiener": "NSN2N `fast` without the Wiener stage (the same training)",
     "nsn2n_best_wiener": "NSN2N `best` with the Wiener stage (its network alone: `nsn2n_best`)",
+    "nsn2n_filters": "NSN2N default with the Wiener stage's two DCT filters (`inference.wiener = 'filters'`, no block "
+    "matching; the same training)",
     "supervised": "supervised ceiling (default network, clean target)",
     "supervised_w32": "supervised ceiling, width 32 (`best`'s network), default's iterations",
 }
@@ -233,11 +236,24 @@ NSN2N_ROWS = {
     "nsn2n_fast": ("fast", {}),
     "nsn2n_fast_nowiener": ("fast", {"inference": NO_WIENER}),
     "nsn2n_best_wiener": ("best", {}),
+    "nsn2n_filters": ("default", {"inference": {"wiener": "filters"}}),
 }
 """NSN2N rows: (preset, configuration overrides). The rows measured before the Wiener stage existed say
 ``wiener = 'off'``, which is what they ran."""
-NETWORK_ALONE = {"nsn2n": "nsn2n_nowiener", "nsn2n_fast": "nsn2n_fast_nowiener", "nsn2n_best_wiener": "nsn2n_best"}
+NETWORK_ALONE = {
+    "nsn2n": "nsn2n_nowiener",
+    "nsn2n_fast": "nsn2n_fast_nowiener",
+    "nsn2n_best_wiener": "nsn2n_best",
+    "nsn2n_filters": "nsn2n_nowiener",
+}
 """For each row with the Wiener stage, the row its network's output alone is stored as (the same training)."""
+NETWORK_OF = {"nsn2n_filters": "nsn2n"}
+"""Rows whose network is another row's (the same preset and training): ``--reuse-network`` reads that row's cached
+network output."""
+REUSE_ROOT: Path | None = None
+"""Set by ``run --reuse-network``: rows with the Wiener stage reuse the cached network output of their training
+where it is the stored network-alone result's (checked against the result file under this root) instead of
+training again."""
 
 
 def nsn2n_config(row: str, seed: int, threads: int = 1):
@@ -352,8 +368,11 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
     from NSN2NDenoiseLib.wiener import apply_wiener
 
     cfg = nsn2n_config(row, seed)
-    wiener = cfg.inference.wiener == "on"
+    wiener = cfg.inference.wiener != "off"
     run_cfg = cfg.replace(inference=NO_WIENER) if wiener else cfg
+    reused = _reused_network(ds, seed, row) if wiener and REUSE_ROOT is not None else None
+    if reused is not None:
+        return _wiener_on_reused(ds, cfg, run_cfg, *reused)
     out, report, state = denoise(ds.noisy, spacing=ds.spacing, config=run_cfg, return_model=True)
     r = report.to_dict()
     keep = (
@@ -380,7 +399,10 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
         axis = r["slice_axis"]
         t0 = time.perf_counter()
         info["wiener"] = apply_wiener(
-            np.moveaxis(ds.noisy, axis, 0), np.moveaxis(out, axis, 0), tuple(r["inplane_noise_lag1"])
+            np.moveaxis(ds.noisy, axis, 0),
+            np.moveaxis(out, axis, 0),
+            tuple(r["inplane_noise_lag1"]),
+            cfg.inference.wiener,
         )
         info["phase_seconds"] = {**info["phase_seconds"], "wiener": time.perf_counter() - t0}
         info["config"] = cfg.to_dict()
@@ -411,6 +433,54 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
         extras["nsn2n_slice"] = (extra, note)
     if extras:
         info["_extra"] = extras
+    return out, info
+
+
+def _reused_network(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict, dict] | None:
+    """The cached network output of ``row``'s training, its info and the stored network-alone result, if that
+    result exists under :data:`REUSE_ROOT` with the current parameters and the cache scores exactly as it does."""
+    from . import wiener_grid
+
+    path = wiener_grid.cache_path(ds.name, seed, NETWORK_OF.get(row, row))
+    stored = _load(result_path(ds.name, seed, NETWORK_ALONE[row], REUSE_ROOT))
+    if not (path.is_file() and path.with_suffix(".json").is_file() and stored):
+        return None
+    if stored.get("params") != run_params(NETWORK_ALONE[row], {}):
+        return None
+    out = np.load(path)
+    if abs(_score(ds, out)["psnr"] - stored["quality"]["psnr"]) > 1e-9:
+        log(f"{ds.name} seed {seed}: the cached network output of {row} is not the stored one: training again")
+        return None
+    return out, json.loads(path.with_suffix(".json").read_text()), stored
+
+
+def _wiener_on_reused(ds, cfg, run_cfg, out: np.ndarray, cached: dict, stored: dict) -> tuple[np.ndarray, dict]:
+    """A row with the Wiener stage from its training's cached network output: the stage and the method-noise check
+    as in :func:`_nsn2n`; the time is the stored training's plus the stage's."""
+    from NSN2NDenoiseLib.residual_check import residual_structure
+    from NSN2NDenoiseLib.wiener import apply_wiener
+
+    axis = cached["slice_axis"]
+    info = {**cached}
+    t0 = time.perf_counter()
+    info["wiener"] = apply_wiener(
+        np.moveaxis(ds.noisy, axis, 0),
+        np.moveaxis(out, axis, 0),
+        tuple(cached["inplane_noise_lag1"]),
+        cfg.inference.wiener,
+    )
+    seconds = time.perf_counter() - t0
+    info["phase_seconds"] = {**cached["phase_seconds"], "wiener": seconds}
+    info["residual_check"] = residual_structure(np.moveaxis(ds.noisy, axis, 0), np.moveaxis(out, axis, 0)).score
+    info["config"] = cfg.to_dict()
+    info["network_reused"] = {
+        "network_alone": stored["method"],
+        "network_alone_when": stored["when"],
+        "network_alone_psnr": stored["quality"]["psnr"],
+        "note": "the network's output of this seed's training, read from the cache and checked to score exactly as "
+        "the stored network-alone result; only the Wiener stage ran",
+    }
+    info["_seconds"] = stored["cost"]["seconds"] + seconds
     return out, info
 
 
@@ -483,10 +553,15 @@ def run_params(method: str, chosen: dict) -> dict:
     params = {"v": PROTOCOL_VERSION, **chosen}
     if method in NSN2N_ROWS or method.startswith("supervised"):
         params["config"] = nsn2n_config(method if method in NSN2N_ROWS else "default", 0).to_dict()
-    if method in NSN2N_ROWS and params["config"]["inference"]["wiener"] == "on":
+    kind = params.get("config", {}).get("inference", {}).get("wiener", "off") if method in NSN2N_ROWS else "off"
+    if kind == "filters":
         from NSN2NDenoiseLib.wiener import PASSES
 
         params["wiener_filters"] = [dataclasses.asdict(p) for p in PASSES]  # the stage's constants
+    elif kind == "matched":
+        from NSN2NDenoiseLib.block_matching import MATCHED
+
+        params["wiener_filters"] = [dataclasses.asdict(MATCHED)]
     if method == "supervised_w32":
         params["config"]["network"]["width"] = 32
     if method in ("nsn2n_nbfuse", "nsn2n_nbfuse_all"):
@@ -587,6 +662,8 @@ def run_case(
             with metrics.measure("cpu") as cost:
                 out, info = _run_method(method, ds, seed, chosen)
             extras = info.pop("_extra", {})
+            if "_seconds" in info:  # a reused training: its stored time plus what ran now
+                cost = {**cost, "seconds": info.pop("_seconds")}
             _store(case, seed, method, params, ds, out, info, cost, root)
             for name, (volume, note) in extras.items():
                 extra_cost = {**cost, "seconds": note["seconds"]}
@@ -954,6 +1031,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", default=",".join(ORDER), help=f"comma-separated, from: {', '.join(ORDER)}")
     r.add_argument("--seeds", help="comma-separated subset of the set's seeds (default: all three)")
     r.add_argument("--force", action="store_true", help="recompute stored results and sweeps")
+    r.add_argument(
+        "--reuse-network",
+        action="store_true",
+        help="rows with the Wiener stage: apply it to their training's cached network output where that is the "
+        "stored network-alone result, instead of training again",
+    )
     sub.add_parser("table", help="rebuild results/protocol/SUMMARY.md from the stored files")
     return p
 
@@ -981,6 +1064,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    global REUSE_ROOT
+    REUSE_ROOT = RESULTS_DIR if args.reuse_network else None
     for case in cases:
         run_case(case, seeds, methods, args.force, first_seed=spec["seeds"][0])
     return 0

@@ -9,7 +9,9 @@ blended with the network's output. This script trains the network once per tunin
   version's choice (:data:`FIRST_CHOICE`) marked; and, with ``--bm4d``, BM4D's own Wiener step on the same
   pilot with the true noise level (an oracle);
 - ``--filters``: the block size of one filter (8, 6 or 4 voxels) at several factors, and the mean of the network's
-  output with two or three filters' estimates, with the engine's choice (``wiener.PASSES``) marked.
+  output with two or three filters' estimates, with the choice of ``inference.wiener = 'filters'``
+  (``wiener.PASSES``) marked;
+- ``--matched``: the block-matched filter (``block_matching.MATCHED``, the default stage) and variants of it.
 
     python -m benchmarks.wiener_grid --cases cttune_ld_1e5,cttune_ld_2e4,mnitune_rician5,mnitune_rician10
     python -m benchmarks.wiener_grid --cases mnitune_rician5,cttune_ld_1e5 --bm4d   # + BM4D's Wiener step
@@ -34,6 +36,7 @@ from . import metrics, protocol
 CACHE = Path(__file__).resolve().parent / ".cache" / "wiener"
 OUT = protocol.RESULTS_DIR / "wiener_grid.json"
 OUT_FILTERS = protocol.RESULTS_DIR / "wiener_filters.json"
+OUT_MATCHED = protocol.RESULTS_DIR / "wiener_matched.json"
 FIRST_CHOICE = {"white": 2.0, "correlated": 4.0}
 """The first version's factor by noise class (one filter of 8-voxel blocks every 3 voxels, share 0.5)."""
 FIRST_SHARE = 0.5
@@ -207,13 +210,13 @@ def run_filters(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
                 for k8 in FILTER_FACTORS[cls]
                 for k4 in FILTER_FACTORS[cls]
             }
-            chosen = {p.block: p.factors[cls] for p in wiener.PASSES}
+            chosen = {p.block: p.factors[cls] for p in wiener.PASSES}  # the 'filters' stage
             w8, w4 = est[8, chosen[8]], est[4, chosen[4]]
             weights = {f"{a:g}": score(a * f + (1 - a) / 2 * (w8 + w4)) - base for a in (0.2, 0.25, 0.4)}
             with_6 = {f"6:{k:g}": score((f + w8 + w4 + est[6, k]) / 4) - base for k in FILTER_FACTORS[cls]}
             engine = f.copy()
             t0 = time.perf_counter()
-            report = wiener.apply_wiener(noisy, engine, lag1)
+            report = wiener.apply_wiener(noisy, engine, lag1, "filters")
             seconds = time.perf_counter() - t0
             stored[f"{case}/seed{seed}" + ("" if row == "nsn2n" else f"/{row}")] = {
                 "case": case,
@@ -231,7 +234,7 @@ def run_filters(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
                 "when": time.strftime("%Y-%m-%d %H:%M"),
                 "machine": metrics.machine(),
             }
-            protocol.log(f"{case} seed {seed}: network {base:.2f} dB, the engine's stage {score(engine) - base:+.3f}")
+            protocol.log(f"{case} seed {seed}: network {base:.2f} dB, the 'filters' stage {score(engine) - base:+.3f}")
             OUT_FILTERS.write_text(json.dumps(stored, indent=1, default=float))
     return stored
 
@@ -254,7 +257,7 @@ def filters_table(root: Path = protocol.RESULTS_DIR) -> str:
     lines = [
         "| case | noise class | seeds | network alone | one filter, share 0.5 (block:factor) "
         "| mean of the network and an 8- and a 4-voxel estimate (8:factor, 4:factor) | network's weight instead "
-        "of a third | a 6-voxel estimate added (quarters) | **the engine's stage** | engine − first version |",
+        "of a third | a 6-voxel estimate added (quarters) | **the 'filters' stage** | 'filters' − first version |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, entries in sorted(by_case.items()):
@@ -285,15 +288,138 @@ def filters_table(root: Path = protocol.RESULTS_DIR) -> str:
     return "\n".join(lines)
 
 
+MATCHED_VARIANTS = {
+    "engine": {},
+    "group 8, search 2 x 4": {"group": 8, "search": (2, 4)},
+    "references every 4": {"step": 4},
+}
+"""The block-matched filter tried in the ``--matched`` experiment: the engine's constants and cheaper or larger
+variants of them."""
+MATCHED_FACTORS = (2.0, 4.0, 6.0)
+
+
+def run_matched(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") -> dict:
+    """The ``--matched`` experiment: for each case and seed, the gain (dB over the network alone) of the
+    block-matched filter (each of :data:`MATCHED_VARIANTS`, at each of :data:`MATCHED_FACTORS`, its estimate alone
+    and half and half with the network's output) with its time, and of the engine's two stages ('matched' and
+    'filters')."""
+    import dataclasses
+
+    from NSN2NDenoiseLib import block_matching, wiener
+
+    stored = json.loads(OUT_MATCHED.read_text()) if OUT_MATCHED.is_file() else {}
+    for case in cases:
+        for seed in seeds:
+            ds = protocol._build(case, seed)
+            pilot, info = network_output(case, seed, ds, row)
+            lag1 = tuple(info["inplane_noise_lag1"])
+            axis = info["slice_axis"]
+            noisy = np.moveaxis(ds.noisy, axis, 0)
+            f = np.moveaxis(pilot, axis, 0)
+
+            def score(v, ds=ds, axis=axis):
+                return metrics.psnr(ds.clean, np.moveaxis(v, 0, axis), ds.mask, ds.data_range)
+
+            base = score(f)
+            variants = {}
+            for name, change in MATCHED_VARIANTS.items():
+                filt = dataclasses.replace(block_matching.MATCHED, **change)
+                spectrum = wiener.residual_spectrum(noisy, f, filt.block)
+                gains, seconds = {}, []
+                for k in MATCHED_FACTORS:
+                    est = f.copy()
+                    t0 = time.perf_counter()
+                    block_matching.matched_into(noisy, est, k * spectrum, f=filt)
+                    seconds.append(time.perf_counter() - t0)
+                    gains[f"{k:g}|1"] = score(est) - base
+                    gains[f"{k:g}|0.5"] = score(0.5 * (f + est)) - base
+                variants[name] = {"filter": dataclasses.asdict(filt), "gain_db": gains, "seconds": min(seconds)}
+            engine = {}
+            for kind in ("matched", "filters"):
+                out = f.copy()
+                t0 = time.perf_counter()
+                report = wiener.apply_wiener(noisy, out, lag1, kind)
+                engine[kind] = {**report, "gain_db": score(out) - base, "seconds": time.perf_counter() - t0}
+            stored[f"{case}/seed{seed}" + ("" if row == "nsn2n" else f"/{row}")] = {
+                "case": case,
+                "seed": seed,
+                "row": row,
+                "noise_class": wiener.noise_class(lag1),
+                "network_psnr": base,
+                "variants": variants,
+                "engine": engine,
+                "command": protocol._command(),
+                "when": time.strftime("%Y-%m-%d %H:%M"),
+                "machine": metrics.machine(),
+            }
+            protocol.log(
+                f"{case} seed {seed}: network {base:.2f} dB, matched {engine['matched']['gain_db']:+.3f}, "
+                f"filters {engine['filters']['gain_db']:+.3f}"
+            )
+            OUT_MATCHED.write_text(json.dumps(stored, indent=1, default=float))
+    return stored
+
+
+def matched_table(root: Path = protocol.RESULTS_DIR) -> str:
+    """The ``--matched`` experiment by case: mean ± sd over seeds of each variant's gain (dB) at each factor, alone
+    (share 1) and half and half, with its time; the engine's two stages and their paired difference."""
+    path = root / "wiener_matched.json"
+    if not path.is_file():
+        return ""
+    stored = json.loads(path.read_text())
+    by_case: dict[str, list[dict]] = {}
+    for entry in stored.values():
+        row = entry.get("row", "nsn2n")
+        label = f"`{entry['case']}`" + ("" if row == "nsn2n" else f", `{row}`'s network")
+        by_case.setdefault(label, []).append(entry)
+    names = list(MATCHED_VARIANTS)
+    lines = [
+        "| case | noise class | seeds | network alone | "
+        + " | ".join(f"{n} (factor share: gain; seconds)" for n in names)
+        + " | **engine, 'matched'** | engine, 'filters' | matched − filters |",
+        "|---" * (7 + len(names)) + "|",
+    ]
+    for case, entries in sorted(by_case.items()):
+        entries.sort(key=lambda e: e["seed"])
+        cells = []
+        for n in names:
+            have = [e for e in entries if n in e["variants"]]
+            if not have:
+                cells.append("not run")
+                continue
+            parts = []
+            for key in have[0]["variants"][n]["gain_db"]:
+                s = protocol.summarise([e["variants"][n]["gain_db"][key] for e in have])
+                k, share = key.split("|")
+                text = f"{k} {share}: {s.mean:+.2f} ± {s.sd:.2f}"
+                parts.append(f"**{text}**" if n == "engine" and key == "4|1" else text)
+            secs = protocol.summarise([e["variants"][n]["seconds"] for e in have])
+            cells.append("; ".join(parts) + f"; {secs.mean:.1f} s")
+        m = protocol.summarise([e["engine"]["matched"]["gain_db"] for e in entries])
+        fl = protocol.summarise([e["engine"]["filters"]["gain_db"] for e in entries])
+        d = protocol.summarise([e["engine"]["matched"]["gain_db"] - e["engine"]["filters"]["gain_db"] for e in entries])
+        lines.append(
+            f"| {case} | {entries[0]['noise_class']} | {', '.join(str(e['seed']) for e in entries)} "
+            f"| {protocol.summarise([e['network_psnr'] for e in entries]).text()} | {' | '.join(cells)} "
+            f"| **{m.mean:+.2f} ± {m.sd:.2f}** | {fl.mean:+.2f} ± {fl.sd:.2f} | {d.mean:+.2f} ± {d.sd:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(protocol.TUNING_CASES))
     parser.add_argument("--seeds", default=",".join(map(str, protocol.SETS["tuning"]["seeds"])))
     parser.add_argument("--bm4d", action="store_true", help="also score BM4D's Wiener step with the same pilot")
     parser.add_argument("--filters", action="store_true", help="the filters experiment instead of the first grid")
-    parser.add_argument("--row", default="nsn2n", help="--filters on this protocol row's cached network output")
+    parser.add_argument("--matched", action="store_true", help="the block-matched filter's experiment")
+    parser.add_argument("--row", default="nsn2n", help="--filters/--matched on this row's cached network output")
     args = parser.parse_args(argv)
     seeds = tuple(int(s) for s in args.seeds.split(","))
+    if args.matched:
+        run_matched(args.cases.split(","), seeds, args.row)
+        print(matched_table())
+        return 0
     if args.filters:
         run_filters(args.cases.split(","), seeds, args.row)
         print(filters_table())

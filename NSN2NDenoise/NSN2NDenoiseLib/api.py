@@ -306,7 +306,7 @@ def denoise(
 
         t0 = time.perf_counter()
         n = arr.shape[axis]
-        wiener_rows = row_count(n) if cfg.inference.wiener == "on" else 0
+        wiener_rows = row_count(n, cfg.inference.wiener) if cfg.inference.wiener != "off" else 0
         total = sum(arr.shape[a] for a in axes) + (n if fusion else 0) + wiener_rows
         denoised = _predict_along(net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled, total)
         if neighbour_net is not None:
@@ -324,12 +324,17 @@ def denoise(
             )
         phase_seconds["inference"] = time.perf_counter() - t0
         wiener_info: dict = {"applied": False, "reason": "inference.wiener = 'off'"}
-        if cfg.inference.wiener == "on":
+        if cfg.inference.wiener != "off":
             t0 = time.perf_counter()
             first = total - wiener_rows
             step = None if progress is None else (lambda r: progress("inference", first + r + 1, total, None))
             wiener_info = apply_wiener(
-                np.moveaxis(arr, axis, 0), np.moveaxis(denoised, axis, 0), lag1, step, is_cancelled
+                np.moveaxis(arr, axis, 0),
+                np.moveaxis(denoised, axis, 0),
+                lag1,
+                cfg.inference.wiener,
+                step,
+                is_cancelled,
             )
             phase_seconds["wiener"] = time.perf_counter() - t0
         peak_gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None

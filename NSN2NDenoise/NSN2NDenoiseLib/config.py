@@ -165,7 +165,7 @@ class TrainingConfig:
 TTA_CHOICES = (1, 2, 4, 8)
 AXES_CHOICES = ("auto", "slice", "all")
 FUSION_CHOICES = ("off", "auto", "on")
-WIENER_CHOICES = ("off", "on")
+WIENER_CHOICES = ("off", "filters", "matched")
 
 
 @dataclass(frozen=True)
@@ -191,10 +191,11 @@ class InferenceConfig:
     it gained on the reporting set only at high noise on the smooth MNI152 slab (+0.42 dB at Rician 10 %), tied
     on Colin27 with Rician noise and lost 0.04-0.08 dB on MNI152 at 5 % and Colin27 with Gaussian noise (RESULTS.md,
     "Measured and offered as an option: the neighbour network")."""
-    wiener: str = "on"
-    """The Wiener stage (docs/METHOD.md section 5): 'on' uses the network's output as the pilot of a
-    sliding-window DCT Wiener filter of the input, whose noise level is read from the removed residual; 'off'
-    returns the network's output. It costs one pass over the volume (RESULTS.md, "The Wiener stage")."""
+    wiener: str = "matched"
+    """The Wiener stage (docs/METHOD.md section 5), with the network's output as the pilot and a noise level read
+    from the removed residual: 'matched' (the default) groups similar blocks of the input and filters each group
+    (BM3D/BM4D's second step); 'filters' is the cheaper mean of the network's output and two sliding-window DCT
+    Wiener filters (no block matching); 'off' returns the network's output (RESULTS.md, "The Wiener stage")."""
 
     def validate(self) -> None:
         s = "inference"

@@ -24,9 +24,9 @@ INFERENCE_S_PER_VOXEL_BF16 = 1.5e-7
 measured at 100 and 600 slices, TTA 1 and 8)."""
 INFERENCE_S_PER_VOXEL_FP32 = 2.85e-7
 """The same in float32 (no native bf16): 1.9x the bf16 time ("Real sizes", inference options)."""
-WIENER_S_PER_VOXEL = 4.8e-7
-"""Seconds per voxel of the Wiener stage (``inference.wiener = 'on'``; on the CPU whatever the network's device):
-37.2 and 37.8 s for 512x512x300 with 2 threads (benchmarks/results/scale_300_wiener)."""
+WIENER_S_PER_VOXEL = {"filters": 7.2e-7, "matched": 1.0e-6}
+"""Seconds per voxel of the Wiener stage by ``inference.wiener`` (on the CPU whatever the network's device), with
+2 threads at 512x512x300 (RESULTS.md, "Real sizes")."""
 GPU_SPEEDUP = 20.0
 """A CUDA GPU taken as this many times faster than the 2-core CPU, phase by phase: a conservative guess, not a
 measurement (no GPU was available to measure it)."""
@@ -83,8 +83,8 @@ def estimate(
     }
     if device_type == "cuda":
         seconds = {k: v / GPU_SPEEDUP for k, v in seconds.items()}
-    if cfg.inference.wiener == "on":
-        seconds["inference"] += WIENER_S_PER_VOXEL * voxels  # on the CPU whatever the device
+    if cfg.inference.wiener != "off":
+        seconds["inference"] += WIENER_S_PER_VOXEL[cfg.inference.wiener] * voxels  # on the CPU whatever the device
     return Estimate(seconds=seconds, host_bytes=int(HOST_BYTES_PER_VOXEL * voxels + HOST_BYTES_FIXED))
 
 

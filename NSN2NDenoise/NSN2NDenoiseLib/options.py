@@ -177,8 +177,9 @@ OPTIONS: tuple[Option, ...] = (
         str,
         ("inference", "wiener"),
         "Wiener stage",
-        "use the network's output as the pilot of a DCT Wiener filter of the input, its noise level read from the "
-        "removed residual: on (the default, in every preset) or off (the network's output as it is).",
+        "use the network's output as the pilot of a Wiener filter of the input, its noise level read from the removed "
+        "residual: matched (the default: similar blocks grouped and filtered together, as in BM4D), filters (two "
+        "sliding-window DCT filters, cheaper) or off (the network's output as it is).",
         choices=WIENER_CHOICES,
         advanced=True,
     ),

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import block_matching
 from .errors import CancelledError
 
 
@@ -262,9 +263,11 @@ def noise_class(lag1: tuple[float, float] | None) -> str:
     return "correlated"
 
 
-def row_count(n_slices: int) -> int:
-    """Block rows of the engine's filters (:data:`PASSES`) along a slice axis of ``n_slices`` (the stage's progress
-    steps)."""
+def row_count(n_slices: int, kind: str) -> int:
+    """Block rows of the stage ``kind`` ('filters': both of :data:`PASSES`; 'matched': the block-matched filter)
+    along a slice axis of ``n_slices`` (the stage's progress steps)."""
+    if kind == "matched":
+        return block_matching.row_count(n_slices)
     return sum(len(_starts(n_slices, min(f.block, n_slices), f.step)) for f in PASSES)
 
 
@@ -272,28 +275,57 @@ def apply_wiener(
     noisy: np.ndarray,
     denoised: np.ndarray,
     lag1: tuple[float, float] | None,
+    kind: str,
     step: Callable[[int], None] | None = None,
     is_cancelled: Callable[[], bool] | None = None,
 ) -> dict:
     """The Wiener stage on a run's output: ``denoised`` (the network's output, float32, same shape as ``noisy``,
-    slice axis first) becomes, in place, the mean of itself and the Wiener estimates of ``noisy`` of every filter of
-    :data:`PASSES` with it as the pilot, the noise variance of each being the residual's spectrum (for its block)
-    times its factor for the noise class of ``lag1``.
+    slice axis first) becomes, in place,
 
-    Returns the report's ``wiener`` entry: noise class, each filter's block, step and factor, the share of the
-    estimates, and the residual's RMS in the volume's units (the square root of the 8-voxel spectrum's mean, before
-    the factor)."""
+    - ``kind`` = 'matched' (the default's): the block-matched Wiener estimate of ``noisy`` with it as the pilot
+      (:mod:`.block_matching`), the noise variance being the residual's spectrum for its block times its factor;
+    - ``kind`` = 'filters': the mean of itself and the Wiener estimates of every filter of :data:`PASSES`, the
+      noise variance of each being the residual's spectrum (for its block) times its factor for the noise class of
+      ``lag1``.
+
+    Returns the report's ``wiener`` entry: the kind, the noise class, the filters' constants, the share of the
+    estimates in the output, and the residual's RMS in the volume's units (the square root of the spectrum's mean
+    for 8-voxel blocks, before any factor)."""
     cls = noise_class(lag1)
+    rms = float(np.sqrt(residual_spectrum(noisy, denoised, 8).mean()))
+    if kind == "matched":
+        f = block_matching.MATCHED
+        spectrum = residual_spectrum(noisy, denoised, f.block)
+        block_matching.matched_into(noisy, denoised, f.factor * spectrum, step, is_cancelled)
+        return {
+            "applied": True,
+            "kind": kind,
+            "noise_class": cls,
+            "filters": [
+                {
+                    "block": list(block_shape(noisy.shape, f.block)),
+                    "step": f.step,
+                    "factor": f.factor,
+                    "group": f.group,
+                    "search": list(f.search),
+                }
+            ],
+            "share": 1.0,
+            "residual_rms": rms,
+        }
+    if kind != "filters":
+        raise ValueError(f"unknown Wiener stage {kind!r}")
     spectra = [residual_spectrum(noisy, denoised, f.block) for f in PASSES]
     share = len(PASSES) / (len(PASSES) + 1)
     filters = [(f.block, f.step, f.factors[cls] * spectrum) for f, spectrum in zip(PASSES, spectra, strict=True)]
     wiener_into(noisy, denoised, filters, step, is_cancelled, share)
     return {
         "applied": True,
+        "kind": kind,
         "noise_class": cls,
         "filters": [
             {"block": list(block_shape(noisy.shape, f.block)), "step": f.step, "factor": f.factors[cls]} for f in PASSES
         ],
         "share": share,
-        "residual_rms": float(np.sqrt(spectra[0].mean())),
+        "residual_rms": rms,
     }

@@ -1,0 +1,235 @@
+"""The block-matched Wiener filter: BM3D/BM4D's second step with the network's output as its pilot (docs/METHOD.md
+section 5).
+
+For each reference block of the input (``MATCHED.block`` voxels along K, J and I, origins ``MATCHED.step`` apart),
+the ``MATCHED.group`` blocks whose *pilot* is most like the reference's pilot (sum of squared differences) are
+found within ``MATCHED.search`` voxels (along K, and along J and I); the reference itself is always first. The
+group of input blocks and the group of pilot blocks are transformed (3D DCT of each block, then a Haar transform
+across the group, ordered by distance), the input's coefficients are shrunk by W = P**2 / (P**2 + v), with v
+the noise variance of that DCT coefficient (the same for every block of the group), transformed back, and every
+block of the group is added back at its own place with the weight 1 / sum(W**2) of its group. The estimate is the
+weighted mean of all the blocks that cover a voxel.
+
+Grouping similar blocks is what the sliding-window filters of :mod:`.wiener` leave out: a group of 16 similar
+blocks averages their noise away where the pilot says they hold the same anatomy.
+
+Arrays are (K, J, I) in the volume's own units; sizes are in voxels. The filter streams along K: it reads a slab
+of a few slices per block row and writes a slice of the output once no block row still to come can touch it, so
+it never holds a second volume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CancelledError
+
+REF_CHUNK = 2048
+"""Reference blocks transformed at once: bounds the memory of the groups (about 100 MB)."""
+
+
+@dataclass(frozen=True)
+class MatchedFilter:
+    """The block-matched filter's constants: cubic blocks of ``block`` voxels (shorter along an axis shorter than
+    that), reference origins ``step`` apart, groups of ``group`` blocks (a power of two, for the Haar transform),
+    searched within ``search`` = (along K, along J and I) voxels of the reference, noise variance = the residual's
+    spectrum x ``factor``."""
+
+    block: int
+    step: int
+    group: int
+    search: tuple[int, int]
+    factor: float
+
+
+MATCHED = MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=4.0)
+"""The engine's block-matched filter, chosen on the tuning set (RESULTS.md, "The Wiener stage")."""
+
+
+def haar_matrix(m: int) -> torch.Tensor:
+    """The orthonormal Haar matrix (m, m), m a power of two: row 0 is the mean, the others differences at every
+    scale; ``H @ v`` transforms v."""
+    if m < 1 or m & (m - 1):
+        raise ValueError(f"the Haar transform needs a power of two, not {m}")
+    h = np.ones((1, 1))
+    while h.shape[0] < m:
+        n = h.shape[0]
+        h = np.vstack([np.kron(h, [1.0, 1.0]), np.kron(np.eye(n), [1.0, -1.0])])
+    return torch.tensor(h / np.linalg.norm(h, axis=1, keepdims=True), dtype=torch.float32)
+
+
+def group_size(candidates: int, group: int) -> int:
+    """The largest power of two that is at most ``group`` and at most the number of ``candidates`` blocks."""
+    m = 1
+    while m * 2 <= min(group, candidates):
+        m *= 2
+    return m
+
+
+def row_count(n_slices: int, f: MatchedFilter = MATCHED) -> int:
+    """Block rows along a slice axis of ``n_slices`` (the filter's progress steps)."""
+    return len(_starts(n_slices, min(f.block, n_slices), f.step))
+
+
+def _starts(n: int, b: int, s: int) -> list[int]:
+    """Block origins along an axis of ``n`` voxels: every ``s`` from 0, and the last at n - b."""
+    starts = list(range(0, n - b + 1, s))
+    if starts[-1] != n - b:
+        starts.append(n - b)
+    return starts
+
+
+def _padding(n: int, b: int, step: int) -> tuple[int, int]:
+    """In-plane padding (before, after) for reference blocks of ``b`` every ``step``: b - 1 on each side, plus what
+    makes the padded length a whole number of steps."""
+    before = b - 1
+    return before, before + (-(n + 2 * before - b) % step)
+
+
+def _dct_matrix(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix (n, n)."""
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    m[0] /= np.sqrt(2.0)
+    return torch.tensor(m, dtype=torch.float32)
+
+
+def matched_into(
+    noisy: np.ndarray,
+    pilot: np.ndarray,
+    noise_variance: np.ndarray,
+    step: Callable[[int], None] | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+    share: float = 1.0,
+    f: MatchedFilter = MATCHED,
+) -> None:
+    """Move ``pilot`` in place by ``share`` towards the block-matched Wiener estimate of ``noisy`` with ``pilot`` as
+    the signal estimate (``share`` = 1: replace it).
+
+    Parameters
+    ----------
+    noisy : ndarray (K, J, I)
+        The input, any real dtype, in its own units; only read.
+    pilot : ndarray float32 (K, J, I)
+        The network's output, same units; overwritten slice by slice with the result, each slice once no block
+        row still to come reads or covers it.
+    noise_variance : ndarray, the block's shape (``f.block`` along each axis, or the axis's length if shorter)
+        The noise variance of each DCT coefficient of a block, in units squared.
+    step : callable(row), optional
+        Called after each of the :func:`row_count` block rows along K (progress).
+    is_cancelled : callable, optional
+        Checked before every block row; raises :class:`CancelledError` (``pilot`` is then partly overwritten).
+    share : float
+        The estimate's weight in the result, 0..1.
+    f : MatchedFilter
+        Block, step, group size and search window.
+    """
+    n_k, n_j, n_i = noisy.shape
+    bk, bj, bi = (min(f.block, n) for n in noisy.shape)
+    nb = bk * bj * bi
+    sk, s = f.search
+    dct3 = torch.kron(_dct_matrix(bk), torch.kron(_dct_matrix(bj), _dct_matrix(bi)))  # (nb, nb), C order
+    v = torch.as_tensor(np.asarray(noise_variance, dtype=np.float32).reshape(-1))
+    pj, pi = _padding(n_j, bj, f.step), _padding(n_i, bi, f.step)
+    hp, wp = n_j + sum(pj), n_i + sum(pi)  # the plane the reference blocks tile
+    h, w = hp + 2 * s, wp + 2 * s  # with the search margin
+    nj, ni = (hp - bj) // f.step + 1, (wp - bi) // f.step + 1
+    ref_plane = ((s + torch.arange(nj) * f.step)[:, None] * w + s + torch.arange(ni) * f.step).reshape(-1)
+    uk, uj, ui = torch.meshgrid(torch.arange(bk), torch.arange(bj), torch.arange(bi), indexing="ij")
+    within = (uk * h * w + uj * w + ui).reshape(-1)  # a block's voxels from its origin, in a slab's flat index
+    starts = _starts(n_k, bk, f.step)
+    num: dict[int, torch.Tensor] = {}  # weighted sums of the estimates, per slice (h, w)
+    origin_weight: dict[int, torch.Tensor] = {}  # block weights at their origins, per slice (h, w)
+    done = 0  # slices [0, done) are final and written
+    for row, k0 in enumerate(starts):
+        if is_cancelled is not None and is_cancelled():
+            raise CancelledError("Denoising was cancelled.")
+        lo, hi = max(0, k0 - sk), min(n_k, k0 + sk + bk)
+        pad = ((0, 0), (pj[0] + s, pj[1] + s), (pi[0] + s, pi[1] + s))
+        xs = torch.from_numpy(np.pad(np.asarray(noisy[lo:hi], dtype=np.float32), pad, mode="reflect"))
+        ps = torch.from_numpy(np.pad(np.asarray(pilot[lo:hi], dtype=np.float32), pad, mode="reflect"))
+        origins = _match(ps, k0 - lo, n_k - bk - lo, (bk, bj, bi), (hp, wp), f, ref_plane)  # (nref, m)
+        slab_num = torch.zeros(xs.numel(), dtype=torch.float32)
+        slab_weight = torch.zeros(xs.numel(), dtype=torch.float32)
+        m = origins.shape[1]
+        haar = haar_matrix(m)
+        xf, pf = xs.reshape(-1), ps.reshape(-1)
+        for c0 in range(0, origins.shape[0], REF_CHUNK):
+            o = origins[c0 : c0 + REF_CHUNK]
+            n = o.shape[0]
+            idx = (o[:, :, None] + within).reshape(-1)
+            xc = torch.matmul(haar, xf[idx].reshape(n, m, nb) @ dct3.T)
+            pc = torch.matmul(haar, pf[idx].reshape(n, m, nb) @ dct3.T)
+            p2 = pc * pc
+            wn = p2 / (p2 + v).clamp_min(1e-30)  # 0 where neither the pilot nor the noise has power
+            weight = 1.0 / (wn * wn).sum(dim=(1, 2)).clamp_min(1e-12)  # (n,)
+            y = (torch.matmul(haar.T, wn * xc) @ dct3) * weight[:, None, None]
+            slab_num.index_add_(0, idx, y.reshape(-1))
+            slab_weight.index_add_(0, o.reshape(-1), weight[:, None].expand(n, m).reshape(-1))
+        slab_num = slab_num.reshape(hi - lo, h, w)
+        slab_weight = slab_weight.reshape(hi - lo, h, w)
+        for z in range(hi - lo):
+            k = lo + z
+            num[k] = num[k] + slab_num[z] if k in num else slab_num[z].clone()
+            origin_weight[k] = origin_weight[k] + slab_weight[z] if k in origin_weight else slab_weight[z].clone()
+        frontier = starts[row + 1] - sk if row + 1 < len(starts) else n_k
+        while done < frontier:
+            den = torch.zeros((h, w), dtype=torch.float32)
+            for k in range(max(0, done - bk + 1), done + 1):  # the origins of the blocks that cover slice `done`
+                if k in origin_weight:
+                    den += _box(origin_weight[k], bj, bi)
+            est = (num.pop(done) / den.clamp_min(1e-20))[s + pj[0] : s + pj[0] + n_j, s + pi[0] : s + pi[0] + n_i]
+            pilot[done] += np.float32(share) * (est.numpy() - pilot[done])
+            origin_weight.pop(done - bk + 1, None)  # no slice still to come lies in its blocks
+            done += 1
+        if step is not None:
+            step(row)
+
+
+def _box(weights: torch.Tensor, bj: int, bi: int) -> torch.Tensor:
+    """Spread the weights at block origins (h, w) over their blocks' in-plane extent: out[j, i] = the sum of
+    weights[j - a, i - c] for 0 <= a < bj, 0 <= c < bi."""
+    padded = F.pad(weights[None, None], (bi - 1, 0, bj - 1, 0))
+    return F.avg_pool2d(padded, (bj, bi), stride=1)[0, 0] * (bj * bi)
+
+
+def _match(
+    ps: torch.Tensor,
+    kr: int,
+    k_last: int,
+    b: tuple[int, int, int],
+    plane: tuple[int, int],
+    f: MatchedFilter,
+    ref_plane: torch.Tensor,
+) -> torch.Tensor:
+    """The origins (flat indices into the slab ``ps``) of each reference block's group, (nref, m), nearest first
+    and the reference itself first of all.
+
+    ``ps`` is the pilot's slab (padded in-plane by the search margin), ``kr`` the references' slice in it, ``k_last``
+    the last slice of the slab where a block may start; ``plane`` the (J, I) extent the reference blocks tile."""
+    bk, bj, bi = b
+    hp, wp = plane
+    sk, s = f.search
+    h, w = ps.shape[1], ps.shape[2]
+    ref = ps[kr : kr + bk, s : s + hp, s : s + wp]
+    shifts, dists = [], []
+    for dk in range(-sk, sk + 1):
+        if not 0 <= kr + dk <= k_last:
+            continue
+        other = ps[kr + dk : kr + dk + bk]
+        for dj in range(-s, s + 1):
+            for di in range(-s, s + 1):
+                d2 = ((ref - other[:, s + dj : s + dj + hp, s + di : s + di + wp]) ** 2).sum(0)
+                dists.append(F.avg_pool2d(d2[None, None], (bj, bi), stride=f.step)[0, 0].reshape(-1))
+                shifts.append((kr + dk) * h * w + dj * w + di)
+    dist = torch.stack(dists)  # (n shifts, nref)
+    dist[shifts.index(kr * h * w)] = -1.0  # the reference itself, first
+    m = group_size(len(shifts), f.group)
+    order = torch.topk(dist, m, dim=0, largest=False, sorted=True).indices  # (m, nref)
+    return (torch.tensor(shifts)[order] + ref_plane[None, :]).T.contiguous()

@@ -1,0 +1,191 @@
+"""The block-matched Wiener filter (NSN2NDenoiseLib/block_matching.py): the group transform, the streamed filter
+against a block-by-block reference, progress, cancellation, and what it does to noise."""
+
+import numpy as np
+import pytest
+import scipy.fft
+
+from NSN2NDenoiseLib import block_matching as bm
+from NSN2NDenoiseLib.errors import CancelledError
+
+SMALL = bm.MatchedFilter(block=4, step=3, group=8, search=(2, 3), factor=1.0)
+"""A cheap filter for the reference comparisons (the engine's searches 3 x 5 with groups of 16)."""
+
+
+def haar_reference(m):
+    """Haar rows: the mean, then at each scale from the coarsest the difference of neighbouring halves."""
+    rows = [np.ones(m) / np.sqrt(m)]
+    size = m
+    while size > 1:
+        for start in range(0, m, size):
+            r = np.zeros(m)
+            r[start : start + size // 2] = 1
+            r[start + size // 2 : start + size] = -1
+            rows.append(r / np.sqrt(size))
+        size //= 2
+    return np.array(rows)
+
+
+def reference_matched(noisy, pilot, variance, f):
+    """Every reference block one at a time: distances to every candidate with numpy, groups nearest first (the
+    reference first of all), scipy's DCT of each block and the Haar transform across the group, shrinkage, and
+    each block of the group added back at its place with its group's weight."""
+    n_k, n_j, n_i = noisy.shape
+    b = [min(f.block, n) for n in noisy.shape]
+    sk, s = f.search
+    pads = []
+    for n, bb in zip((n_j, n_i), b[1:], strict=True):
+        extra = next(e for e in range(f.step) if (n + 2 * (bb - 1) + e - bb) % f.step == 0)
+        pads.append((bb - 1 + s, bb - 1 + extra + s))
+    x = np.pad(noisy.astype(np.float64), [(0, 0), *pads], mode="reflect")
+    p = np.pad(pilot.astype(np.float64), [(0, 0), *pads], mode="reflect")
+    num = np.zeros_like(x)
+    den = np.zeros_like(x)
+    ks = sorted({*range(0, n_k - b[0] + 1, f.step), n_k - b[0]})
+    hp, wp = x.shape[1] - 2 * s, x.shape[2] - 2 * s
+
+    def block(a, k, j, i):
+        return a[k : k + b[0], j : j + b[1], i : i + b[2]]
+
+    for k in ks:
+        for j in range(s, s + hp - b[1] + 1, f.step):
+            for i in range(s, s + wp - b[2] + 1, f.step):
+                ref = block(p, k, j, i)
+                cands = []
+                for dk in range(-sk, sk + 1):
+                    if not 0 <= k + dk <= n_k - b[0]:
+                        continue
+                    for dj in range(-s, s + 1):
+                        for di in range(-s, s + 1):
+                            d = (
+                                0.0
+                                if (dk, dj, di) == (0, 0, 0)
+                                else ((ref - block(p, k + dk, j + dj, i + di)) ** 2).sum()
+                            )
+                            cands.append((d, (dk, dj, di) != (0, 0, 0), (k + dk, j + dj, i + di)))
+                cands.sort(key=lambda c: (c[1], c[0]))
+                m = bm.group_size(len(cands), f.group)
+                where = [c[2] for c in cands[:m]]
+                h = haar_reference(m)
+                xc = np.tensordot(h, np.array([scipy.fft.dctn(block(x, *o), norm="ortho") for o in where]), 1)
+                pc = np.tensordot(h, np.array([scipy.fft.dctn(block(p, *o), norm="ortho") for o in where]), 1)
+                w = pc**2 / (pc**2 + variance)
+                weight = 1.0 / max((w**2).sum(), 1e-12)
+                back = np.tensordot(h.T, w * xc, 1)
+                for o, y in zip(where, back, strict=True):
+                    sl = tuple(slice(a, a + bb) for a, bb in zip(o, b, strict=True))
+                    num[sl] += weight * scipy.fft.idctn(y, norm="ortho")
+                    den[sl] += weight
+    out = num / den
+    return out[:, pads[0][0] : pads[0][0] + n_j, pads[1][0] : pads[1][0] + n_i]
+
+
+def smooth_volume(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    clean = 100 * np.sin(3 * k + 2 * j) + 80 * (i > 0.5) + 40 * np.cos(5 * j * i)
+    return clean.astype(np.float32), rng
+
+
+def test_the_haar_matrix_is_orthonormal_with_the_mean_first():
+    for m in (1, 2, 4, 8, 16):
+        h = bm.haar_matrix(m).double().numpy()
+        assert np.allclose(h @ h.T, np.eye(m), atol=1e-6)
+        assert np.allclose(h, haar_reference(m), atol=1e-6)
+    assert np.allclose(bm.haar_matrix(2).numpy(), np.array([[1, 1], [1, -1]]) / np.sqrt(2), atol=1e-7)
+    for m in (0, 3, 12):
+        with pytest.raises(ValueError, match="power of two"):
+            bm.haar_matrix(m)
+
+
+def test_the_group_is_the_largest_power_of_two_the_candidates_allow():
+    assert [bm.group_size(n, 16) for n in (1, 2, 3, 7, 8, 15, 16, 17, 847)] == [1, 2, 2, 4, 8, 8, 16, 16, 16]
+    assert bm.group_size(100, 8) == 8 and bm.group_size(100, 12) == 8
+
+
+@pytest.mark.parametrize(
+    "shape, f",
+    [
+        ((9, 14, 13), SMALL),
+        ((12, 10, 17), SMALL),  # K not a whole number of steps; J and I padded differently
+        ((5, 12, 12), SMALL),  # few slices: the search along K is cut short
+        ((3, 11, 9), SMALL),  # fewer slices than the block: one block row, no search along K
+        # Even blocks: an odd block centred on the mirror of the padding has two mirrored candidates at exactly the
+        # same distance, and which of them topk takes first is not the reference's to know.
+        ((7, 12, 10), bm.MatchedFilter(block=2, step=1, group=4, search=(1, 2), factor=1.0)),
+        ((10, 13, 12), bm.MATCHED),  # the engine's filter
+    ],
+)
+def test_the_streamed_filter_is_the_block_by_block_reference(shape, f):
+    clean, rng = smooth_volume(shape, 1)
+    noisy = clean + rng.normal(0, 20, shape).astype(np.float32)
+    pilot = clean + rng.normal(0, 5, shape).astype(np.float32)
+    b = [min(f.block, n) for n in shape]
+    variance = np.full(b, 300.0) * np.linspace(0.5, 1.5, b[2])  # a spectrum that differs by coefficient
+    out = pilot.copy()
+    bm.matched_into(noisy, out, variance, f=f)
+    np.testing.assert_allclose(out, reference_matched(noisy, pilot, variance, f), atol=3e-3)
+    half = pilot.copy()
+    bm.matched_into(noisy, half, variance, f=f, share=0.4)
+    np.testing.assert_allclose(half, pilot + 0.4 * (out - pilot), atol=1e-3)
+
+
+def test_no_noise_keeps_the_input_and_infinite_noise_gives_zero():
+    clean, rng = smooth_volume((8, 14, 12))
+    noisy = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
+    pilot = clean + rng.normal(0, 1, clean.shape).astype(np.float32)
+    out = pilot.copy()
+    bm.matched_into(noisy, out, np.zeros((4, 4, 4)), f=SMALL)
+    assert np.allclose(out, noisy, atol=1e-3)
+    out = pilot.copy()
+    bm.matched_into(noisy, out, np.full((4, 4, 4), 1e12), f=SMALL)
+    assert np.abs(out).max() < 1e-2
+
+
+def test_with_a_good_pilot_the_filter_removes_more_noise_than_the_sliding_window_filters():
+    from NSN2NDenoiseLib import wiener
+
+    clean, rng = smooth_volume((16, 40, 40), 3)
+    noisy = clean + rng.normal(0, 20, clean.shape).astype(np.float32)
+    before = noisy.copy()
+    pilot = clean + rng.normal(0, 6, clean.shape).astype(np.float32)
+    out = pilot.copy()
+    bm.matched_into(noisy, out, np.full((4, 4, 4), 400.0))
+    sliding = pilot.copy()
+    wiener.wiener_into(noisy, sliding, [(4, 2, np.full((4, 4, 4), 400.0))])
+    rmse = float(np.sqrt(np.mean((out - clean) ** 2)))
+    assert rmse < 0.2 * 20
+    assert rmse < float(np.sqrt(np.mean((sliding - clean) ** 2)))
+    assert np.array_equal(noisy, before)
+
+
+def test_steps_are_the_block_rows_and_cancel_stops_before_a_row():
+    clean, rng = smooth_volume((20, 12, 12))
+    noisy = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
+    rows = []
+    bm.matched_into(noisy, clean.copy(), np.full((4, 4, 4), 100.0), step=rows.append, f=SMALL)
+    assert rows == list(range(bm.row_count(20))) and bm.row_count(20) == 7  # 0, 3, ..., 15, 16
+    assert bm.row_count(3) == 1
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(CancelledError) as raised:
+        bm.matched_into(noisy, clean.copy(), np.full((4, 4, 4), 100.0), is_cancelled=cancel, f=SMALL)
+    assert str(raised.value) == "Denoising was cancelled." and len(calls) == 3
+
+
+def test_an_integer_input_gives_what_its_float_copy_gives():
+    clean, rng = smooth_volume((9, 15, 14))
+    noisy = np.round(clean + rng.normal(0, 20, clean.shape)).astype(np.int16)
+    pilot = clean + rng.normal(0, 5, clean.shape).astype(np.float32)
+    a, b = pilot.copy(), pilot.copy()
+    bm.matched_into(noisy, a, np.full((4, 4, 4), 200.0), f=SMALL)
+    bm.matched_into(noisy.astype(np.float32), b, np.full((4, 4, 4), 200.0), f=SMALL)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_the_engines_filter_is_the_one_chosen_on_the_tuning_set():
+    assert bm.MATCHED == bm.MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=4.0)
