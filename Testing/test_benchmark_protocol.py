@@ -113,13 +113,11 @@ def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them
     default = protocol.run_params("nsn2n", {})
     assert default["wiener_filters"] == [{"block": 4, "step": 3, "group": 16, "search": (3, 5), "factor": 4.0}]
     filters = protocol.run_params("nsn2n_filters", {})
-    assert filters["wiener_filters"] == [
-        {"block": 8, "step": 3, "factors": {"white": 4.0, "correlated": 4.0}},
-        {"block": 4, "step": 2, "factors": {"white": 2.0, "correlated": 4.0}},
-    ]
-    assert protocol.run_params("nsn2n_fast", {})["wiener_filters"] == default["wiener_filters"]
+    assert filters["wiener_filters"] == [{"block": 8, "step": 3, "factors": {"white": 2.0, "correlated": 4.0}}]
+    assert protocol.run_params("nsn2n_fast", {})["wiener_filters"] == filters["wiener_filters"]
+    assert protocol.run_params("nsn2n_fast_matched", {})["wiener_filters"] == default["wiener_filters"]
     assert "wiener_filters" not in protocol.run_params("nsn2n_nowiener", {})
-    monkeypatch.setattr(wiener, "PASSES", wiener.PASSES[:1])
+    monkeypatch.setattr(wiener, "PASSES", (*wiener.PASSES, wiener.WienerPass(4, 2, {"white": 2.0, "correlated": 4.0})))
     assert protocol.run_params("nsn2n_filters", {}) != filters and protocol.run_params("nsn2n", {}) == default
     monkeypatch.setattr(block_matching, "MATCHED", block_matching.MatchedFilter(4, 3, 8, (3, 5), 4.0))
     assert protocol.run_params("nsn2n", {}) != default
@@ -444,9 +442,8 @@ def test_the_wiener_grid_table_averages_each_grid_point_over_seeds_and_marks_the
 
 def test_the_filters_table_marks_the_engines_filters_and_pairs_the_engine_with_the_first_version(tmp_path):
     require("torch", "torch==2.13.0 first, see README")
-    from NSN2NDenoiseLib import wiener
 
-    chosen = "|".join(f"{p.block}:{p.factors['correlated']:g}" for p in wiener.PASSES)
+    chosen = wiener_grid.TWO_FILTERS["correlated"]
     assert chosen == "8:4|4:4"
     entries = {}
     for seed, gains in ((100, (0.1, 0.4)), (101, (0.3, 0.6))):
@@ -485,7 +482,11 @@ def test_the_filters_table_marks_the_engines_filters_and_pairs_the_engine_with_t
 
 def test_the_wiener_table_pairs_the_default_with_the_network_alone_on_the_seeds_both_have(tmp_path, monkeypatch):
     monkeypatch.setitem(protocol.SETS, "reporting", {"cases": ("colin_rician5", "ct_ld_1e5"), "seeds": (1, 2, 3)})
-    figures = {"nsn2n": (34.0, 34.5, 34.1, None), "nsn2n_nowiener": (33.5, 33.7, 33.7, 30.0)}
+    figures = {
+        "nsn2n": (34.0, 34.5, 34.1, None),
+        "nsn2n_nowiener": (33.5, 33.7, 33.7, 30.0),
+        "nsn2n_filters": (33.8, 34.0, None, None),
+    }
     for method, values in figures.items():
         for seed, psnr in zip((1, 2, 3, 4), values, strict=True):
             if psnr is None:
@@ -498,7 +499,10 @@ def test_the_wiener_table_pairs_the_default_with_the_network_alone_on_the_seeds_
     ct.write_text(json.dumps({"method": "nsn2n", "seed": 1, "quality": {"psnr": 30.0}}))
     lines = protocol.wiener_table("reporting", tmp_path).splitlines()
     assert len(lines) == 3
-    assert lines[-1] == "| `colin_rician5` | 1, 2, 3 | 33.63 ± 0.12 | **34.20 ± 0.26** | +0.57 ± 0.21 |"
+    assert lines[-1] == (
+        "| `colin_rician5` | 1, 2, 3 | 33.63 ± 0.12 | 33.90 ± 0.14 (2 seeds) | not run | **34.20 ± 0.26** "
+        "| +0.57 ± 0.21 | +0.35 ± 0.21 | – |"  # paired: +0.2, +0.5; filters at seeds 1, 2 only
+    )
 
 
 def test_every_row_with_the_wiener_stage_names_a_network_alone_row_without_it():

@@ -206,9 +206,9 @@ def test_steps_are_the_block_rows_and_cancel_stops_before_a_row():
     out = clean.copy()
     filters = [(8, 3, np.full((8, 8, 8), 100.0)), (4, 2, np.full((4, 4, 4), 100.0))]
     wiener.wiener_into(noisy, out, filters, step=rows.append)
-    assert rows == list(range(wiener.row_count(20, "filters"))) and wiener.row_count(20, "filters") == 5 + 9
-    assert wiener.row_count(20, "filters") == sum(len(wiener._starts(20, f.block, f.step)) for f in wiener.PASSES)
-    assert wiener.row_count(3, "filters") == 1 + 1  # a volume shorter than both blocks: one row of each
+    assert rows == list(range(5 + 9))  # the rows of both filters
+    assert wiener.row_count(20, "filters") == 5 == len(wiener._starts(20, 8, 3))
+    assert wiener.row_count(3, "filters") == 1  # a volume shorter than the block: one row
     assert wiener.row_count(20, "matched") == len([0, 3, 6, 9, 12, 15, 16])
     assert wiener._starts(20, 8, 3) == [0, 3, 6, 9, 12]
     assert wiener._starts(21, 8, 3) == [0, 3, 6, 9, 12, 13]
@@ -267,29 +267,52 @@ def test_the_noise_class_follows_the_in_plane_lag1_gate():
 
 
 @pytest.mark.parametrize("lag1, cls", [((0.02, 0.05), "white"), ((0.33, 0.31), "correlated")])
-def test_apply_wiener_scales_each_filters_residual_spectrum_by_its_class_and_takes_the_mean_with_the_pilot(lag1, cls):
+def test_apply_wiener_filters_scales_the_residual_spectrum_by_its_class_and_takes_the_mean_with_the_pilot(lag1, cls):
     clean, rng = smooth_volume((12, 24, 6))
     noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
     pilot = clean + rng.normal(0, 3, clean.shape).astype(np.float32)
     out = pilot.copy()
     info = wiener.apply_wiener(noisy, out, lag1, "filters")
-    s8, s4 = wiener.residual_spectrum(noisy, pilot, 8), wiener.residual_spectrum(noisy, pilot, 4)
-    k8, k4 = {"white": (4.0, 2.0), "correlated": (4.0, 4.0)}[cls]
-    w8, w4 = pilot.copy(), pilot.copy()
+    s8 = wiener.residual_spectrum(noisy, pilot, 8)
+    k8 = {"white": 2.0, "correlated": 4.0}[cls]
+    w8 = pilot.copy()
     wiener.wiener_into(noisy, w8, [(8, 3, k8 * s8)])
-    wiener.wiener_into(noisy, w4, [(4, 2, k4 * s4)])
-    np.testing.assert_allclose(out, (pilot + w8 + w4) / 3, atol=2e-3)
+    np.testing.assert_allclose(out, (pilot + w8) / 2, atol=2e-3)
     expected = pilot.copy()
-    wiener.wiener_into(noisy, expected, [(8, 3, k8 * s8), (4, 2, k4 * s4)], share=2 / 3)
+    wiener.wiener_into(noisy, expected, [(8, 3, k8 * s8)], share=0.5)
     assert np.array_equal(out, expected)
     assert info == {
         "applied": True,
         "kind": "filters",
         "noise_class": cls,
-        "filters": [{"block": [8, 8, 6], "step": 3, "factor": k8}, {"block": [4, 4, 4], "step": 2, "factor": k4}],
-        "share": pytest.approx(2 / 3),
+        "filters": [{"block": [8, 8, 6], "step": 3, "factor": k8}],
+        "share": 0.5,
         "residual_rms": pytest.approx(float(np.sqrt(s8.mean()))),
     }
+
+
+@pytest.mark.parametrize("lag1, cls", [((0.02, 0.05), "white"), ((0.33, 0.31), "correlated")])
+def test_apply_wiener_matched_is_the_block_matched_estimate_with_the_4_voxel_spectrum_times_its_factor(lag1, cls):
+    from NSN2NDenoiseLib import block_matching
+
+    clean, rng = smooth_volume((9, 20, 18))
+    noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
+    pilot = clean + rng.normal(0, 3, clean.shape).astype(np.float32)
+    out = pilot.copy()
+    info = wiener.apply_wiener(noisy, out, lag1, "matched")
+    expected = pilot.copy()
+    block_matching.matched_into(noisy, expected, 4.0 * wiener.residual_spectrum(noisy, pilot, 4))
+    assert np.array_equal(out, expected)
+    assert info == {
+        "applied": True,
+        "kind": "matched",
+        "noise_class": cls,
+        "filters": [{"block": [4, 4, 4], "step": 3, "factor": 4.0, "group": 16, "search": [3, 5]}],
+        "share": 1.0,
+        "residual_rms": pytest.approx(float(np.sqrt(wiener.residual_spectrum(noisy, pilot, 8).mean()))),
+    }
+    with pytest.raises(ValueError, match="unknown Wiener stage 'on'"):
+        wiener.apply_wiener(noisy, pilot.copy(), lag1, "on")
 
 
 @pytest.fixture
@@ -304,7 +327,7 @@ def small_run():
 
 def test_a_run_with_the_wiener_stage_is_the_run_without_it_then_apply_wiener(small_run):
     noisy, cfg = small_run
-    assert all(make_config(p).inference.wiener == "matched" for p in ("fast", "default", "best"))
+    assert [make_config(p).inference.wiener for p in ("fast", "default", "best")] == ["filters", "matched", "matched"]
     seen = []
     out, report = denoise(noisy, config=cfg, progress=lambda *a: seen.append(a))
     off, report_off = denoise(noisy, config=cfg.replace(inference={"wiener": "off"}))

@@ -96,6 +96,7 @@ ORDER = (
     "nsn2n_filters",
     "nsn2n_fast",
     "nsn2n_fast_nowiener",
+    "nsn2n_fast_matched",
     "supervised",
     "supervised_w32",
 )
@@ -123,9 +124,12 @@ LABELS = {
     "nsn2n_best": "NSN2N `best` (before the Wiener stage)",
     "nsn2n_fast": "NSN2N `fast`",
     "nsn2n_fast_nowiener": "NSN2N `fast` without the Wiener stage (the same training)",
+    "nsn2n_fast_matched": "NSN2N `fast` with block matching instead of its DCT filter (the same training)",
     "nsn2n_best_wiener": "NSN2N `best` with the Wiener stage (its network alone: `nsn2n_best`)",
-    "nsn2n_filters": "NSN2N default with the Wiener stage's two DCT filters (`inference.wiener = 'filters'`, no block "
+    "nsn2n_filters": "NSN2N default with the sliding-window DCT filter (`inference.wiener = 'filters'`, no block "
     "matching; the same training)",
+    "nsn2n_twofilters": "NSN2N default with two DCT filters (8- and 4-voxel blocks; won on the tuning set, lost on the "
+    "reporting set's MRI; a stored ablation, not a row the runner computes)",
     "supervised": "supervised ceiling (default network, clean target)",
     "supervised_w32": "supervised ceiling, width 32 (`best`'s network), default's iterations",
 }
@@ -237,6 +241,7 @@ NSN2N_ROWS = {
     "nsn2n_fast_nowiener": ("fast", {"inference": NO_WIENER}),
     "nsn2n_best_wiener": ("best", {}),
     "nsn2n_filters": ("default", {"inference": {"wiener": "filters"}}),
+    "nsn2n_fast_matched": ("fast", {"inference": {"wiener": "matched"}}),
 }
 """NSN2N rows: (preset, configuration overrides). The rows measured before the Wiener stage existed say
 ``wiener = 'off'``, which is what they ran."""
@@ -245,9 +250,10 @@ NETWORK_ALONE = {
     "nsn2n_fast": "nsn2n_fast_nowiener",
     "nsn2n_best_wiener": "nsn2n_best",
     "nsn2n_filters": "nsn2n_nowiener",
+    "nsn2n_fast_matched": "nsn2n_fast_nowiener",
 }
 """For each row with the Wiener stage, the row its network's output alone is stored as (the same training)."""
-NETWORK_OF = {"nsn2n_filters": "nsn2n"}
+NETWORK_OF = {"nsn2n_filters": "nsn2n", "nsn2n_fast_matched": "nsn2n_fast"}
 """Rows whose network is another row's (the same preset and training): ``--reuse-network`` reads that row's cached
 network output."""
 REUSE_ROOT: Path | None = None
@@ -800,7 +806,8 @@ def headline_table(set_name: str = "reporting", root: Path = RESULTS_DIR) -> str
     spec = SETS[set_name]
     head = (
         "| case | noisy | best as users run it | NLM, true noise | BM4D, swept | **NSN2N default** "
-        "| default − BM4D swept | without the Wiener stage | slice axis only, no Wiener stage | supervised ceiling |"
+        "| default − BM4D swept | 'filters' (one DCT filter, no block matching) | network alone (no Wiener stage) "
+        "| slice axis only, no Wiener stage | supervised ceiling |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for case in spec["cases"]:
@@ -822,13 +829,12 @@ def headline_table(set_name: str = "reporting", root: Path = RESULTS_DIR) -> str
             len(r.get("info", {}).get("prediction_axes", [])) == 1 for r in found["nsn2n"]
         )
         slice_text = (
-            "= without the Wiener stage (one axis here)"
-            if single_axis and "nsn2n_slice" not in cell
-            else text("nsn2n_slice")
+            "= network alone (one axis here)" if single_axis and "nsn2n_slice" not in cell else text("nsn2n_slice")
         )
         lines.append(
             f"| `{case}` | {text('noisy')} | {user_text} | {text('nlm_true')} | {text('bm4d_swept')} "
-            f"| **{text('nsn2n')}** | {gap} | {text('nsn2n_nowiener')} | {slice_text} | {text('supervised')} |"
+            f"| **{text('nsn2n')}** | {gap} | {text('nsn2n_filters')} | {text('nsn2n_nowiener')} | {slice_text} "
+            f"| {text('supervised')} |"
         )
     return "\n".join(lines)
 
@@ -894,24 +900,33 @@ def _paired(found: dict, a: str, b: str) -> Summary | None:
 
 
 def wiener_table(set_name: str = "reporting", root: Path = RESULTS_DIR) -> str:
-    """The Wiener stage on a set: PSNR (dB) of the default without it (``nsn2n_nowiener``, the same training) and
-    with it (``nsn2n``), and their difference paired by seed."""
+    """The Wiener stage on a set: PSNR (dB) of the network alone (``nsn2n_nowiener``), with the one DCT filter
+    (``nsn2n_filters``), with the two filters of the tuning set's choice (``nsn2n_twofilters``, stored) and with
+    the default's block matching (``nsn2n``), all from the same training, and the default's differences paired by
+    seed."""
     spec = SETS[set_name]
-    head = "| case | seeds | without the Wiener stage | **default (with it)** | default − without (paired) |"
-    lines = [head, "|---|---|---|---|---|"]
+    head = (
+        "| case | seeds | network alone | 'filters': one DCT filter | two DCT filters (not kept) "
+        "| **default: block matching** | default − network alone | default − 'filters' | two filters − 'filters' |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for case in spec["cases"]:
         found = collect(case, spec["seeds"], root)
         diff = _paired(found, "nsn2n", "nsn2n_nowiener")
         if diff is None:
             continue
         seeds = sorted({r["seed"] for r in found["nsn2n_nowiener"]} & {r["seed"] for r in found["nsn2n"]})
-        a, b = (
-            summarise([r["quality"]["psnr"] for r in found[m] if r["seed"] in seeds])
-            for m in ("nsn2n_nowiener", "nsn2n")
-        )
+        cells = []
+        for m in ("nsn2n_nowiener", "nsn2n_filters", "nsn2n_twofilters", "nsn2n"):
+            vals = [r["quality"]["psnr"] for r in found.get(m, []) if r["seed"] in seeds]
+            cells.append(summarise(vals).text() if vals else "not run")
+        pairs = []
+        for a, b in (("nsn2n", "nsn2n_nowiener"), ("nsn2n", "nsn2n_filters"), ("nsn2n_twofilters", "nsn2n_filters")):
+            d = _paired(found, a, b)
+            pairs.append("–" if d is None else f"{d.mean:+.2f} ± {d.sd:.2f}")
         lines.append(
-            f"| `{case}` | {', '.join(map(str, seeds))} | {a.text()} | **{b.text()}** "
-            f"| {diff.mean:+.2f} ± {diff.sd:.2f} |"
+            f"| `{case}` | {', '.join(map(str, seeds))} | {cells[0]} | {cells[1]} | {cells[2]} | **{cells[3]}** "
+            f"| {' | '.join(pairs)} |"
         )
     return "\n".join(lines)
 
@@ -980,7 +995,14 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         "",
         wiener_grid.table(root),
         "",
-        "## The Wiener stage on the reporting set (`nsn2n` against `nsn2n_nowiener`, the same training)",
+        "## The Wiener stage's kinds on the tuning set (`python -m benchmarks.wiener_grid --filters` and `--matched`)",
+        "",
+        wiener_grid.filters_table(root),
+        "",
+        wiener_grid.matched_table(root),
+        "",
+        "## The Wiener stage on the reporting set (`nsn2n`, `nsn2n_filters` against `nsn2n_nowiener`, the same "
+        "training)",
         "",
         wiener_table("reporting", root),
         "",

@@ -24,9 +24,10 @@ INFERENCE_S_PER_VOXEL_BF16 = 1.5e-7
 measured at 100 and 600 slices, TTA 1 and 8)."""
 INFERENCE_S_PER_VOXEL_FP32 = 2.85e-7
 """The same in float32 (no native bf16): 1.9x the bf16 time ("Real sizes", inference options)."""
-WIENER_S_PER_VOXEL = {"filters": 7.2e-7, "matched": 1.0e-6}
+WIENER_S_PER_VOXEL = {"filters": 4.8e-7, "matched": 1.6e-6}
 """Seconds per voxel of the Wiener stage by ``inference.wiener`` (on the CPU whatever the network's device), with
-2 threads at 512x512x300 (RESULTS.md, "Real sizes")."""
+2 threads at 512x512x300: 37.2 s for the DCT filter (benchmarks/results/scale_300_wiener), 125.6 s for block
+matching (benchmarks/results/scale_300_matched)."""
 GPU_SPEEDUP = 20.0
 """A CUDA GPU taken as this many times faster than the 2-core CPU, phase by phase: a conservative guess, not a
 measurement (no GPU was available to measure it)."""

@@ -1,22 +1,21 @@
-"""The Wiener stage: the network's output as the pilot of sliding-window DCT Wiener filters (docs/METHOD.md
-section 5).
+"""The Wiener stage: the network's output as the pilot of a Wiener filter of the input (docs/METHOD.md section 5).
 
 The network's output f is a good estimate of the signal but keeps the network's own errors. A second,
 classical pass uses f only to decide, per 3D block and per DCT coefficient, how much of the *noisy* input to
-keep (the second stage of BM3D/BM4D, here without block matching):
+keep (the second stage of BM3D/BM4D):
 
     Y = W * X,   W = P**2 / (P**2 + v)
 
 where X and P are the DCT coefficients of a block of the input and of f, and v is the noise variance of that
-coefficient. Overlapping blocks (a pass's ``step`` apart) are transformed back and averaged with the weight
-1 / sum(W**2) (each block's inverse noise level after filtering).
-
-Two such filters run (:data:`PASSES`): 8-voxel blocks, which separate signal from noise finely in frequency,
-and 4-voxel blocks, which follow edges closely; their errors differ, so the output is the mean of f and the two
-Wiener estimates. The noise variance comes from the volume itself, not from a user: the mean square of the DCT
+coefficient. The noise variance comes from the volume itself, not from a user: the mean square of the DCT
 coefficients of the removed residual x - f over the whole volume (a spectrum, so in-plane correlated noise is
-modelled), scaled by a factor chosen on the tuning set for each pass and noise class (white or in-plane
-correlated).
+modelled), scaled by a factor chosen on the tuning set.
+
+Two kinds (``inference.wiener``): 'matched' (the default) groups similar blocks first (:mod:`.block_matching`);
+'filters' runs sliding-window filters without block matching (:data:`PASSES`), whose overlapping blocks (a
+filter's ``step`` apart) are transformed back and averaged with the weight 1 / sum(W**2), and returns the mean of f
+and the filters' estimates. This module holds the spectrum, the sliding-window filters and the stage itself
+(:func:`apply_wiener`).
 
 Arrays are (K, J, I) in the volume's own units; block edges are in voxels along K, J and I.
 """
@@ -44,12 +43,10 @@ class WienerPass:
     factors: dict[str, float]
 
 
-PASSES = (
-    WienerPass(block=8, step=3, factors={"white": 4.0, "correlated": 4.0}),
-    WienerPass(block=4, step=2, factors={"white": 2.0, "correlated": 4.0}),
-)
-"""The engine's filters; the output is the mean of the network's output and each filter's estimate. Blocks,
-steps and factors were chosen on the tuning set (RESULTS.md, "The Wiener stage")."""
+PASSES = (WienerPass(block=8, step=3, factors={"white": 2.0, "correlated": 4.0}),)
+"""The filters of ``inference.wiener = 'filters'``; the output is the mean of the network's output and each
+filter's estimate. One filter of 8-voxel blocks: a second one of 4-voxel blocks won on the tuning set but lost on
+the reporting set's MRI (RESULTS.md, "The Wiener stage"), so it was not kept."""
 ROWS_PER_CHUNK = 32
 """Block rows (along J) transformed at once: bounds the memory of one pass (about 300 MB at 512x512)."""
 
@@ -264,7 +261,7 @@ def noise_class(lag1: tuple[float, float] | None) -> str:
 
 
 def row_count(n_slices: int, kind: str) -> int:
-    """Block rows of the stage ``kind`` ('filters': both of :data:`PASSES`; 'matched': the block-matched filter)
+    """Block rows of the stage ``kind`` ('filters': every filter of :data:`PASSES`; 'matched': the block-matched filter)
     along a slice axis of ``n_slices`` (the stage's progress steps)."""
     if kind == "matched":
         return block_matching.row_count(n_slices)
