@@ -24,11 +24,20 @@ import sys
 ENGINE_PACKAGE = "NSN2NDenoiseLib"
 
 PRESET_VALUE = "0"
-"""The XML value of an option in :data:`FOLLOWS_PRESET` that means "the preset's value": the flag is left out."""
+"""The XML value of a number option in :data:`FOLLOWS_PRESET` that means "the preset's value": the flag is left
+out."""
+PRESET_CHOICE = "preset"
+"""The same for a text option in :data:`FOLLOWS_PRESET` (an element of its enumeration)."""
 
-FOLLOWS_PRESET = ("iterations", "tta")
+FOLLOWS_PRESET = ("iterations", "tta", "wiener")
 """Options whose value differs between presets. A fixed XML default would override the chosen preset, so their
-XML default is :data:`PRESET_VALUE`, which is not a valid value of theirs."""
+XML default is :func:`preset_marker`, which is not a valid value of theirs."""
+
+
+def preset_marker(option):
+    """The value of ``option`` (in :data:`FOLLOWS_PRESET`) that means "the preset's value", in its type."""
+    return PRESET_CHOICE if option.type is str else option.type(PRESET_VALUE)
+
 
 EXIT_FAILED = 1
 EXIT_INPUT = 2
@@ -77,14 +86,15 @@ def build_parser(options) -> argparse.ArgumentParser:
     for option in options:
         choices = option.choices
         if choices and option.name in FOLLOWS_PRESET:
-            choices = (option.type(PRESET_VALUE), *choices)
+            choices = (preset_marker(option), *choices)
         p.add_argument(
             "--" + option.name,
             dest=option.name,
             type=option.type,
             choices=choices or None,
             metavar=option.name.upper(),
-            help=option.help + (f" {PRESET_VALUE}: the preset's value." if option.name in FOLLOWS_PRESET else ""),
+            help=option.help
+            + (f" {preset_marker(option)}: the preset's value." if option.name in FOLLOWS_PRESET else ""),
         )
     p.add_argument("--report", default="", metavar="REPORT.json", help="write the run report as JSON.")
     p.add_argument("input", help="input volume file (Slicer passes an NRRD file)")
@@ -95,7 +105,7 @@ def build_parser(options) -> argparse.ArgumentParser:
 def worker_argv(argv: list[str], options) -> list[str]:
     """The arguments of ``worker.main`` for this script's ``argv``.
 
-    Options in :data:`FOLLOWS_PRESET` given as :data:`PRESET_VALUE` are left out, so the preset decides them; an
+    Options in :data:`FOLLOWS_PRESET` given as :func:`preset_marker` are left out, so the preset decides them; an
     empty report path is left out. Flags become the worker's kebab-case ones (``--slice_axis`` -> ``--slice-axis``).
     Exits with status 2 and one line on stderr for an unknown flag or a value of the wrong type or not a choice.
     """
@@ -103,7 +113,7 @@ def worker_argv(argv: list[str], options) -> list[str]:
     out: list[str] = []
     for option in options:
         value = getattr(args, option.name)
-        if value is None or (option.name in FOLLOWS_PRESET and value == option.type(PRESET_VALUE)):
+        if value is None or (option.name in FOLLOWS_PRESET and value == preset_marker(option)):
             continue
         out += [option.flag, str(value)]
     if args.report:

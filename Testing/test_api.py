@@ -49,7 +49,9 @@ def test_progress_reports_every_phase(phantom_pair, tiny_config):
     training = [c for c in calls if c[0] == "training"]
     assert training[-1][1] == training[-1][2] == 5 and training[-1][3] is not None
     # the network's slices, then the Wiener stage's block rows, in one count
-    assert calls[-1][1] == calls[-1][2] == noisy.shape[0] + wiener.row_count(noisy.shape[0], "matched")
+    assert (
+        calls[-1][1] == calls[-1][2] == noisy.shape[0] + wiener.row_count(noisy.shape[0], tiny_config.inference.wiener)
+    )
 
 
 @pytest.mark.parametrize("kind", ["token", "event", "callable"])
@@ -253,7 +255,7 @@ def test_auto_axes_keep_the_slice_axis_for_anisotropic_voxels_and_report_why(pha
     )
     inference = [s for s in steps if s[0] == "inference"]
     # one count over the three axes and the Wiener stage's block rows
-    assert inference[-1][1] == inference[-1][2] == 16 + 32 + 32 + wiener.row_count(16, "matched")
+    assert inference[-1][1] == inference[-1][2] == 16 + 32 + 32 + wiener.row_count(16, tiny_config.inference.wiener)
     assert all(a[1] <= b[1] for a, b in zip(inference, inference[1:], strict=False))
 
 

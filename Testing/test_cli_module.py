@@ -174,7 +174,8 @@ def test_xml_parameters_and_defaults_agree_with_the_option_table():
         assert p["description"].startswith(option.help), option.name
         assert p["advanced"] == option.advanced, option.name
         if option.type is str:
-            assert p["tag"] == "string-enumeration" and p["elements"] == list(option.choices), option.name
+            expected = ([cli.PRESET_CHOICE] if follows else []) + list(option.choices)
+            assert p["tag"] == "string-enumeration" and p["elements"] == expected, option.name
         elif option.type is int and option.choices:
             expected = ([cli.PRESET_VALUE] if follows else []) + [str(c) for c in option.choices]
             assert p["tag"] == "integer-enumeration" and p["elements"] == expected, option.name
@@ -186,10 +187,11 @@ def test_xml_parameters_and_defaults_agree_with_the_option_table():
             assert option.type is float and p["tag"] == "double", option.name
             assert (float(p["minimum"]), float(p["maximum"])) == (option.low, option.high), option.name
         if follows:
-            assert p["default"] == cli.PRESET_VALUE, option.name
+            assert p["default"] == str(cli.preset_marker(option)), option.name
             # The sentinel must not be a value of the option, or a user could not choose it.
-            assert option.type(cli.PRESET_VALUE) not in option.choices, option.name
-            assert option.low is None or option.type(cli.PRESET_VALUE) < option.low, option.name
+            assert cli.preset_marker(option) not in option.choices, option.name
+            if option.type is not str:
+                assert option.low is None or cli.preset_marker(option) < option.low, option.name
         else:
             (value,) = preset_values(option)
             assert option.type(p["default"]) == value, option.name
@@ -230,7 +232,7 @@ def test_every_value_the_xml_allows_is_accepted(name, value):
     args, cfg = worker_config(argv)
     assert args.report == "/tmp/Slicer/report.json"
     option = next(o for o in OPTIONS if o.slicer_name == name)
-    if option.name in cli.FOLLOWS_PRESET and value == cli.PRESET_VALUE:
+    if option.name in cli.FOLLOWS_PRESET and value == str(cli.preset_marker(option)):
         assert getattr(args, option.name) is None
     else:
         assert getattr(args, option.name) == option.type(value)
