@@ -4,6 +4,7 @@ against a block-by-block reference, progress, cancellation, and what it does to 
 import numpy as np
 import pytest
 import scipy.fft
+import torch
 
 from NSN2NDenoiseLib import block_matching as bm
 from NSN2NDenoiseLib.errors import CancelledError
@@ -189,3 +190,46 @@ def test_an_integer_input_gives_what_its_float_copy_gives():
 
 def test_the_engines_filter_is_the_one_chosen_on_the_tuning_set():
     assert bm.MATCHED == bm.MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=4.0)
+
+
+def test_the_in_plane_padding_is_b_minus_1_and_makes_whole_steps():
+    for n in range(3, 30):
+        for b in (2, 4, 5):
+            for step in (1, 2, 3, 5):
+                before, after = bm._padding(n, b, step)
+                assert before == b - 1 and b - 1 <= after < b - 1 + step
+                assert (n + before + after - b) % step == 0
+
+
+def test_the_reference_block_leads_its_group_even_where_other_blocks_are_identical():
+    ps = torch.zeros((6, 20, 20))  # a flat pilot: every candidate is at distance 0
+    f = bm.MatchedFilter(block=4, step=3, group=8, search=(1, 2), factor=1.0)
+    plane = (14, 14)
+    ref_plane = ((2 + torch.arange(4) * 3)[:, None] * 20 + 2 + torch.arange(4) * 3).reshape(-1)
+    origins = bm._match(ps, 1, 2, (4, 4, 4), plane, f, ref_plane)
+    assert origins.shape == (16, 8)
+    assert torch.equal(origins[:, 0], 1 * 20 * 20 + ref_plane)
+
+
+def test_a_float64_pilot_gives_what_its_float32_copy_gives():
+    clean, rng = smooth_volume((9, 15, 14))
+    noisy = clean + rng.normal(0, 20, clean.shape).astype(np.float32)
+    pilot = clean + rng.normal(0, 5, clean.shape).astype(np.float32)
+    a, b = pilot.copy(), pilot.astype(np.float64)
+    bm.matched_into(noisy, a, np.full((4, 4, 4), 200.0), f=SMALL)
+    bm.matched_into(noisy, b, np.full((4, 4, 4), 200.0), f=SMALL)
+    np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_references_in_several_chunks_and_groups_shrunk_to_almost_nothing_are_the_reference(monkeypatch):
+    """Chunks of 5 reference blocks; a noise variance so large that every group's sum of W**2 is below 1 (the
+    weights 1 / sum(W**2) then exceed 1 and differ between groups)."""
+    monkeypatch.setattr(bm, "REF_CHUNK", 5)
+    clean, rng = smooth_volume((9, 14, 13), 4)
+    noisy = clean + rng.normal(0, 20, clean.shape).astype(np.float32)
+    pilot = clean + rng.normal(0, 5, clean.shape).astype(np.float32)
+    for level in (300.0, 3e6):
+        variance = np.full((4, 4, 4), level)
+        out = pilot.copy()
+        bm.matched_into(noisy, out, variance, f=SMALL)
+        np.testing.assert_allclose(out, reference_matched(noisy, pilot, variance, SMALL), atol=3e-3, rtol=1e-4)

@@ -48,7 +48,8 @@ class MatchedFilter:
 
 
 MATCHED = MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=4.0)
-"""The engine's block-matched filter, chosen on the tuning set (RESULTS.md, "The Wiener stage")."""
+"""The engine's block-matched filter, chosen on the tuning set (RESULTS.md, "Adopted: block matching in the Wiener
+stage")."""
 
 
 def haar_matrix(m: int) -> torch.Tensor:

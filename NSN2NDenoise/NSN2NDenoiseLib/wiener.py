@@ -46,7 +46,7 @@ class WienerPass:
 PASSES = (WienerPass(block=8, step=3, factors={"white": 2.0, "correlated": 4.0}),)
 """The filters of ``inference.wiener = 'filters'``; the output is the mean of the network's output and each
 filter's estimate. One filter of 8-voxel blocks: a second one of 4-voxel blocks won on the tuning set but lost on
-the reporting set's MRI (RESULTS.md, "The Wiener stage"), so it was not kept."""
+the reporting set's MRI (RESULTS.md, "The Wiener stage's first version"), so it was not kept."""
 ROWS_PER_CHUNK = 32
 """Block rows (along J) transformed at once: bounds the memory of one pass (about 300 MB at 512x512)."""
 
