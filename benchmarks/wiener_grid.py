@@ -251,20 +251,26 @@ def run_filters(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
     return stored
 
 
+def _entries_by_case(path: Path) -> dict[str, list[dict]]:
+    """The entries of an experiment's result file grouped by their table label: the case, and the row whose network
+    was the pilot where it is not the default's ({} when the file is missing)."""
+    if not path.is_file():
+        return {}
+    by_case: dict[str, list[dict]] = {}
+    for entry in json.loads(path.read_text()).values():
+        row = entry.get("row", "nsn2n")
+        label = f"`{entry['case']}`" + ("" if row == "nsn2n" else f", `{row}`'s network")
+        by_case.setdefault(label, []).append(entry)
+    return by_case
+
+
 def filters_table(root: Path = protocol.RESULTS_DIR) -> str:
     """The ``--filters`` experiment by tuning case: mean ± sd over seeds of each setting's gain (dB), the engine's
     choice in bold, and the engine's gain paired against the first version's one-filter stage (on the same network
     output)."""
-    path = root / "wiener_filters.json"
-    if not path.is_file():
+    by_case = _entries_by_case(root / "wiener_filters.json")
+    if not by_case:
         return ""
-
-    stored = json.loads(path.read_text())
-    by_case: dict[str, list[dict]] = {}
-    for entry in stored.values():
-        row = entry.get("row", "nsn2n")
-        label = f"`{entry['case']}`" + ("" if row == "nsn2n" else f", `{row}`'s network")
-        by_case.setdefault(label, []).append(entry)
     lines = [
         "| case | noise class | seeds | network alone | one filter, share 0.5 (block:factor) "
         "| mean of the network and an 8- and a 4-voxel estimate (8:factor, 4:factor) | network's weight instead "
@@ -374,15 +380,9 @@ def run_matched(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
 def matched_table(root: Path = protocol.RESULTS_DIR) -> str:
     """The ``--matched`` experiment by case: mean ± sd over seeds of each variant's gain (dB) at each factor, alone
     (share 1) and half and half, with its time; the engine's two stages and their paired difference."""
-    path = root / "wiener_matched.json"
-    if not path.is_file():
+    by_case = _entries_by_case(root / "wiener_matched.json")
+    if not by_case:
         return ""
-    stored = json.loads(path.read_text())
-    by_case: dict[str, list[dict]] = {}
-    for entry in stored.values():
-        row = entry.get("row", "nsn2n")
-        label = f"`{entry['case']}`" + ("" if row == "nsn2n" else f", `{row}`'s network")
-        by_case.setdefault(label, []).append(entry)
     names = list(MATCHED_VARIANTS)
     lines = [
         "| case | noise class | seeds | network alone | "

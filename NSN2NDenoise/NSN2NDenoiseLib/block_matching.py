@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CancelledError
+from .wiener import _padding, _starts, dct_matrix
 
 REF_CHUNK = 2048
 """Reference blocks transformed at once: bounds the memory of the groups (about 100 MB)."""
@@ -77,30 +78,6 @@ def row_count(n_slices: int, f: MatchedFilter = MATCHED) -> int:
     return len(_starts(n_slices, min(f.block, n_slices), f.step))
 
 
-def _starts(n: int, b: int, s: int) -> list[int]:
-    """Block origins along an axis of ``n`` voxels: every ``s`` from 0, and the last at n - b."""
-    starts = list(range(0, n - b + 1, s))
-    if starts[-1] != n - b:
-        starts.append(n - b)
-    return starts
-
-
-def _padding(n: int, b: int, step: int) -> tuple[int, int]:
-    """In-plane padding (before, after) for reference blocks of ``b`` every ``step``: b - 1 on each side, plus what
-    makes the padded length a whole number of steps."""
-    before = b - 1
-    return before, before + (-(n + 2 * before - b) % step)
-
-
-def _dct_matrix(n: int) -> torch.Tensor:
-    """The orthonormal DCT-II matrix (n, n)."""
-    k = np.arange(n)[:, None]
-    i = np.arange(n)[None, :]
-    m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-    m[0] /= np.sqrt(2.0)
-    return torch.tensor(m, dtype=torch.float32)
-
-
 def matched_into(
     noisy: np.ndarray,
     pilot: np.ndarray,
@@ -135,7 +112,7 @@ def matched_into(
     bk, bj, bi = (min(f.block, n) for n in noisy.shape)
     nb = bk * bj * bi
     sk, s = f.search
-    dct3 = torch.kron(_dct_matrix(bk), torch.kron(_dct_matrix(bj), _dct_matrix(bi)))  # (nb, nb), C order
+    dct3 = torch.kron(dct_matrix(bk), torch.kron(dct_matrix(bj), dct_matrix(bi)))  # (nb, nb), C order
     v = torch.as_tensor(np.asarray(noise_variance, dtype=np.float32).reshape(-1))
     pj, pi = _padding(n_j, bj, f.step), _padding(n_i, bi, f.step)
     hp, wp = n_j + sum(pj), n_i + sum(pi)  # the plane the reference blocks tile

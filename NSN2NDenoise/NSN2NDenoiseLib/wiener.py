@@ -29,7 +29,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import block_matching
 from .errors import CancelledError
 
 
@@ -264,6 +263,8 @@ def row_count(n_slices: int, kind: str) -> int:
     """Block rows of the stage ``kind`` ('filters': every filter of :data:`PASSES`; 'matched': the block-matched filter)
     along a slice axis of ``n_slices`` (the stage's progress steps)."""
     if kind == "matched":
+        from . import block_matching  # it builds on this module
+
         return block_matching.row_count(n_slices)
     return sum(len(_starts(n_slices, min(f.block, n_slices), f.step)) for f in PASSES)
 
@@ -291,6 +292,8 @@ def apply_wiener(
     cls = noise_class(lag1)
     rms = float(np.sqrt(residual_spectrum(noisy, denoised, 8).mean()))
     if kind == "matched":
+        from . import block_matching  # it builds on this module
+
         f = block_matching.MATCHED
         spectrum = residual_spectrum(noisy, denoised, f.block)
         block_matching.matched_into(noisy, denoised, f.factor * spectrum, step, is_cancelled)
