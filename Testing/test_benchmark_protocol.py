@@ -480,6 +480,33 @@ def test_the_filters_table_marks_the_engines_filters_and_pairs_the_engine_with_t
     assert wiener_grid.filters_table(tmp_path / "absent") == ""
 
 
+def test_the_passes_table_gives_each_sequence_and_pairs_it_with_the_one_before(tmp_path):
+    from NSN2NDenoiseLib import block_matching
+
+    assert wiener_grid.PASS_SEQUENCES[0] == (block_matching.MATCHED.factor,)  # the first pass is the engine's
+    seqs = wiener_grid.PASS_SEQUENCES
+    assert all(a == b[: len(a)] for a, b in zip(seqs, seqs[1:], strict=False))  # each extends the one before
+    entries = {}
+    for seed, gains in ((1, (0.6, 0.5, 0.3, 0.2)), (2, (0.8, 0.9, 0.5, 0.2))):
+        names = [">".join(f"{k:g}" for k in seq) for seq in wiener_grid.PASS_SEQUENCES]
+        entries[f"colin_gauss5/seed{seed}"] = {
+            "case": "colin_gauss5",
+            "seed": seed,
+            "noise_class": "white",
+            "network_psnr": 34.0 + seed,
+            "network_ssim": 0.97,
+            "sequences": {n: {"gain_db": g, "ssim": 0.9 + g / 10} for n, g in zip(names, gains, strict=True)},
+        }
+    (tmp_path / "wiener_passes.json").write_text(json.dumps(entries))
+    lines = wiener_grid.passes_table(tmp_path).splitlines()
+    assert len(lines) == 3 and lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == 12
+    assert lines[2] == (
+        "| `colin_gauss5` | white | 1, 2 | 35.50 ± 0.71 (2 seeds) / 0.9700 | +0.70 ± 0.14 / 0.9700 | +0.70 ± 0.28 / "
+        "0.9700 | +0.40 ± 0.14 / 0.9400 | +0.20 ± 0.00 / 0.9200 | +0.00 ± 0.14 | -0.30 ± 0.14 | -0.20 ± 0.14 |"
+    )
+    assert wiener_grid.passes_table(tmp_path / "absent") == ""
+
+
 def test_the_wiener_table_pairs_the_default_with_the_network_alone_on_the_seeds_both_have(tmp_path, monkeypatch):
     monkeypatch.setitem(protocol.SETS, "reporting", {"cases": ("colin_rician5", "ct_ld_1e5"), "seeds": (1, 2, 3)})
     figures = {

@@ -39,7 +39,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results" / "protocol"
 PROTOCOL_VERSION = 1
 """Bump when the scoring or a method's code changes: every stored result is then recomputed."""
 
-TUNING_CASES = ("cttune_ld_1e5", "cttune_ld_2e4", "mnitune_rician5", "mnitune_rician10")
+TUNING_CASES = ("cttune_ld_1e5", "cttune_ld_2e4", "mnitune_rician5", "mnitune_rician10", "cttune_inplane30")
 REPORTING_CASES = (
     "ct_ld_2.5e5",
     "ct_ld_1e5",
@@ -48,6 +48,7 @@ REPORTING_CASES = (
     "ctbrain_ld_1e5",
     "ctbrain_ld_2e4",
     "ct_gauss30",
+    "ct_inplane30",
     "colin_rician5",
     "colin_rician10",
     "colin_gauss5",
@@ -1000,6 +1001,11 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         wiener_grid.filters_table(root),
         "",
         wiener_grid.matched_table(root),
+        "",
+        "## Block matching repeated with its own estimate as the pilot, tuning and reporting sets (`python -m "
+        "benchmarks.wiener_grid --passes`; not adopted)",
+        "",
+        wiener_grid.passes_table(root),
         "",
         "## The Wiener stage on the reporting set (`nsn2n`, `nsn2n_filters` against `nsn2n_nowiener`, the same "
         "training)",
