@@ -191,6 +191,25 @@ def test_the_residual_spectrum_is_the_mean_square_dct_of_the_residual_over_whole
     )
 
 
+def test_the_residual_spectrum_is_summed_in_float64():
+    """Millions of blocks of a real volume would lose digits in a float32 sum."""
+    rng = np.random.default_rng(8)
+    noisy = rng.normal(0, 10, (8, 16, 16)).astype(np.float32)
+    spec = wiener.residual_spectrum(noisy, np.zeros_like(noisy), 8)
+    assert spec.dtype == np.float64
+
+
+def test_apply_wiener_reports_every_block_row_of_its_stage_as_a_step():
+    from NSN2NDenoiseLib import block_matching
+
+    clean, rng = smooth_volume((14, 16, 18))
+    noisy = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
+    for kind, rows in (("filters", len(wiener._starts(14, 8, 3))), ("matched", block_matching.row_count(14))):
+        steps = []
+        wiener.apply_wiener(noisy, clean.copy(), (0.0, 0.0), kind, step=steps.append)
+        assert steps == list(range(rows)) == list(range(wiener.row_count(14, kind))), kind
+
+
 def test_the_residual_spectrum_of_a_short_volume_has_the_short_axis_block():
     rng = np.random.default_rng(4)
     x = rng.normal(0, 3, (5, 20, 6)).astype(np.float32)
