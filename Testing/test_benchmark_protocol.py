@@ -119,6 +119,10 @@ def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them
     assert "wiener_filters" not in protocol.run_params("nsn2n_nowiener", {})
     monkeypatch.setattr(wiener, "PASSES", (*wiener.PASSES, wiener.WienerPass(4, 2, {"white": 2.0, "correlated": 4.0})))
     assert protocol.run_params("nsn2n_filters", {}) != filters and protocol.run_params("nsn2n", {}) == default
+    assert default["matched_max_lag1"] == wiener.MATCHED_MAX_LAG1 and "matched_max_lag1" not in filters
+    monkeypatch.setattr(wiener, "MATCHED_MAX_LAG1", 0.9)
+    assert protocol.run_params("nsn2n", {}) != default
+    monkeypatch.setattr(wiener, "MATCHED_MAX_LAG1", default["matched_max_lag1"])
     monkeypatch.setattr(block_matching, "MATCHED", block_matching.MatchedFilter(4, 3, 8, (3, 5), 4.0))
     assert protocol.run_params("nsn2n", {}) != default
 
@@ -505,6 +509,37 @@ def test_the_passes_table_gives_each_sequence_and_pairs_it_with_the_one_before(t
         "0.9700 | +0.40 ± 0.14 / 0.9400 | +0.20 ± 0.00 / 0.9200 | +0.00 ± 0.14 | -0.30 ± 0.14 | -0.20 ± 0.14 |"
     )
     assert wiener_grid.passes_table(tmp_path / "absent") == ""
+
+
+def test_the_gate_table_orders_cases_by_their_noise_correlation_and_pairs_matching_with_the_filter(tmp_path):
+    def entry(case, seed, lag, matched, filters):
+        return {
+            "case": case,
+            "seed": seed,
+            "inplane_noise_lag1": [lag, -0.01],
+            "network": {"psnr": 30.0, "ssim": 0.9},
+            "matched": {"psnr": matched[0], "ssim": matched[1]},
+            "filters": {"psnr": filters[0], "ssim": filters[1]},
+            "engine_runs": "filters" if lag > 0.75 else "matched",
+        }
+
+    entries = {
+        "strong/1": entry("ct_inplane30", 1, 0.9, (33.0, 0.92), (33.1, 0.94)),
+        "strong/2": entry("ct_inplane30", 2, 0.8, (33.2, 0.92), (33.2, 0.95)),
+        "weak/1": entry("ct_ld_1e5", 1, 0.3, (35.5, 0.975), (35.0, 0.97)),
+    }
+    (tmp_path / "wiener_gate.json").write_text(json.dumps(entries))
+    lines = wiener_grid.gate_table(tmp_path).splitlines()
+    assert len(lines) == 4 and all(line.count("|") == 10 for line in lines)
+    assert lines[2] == (
+        "| `ct_ld_1e5` | 1 | 0.30 | 30.00 (1 seed) / 0.9000 | 35.50 (1 seed) / 0.9750 | 35.00 (1 seed) / 0.9700 "
+        "| +0.50 ± 0.00 | +0.0050 ± 0.0000 | matched |"
+    )
+    assert lines[3] == (
+        "| `ct_inplane30` | 1, 2 | 0.85 | 30.00 ± 0.00 (2 seeds) / 0.9000 | 33.10 ± 0.14 (2 seeds) / 0.9200 "
+        "| 33.15 ± 0.07 (2 seeds) / 0.9450 | -0.05 ± 0.07 | -0.0250 ± 0.0071 | filters |"
+    )
+    assert wiener_grid.gate_table(tmp_path / "absent") == ""
 
 
 def test_the_wiener_table_pairs_the_default_with_the_network_alone_on_the_seeds_both_have(tmp_path, monkeypatch):

@@ -334,6 +334,33 @@ def test_apply_wiener_matched_is_the_block_matched_estimate_with_the_4_voxel_spe
         wiener.apply_wiener(noisy, pilot.copy(), lag1, "on")
 
 
+def test_block_matching_gives_way_to_the_dct_filter_where_the_in_plane_noise_is_strongly_correlated():
+    assert wiener.MATCHED_MAX_LAG1 == 0.75
+    assert wiener.stage_kind("matched", (0.75, -0.75)) == "matched"  # at the bound: still block matching
+    assert wiener.stage_kind("matched", (0.1, 0.76)) == "filters"
+    assert wiener.stage_kind("matched", (-0.8, 0.0)) == "filters"  # by its size, whatever its sign
+    assert wiener.stage_kind("matched", None) == "matched"  # not measured
+    assert wiener.stage_kind("filters", (0.9, 0.9)) == "filters" and wiener.stage_kind("off", (0.9, 0.9)) == "off"
+    assert wiener.row_count(20, "matched", (0.8, 0.0)) == wiener.row_count(20, "filters") == 5
+    assert wiener.row_count(20, "matched", (0.7, 0.0)) == wiener.row_count(20, "matched") == 7
+    clean, rng = smooth_volume((9, 20, 18))
+    noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
+    pilot = clean + rng.normal(0, 3, clean.shape).astype(np.float32)
+    lag1 = (0.81, 0.78)
+    out, expected = pilot.copy(), pilot.copy()
+    steps = []
+    info = wiener.apply_wiener(noisy, out, lag1, "matched", step=steps.append)
+    plain = wiener.apply_wiener(noisy, expected, lag1, "filters")
+    assert np.array_equal(out, expected) and steps == list(range(wiener.row_count(9, "filters")))
+    assert info == {
+        **plain,
+        "requested": "matched",
+        "reason": "in-plane noise strongly correlated (lag-1 correlation 0.81, 0.78 > 0.75): 4-voxel blocks cannot "
+        "tell it from anatomy, so the DCT filter of 8-voxel blocks ran instead",
+    }
+    assert info["kind"] == "filters" and info["noise_class"] == "correlated" and "requested" not in plain
+
+
 @pytest.fixture
 def small_run():
     clean, rng = smooth_volume((10, 32, 30))

@@ -39,7 +39,14 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results" / "protocol"
 PROTOCOL_VERSION = 1
 """Bump when the scoring or a method's code changes: every stored result is then recomputed."""
 
-TUNING_CASES = ("cttune_ld_1e5", "cttune_ld_2e4", "mnitune_rician5", "mnitune_rician10", "cttune_inplane30")
+TUNING_CASES = (
+    "cttune_ld_1e5",
+    "cttune_ld_2e4",
+    "mnitune_rician5",
+    "mnitune_rician10",
+    "cttune_inplane30",
+    "cttune_inplane30narrow",
+)
 REPORTING_CASES = (
     "ct_ld_2.5e5",
     "ct_ld_1e5",
@@ -567,8 +574,10 @@ def run_params(method: str, chosen: dict) -> dict:
         params["wiener_filters"] = [dataclasses.asdict(p) for p in PASSES]  # the stage's constants
     elif kind == "matched":
         from NSN2NDenoiseLib.block_matching import MATCHED
+        from NSN2NDenoiseLib.wiener import MATCHED_MAX_LAG1
 
         params["wiener_filters"] = [dataclasses.asdict(MATCHED)]
+        params["matched_max_lag1"] = MATCHED_MAX_LAG1  # above it the DCT filter runs instead
     if method == "supervised_w32":
         params["config"]["network"]["width"] = 32
     if method in ("nsn2n_nbfuse", "nsn2n_nbfuse_all"):
@@ -1001,6 +1010,11 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         wiener_grid.filters_table(root),
         "",
         wiener_grid.matched_table(root),
+        "",
+        "## Block matching against the DCT filter by the noise's in-plane correlation (`python -m "
+        "benchmarks.wiener_grid --gate`; where 'matched' gives way)",
+        "",
+        wiener_grid.gate_table(root),
         "",
         "## Block matching repeated with its own estimate as the pilot, tuning and reporting sets (`python -m "
         "benchmarks.wiener_grid --passes`; not adopted)",

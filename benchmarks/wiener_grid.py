@@ -12,6 +12,8 @@ blended with the network's output. This script trains the network once per tunin
   output with two or three filters' estimates, with the tuning set's choice of a pair (:data:`TWO_FILTERS`)
   marked (it lost on the reporting set; ``inference.wiener = 'filters'`` kept the first version's one filter);
 - ``--matched``: the block-matched filter (``block_matching.MATCHED``, the default stage) and variants of it;
+- ``--gate``: block matching against the DCT filter, PSNR and SSIM, by the noise's in-plane correlation (where
+  'matched' gives way to the DCT filter);
 - ``--passes``: the block-matched filter run again with its own estimate as the pilot (not adopted: it won on the
   tuning set's MNI152 and lost on the reporting set's Colin27).
 
@@ -19,6 +21,7 @@ blended with the network's output. This script trains the network once per tunin
     python -m benchmarks.wiener_grid --cases mnitune_rician5,cttune_ld_1e5 --bm4d   # + BM4D's Wiener step
     python -m benchmarks.wiener_grid --filters
     python -m benchmarks.wiener_grid --passes [--cases <reporting cases> --seeds 1,2,3]
+    python -m benchmarks.wiener_grid --gate --cases <cases> --seeds <seeds>
 
 The network's output is cached under ``benchmarks/.cache/wiener/`` (git-ignored; it is the deterministic output
 of ``protocol.nsn2n_config('nsn2n_nowiener', seed)``). Writes ``benchmarks/results/protocol/wiener_grid.json``
@@ -41,6 +44,7 @@ OUT = protocol.RESULTS_DIR / "wiener_grid.json"
 OUT_FILTERS = protocol.RESULTS_DIR / "wiener_filters.json"
 OUT_MATCHED = protocol.RESULTS_DIR / "wiener_matched.json"
 OUT_PASSES = protocol.RESULTS_DIR / "wiener_passes.json"
+OUT_GATE = protocol.RESULTS_DIR / "wiener_gate.json"
 FIRST_CHOICE = {"white": 2.0, "correlated": 4.0}
 """The first version's factor by noise class (one filter of 8-voxel blocks every 3 voxels, share 0.5)."""
 FIRST_SHARE = 0.5
@@ -516,6 +520,94 @@ def passes_table(root: Path = protocol.RESULTS_DIR) -> str:
     return "\n".join(lines)
 
 
+def run_gate(cases: list[str], seeds: tuple[int, ...]) -> dict:
+    """The ``--gate`` experiment: for each case and seed, the measured in-plane lag-1 correlation of the noise and
+    the PSNR and 3D SSIM of the network alone, of block matching (``block_matching.MATCHED`` whatever the noise,
+    as 'matched' ran before its gate) and of the DCT filter ('filters'), on the default's cached network output
+    (checked to score as the stored ``nsn2n_nowiener`` result does). Where block matching gives way to the DCT
+    filter (``wiener.MATCHED_MAX_LAG1``) was chosen from it."""
+    from NSN2NDenoiseLib import block_matching, wiener
+
+    stored = json.loads(OUT_GATE.read_text()) if OUT_GATE.is_file() else {}
+    for case in cases:
+        for seed in seeds:
+            ds = protocol._build(case, seed)
+            pilot, info = network_output(case, seed, ds)
+            axis = info["slice_axis"]
+            lag1 = tuple(info["inplane_noise_lag1"])
+            noisy = np.moveaxis(ds.noisy, axis, 0)
+            f = np.moveaxis(pilot, axis, 0)
+
+            def quality(v, ds=ds, axis=axis):
+                out = np.moveaxis(v, 0, axis)
+                return {
+                    "psnr": metrics.psnr(ds.clean, out, ds.mask, ds.data_range),
+                    "ssim": metrics.ssim(ds.clean, out, ds.mask, ds.data_range)[0],
+                }
+
+            network = quality(f)
+            alone = protocol._load(protocol.result_path(case, seed, "nsn2n_nowiener"))
+            if alone is not None and abs(alone["quality"]["psnr"] - network["psnr"]) > 1e-9:
+                raise RuntimeError(f"{case} seed {seed}: the cached network output is not the stored nsn2n_nowiener")
+            matched = f.copy()
+            spectrum = wiener.residual_spectrum(noisy, f, block_matching.MATCHED.block)
+            block_matching.matched_into(noisy, matched, block_matching.MATCHED.factor * spectrum)
+            filtered = f.copy()
+            wiener.apply_wiener(noisy, filtered, lag1, "filters")
+            stored[f"{case}/seed{seed}"] = {
+                "case": case,
+                "seed": seed,
+                "inplane_noise_lag1": list(lag1),
+                "network": network,
+                "matched": quality(matched),
+                "filters": quality(filtered),
+                "engine_runs": wiener.stage_kind("matched", lag1),
+                "command": protocol._command(),
+                "when": time.strftime("%Y-%m-%d %H:%M"),
+                "machine": metrics.machine(),
+            }
+            m, fl = stored[f"{case}/seed{seed}"]["matched"], stored[f"{case}/seed{seed}"]["filters"]
+            protocol.log(
+                f"{case} seed {seed}: lag1 {max(abs(v) for v in lag1):.2f}, matched - filters "
+                f"{m['psnr'] - fl['psnr']:+.3f} dB, SSIM {m['ssim'] - fl['ssim']:+.4f}"
+            )
+            OUT_GATE.write_text(json.dumps(stored, indent=1, default=float))
+    return stored
+
+
+def gate_table(root: Path = protocol.RESULTS_DIR) -> str:
+    """The ``--gate`` experiment by case, ordered by the noise's lag-1 correlation: mean ± sd over seeds of block
+    matching's and the DCT filter's PSNR and SSIM, their paired differences, and the stage the engine runs."""
+    by_case = _entries_by_case(root / OUT_GATE.name)
+    if not by_case:
+        return ""
+    lines = [
+        "| case | seeds | in-plane lag-1 | network alone dB / SSIM | block matching dB / SSIM | DCT filter dB / SSIM "
+        "| matched − filter, dB (paired) | matched − filter, SSIM (paired) | the engine runs |",
+        "|---" * 9 + "|",
+    ]
+
+    def lag(entries):
+        return float(np.mean([max(abs(v) for v in e["inplane_noise_lag1"]) for e in entries]))
+
+    for case, entries in sorted(by_case.items(), key=lambda item: lag(item[1])):
+        entries.sort(key=lambda e: e["seed"])
+        cells = []
+        for kind in ("network", "matched", "filters"):
+            p = protocol.summarise([e[kind]["psnr"] for e in entries])
+            q = protocol.summarise([e[kind]["ssim"] for e in entries])
+            cells.append(f"{p.text()} / {q.mean:.4f}")
+        for key, digits in (("psnr", 2), ("ssim", 4)):
+            d = protocol.summarise([e["matched"][key] - e["filters"][key] for e in entries])
+            cells.append(f"{d.mean:+.{digits}f} ± {d.sd:.{digits}f}")
+        runs = sorted({e["engine_runs"] for e in entries})
+        lines.append(
+            f"| {case} | {', '.join(str(e['seed']) for e in entries)} | {lag(entries):.2f} | {' | '.join(cells)} "
+            f"| {', '.join(runs)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(protocol.TUNING_CASES))
@@ -524,9 +616,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filters", action="store_true", help="the filters experiment instead of the first grid")
     parser.add_argument("--matched", action="store_true", help="the block-matched filter's experiment")
     parser.add_argument("--passes", action="store_true", help="block matching repeated with its own estimate as pilot")
+    parser.add_argument(
+        "--gate", action="store_true", help="block matching against the DCT filter by noise correlation"
+    )
     parser.add_argument("--row", default="nsn2n", help="--filters/--matched on this row's cached network output")
     args = parser.parse_args(argv)
     seeds = tuple(int(s) for s in args.seeds.split(","))
+    if args.gate:
+        run_gate(args.cases.split(","), seeds)
+        print(gate_table())
+        return 0
     if args.passes:
         run_passes(args.cases.split(","), seeds)
         print(passes_table())

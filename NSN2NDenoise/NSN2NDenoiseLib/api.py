@@ -306,7 +306,7 @@ def denoise(
 
         t0 = time.perf_counter()
         n = arr.shape[axis]
-        wiener_rows = row_count(n, cfg.inference.wiener) if cfg.inference.wiener != "off" else 0
+        wiener_rows = row_count(n, cfg.inference.wiener, lag1) if cfg.inference.wiener != "off" else 0
         total = sum(arr.shape[a] for a in axes) + (n if fusion else 0) + wiener_rows
         denoised = _predict_along(net, arr, imap, source, axis, axes, cfg, device, bf16, progress, is_cancelled, total)
         if neighbour_net is not None:

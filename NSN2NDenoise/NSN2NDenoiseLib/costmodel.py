@@ -27,7 +27,8 @@ INFERENCE_S_PER_VOXEL_FP32 = 2.85e-7
 WIENER_S_PER_VOXEL = {"filters": 4.8e-7, "matched": 1.6e-6}
 """Seconds per voxel of the Wiener stage by ``inference.wiener`` (on the CPU whatever the network's device), with
 2 threads at 512x512x300: 37.2 s for the DCT filter (benchmarks/results/scale_300_wiener), 125.6 s for block
-matching (benchmarks/results/scale_300_matched)."""
+matching (benchmarks/results/scale_300_matched). 'matched' is counted as block matching even where strongly
+correlated noise makes it run the cheaper DCT filter (known only once the run has measured the noise)."""
 GPU_SPEEDUP = 20.0
 """A CUDA GPU taken as this many times faster than the 2-core CPU, phase by phase: a conservative guess, not a
 measurement (no GPU was available to measure it)."""

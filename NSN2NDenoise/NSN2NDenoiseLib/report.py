@@ -56,7 +56,9 @@ class RunReport:
     wiener: dict[str, Any] = field(default_factory=dict)
     """The Wiener stage (``inference.wiener``): applied (bool); where applied, noise_class ('white' or
     'correlated'), filters (each its block in voxels, slice axis first, step in voxels, and factor on the residual's
-    spectrum), share (the filters' estimates' weight in the output) and residual_rms (input units); else reason
+    spectrum), share (the filters' estimates' weight in the output) and residual_rms (input units), and where
+    another kind ran than the one asked for (the DCT filter for block matching, where the in-plane noise is strongly
+    correlated) requested and reason; else reason
     (docs/METHOD.md section 5)."""
     peak_gpu_mb: float | None = None
     """Peak GPU memory allocated by PyTorch during the run, in MiB (None on the CPU)."""

@@ -46,6 +46,13 @@ PASSES = (WienerPass(block=8, step=3, factors={"white": 2.0, "correlated": 4.0})
 """The filters of ``inference.wiener = 'filters'``; the output is the mean of the network's output and each
 filter's estimate. One filter of 8-voxel blocks: a second one of 4-voxel blocks won on the tuning set but lost on
 the reporting set's MRI (RESULTS.md, "The Wiener stage's first version"), so it was not kept."""
+MATCHED_MAX_LAG1 = 0.75
+"""Block matching ('matched') runs where the in-plane noise's lag-1 correlation is at most this along rows and
+columns; above it the stage runs the DCT filter of 'filters' instead. 4-voxel blocks cannot tell noise correlated
+over several voxels from anatomy: on CT with in-plane correlated noise of lag 0.88 block matching lowered SSIM
+below the network's own (tuning set -0.006 against the DCT filter, reporting set -0.021), while at lag 0.65 it was
+still 0.34 dB ahead (RESULTS.md, "Adopted: the DCT filter instead of block matching where the in-plane noise is
+strongly correlated")."""
 ROWS_PER_CHUNK = 32
 """Block rows (along J) transformed at once: bounds the memory of one pass (about 300 MB at 512x512)."""
 
@@ -259,9 +266,19 @@ def noise_class(lag1: tuple[float, float] | None) -> str:
     return "correlated"
 
 
-def row_count(n_slices: int, kind: str) -> int:
-    """Block rows of the stage ``kind`` ('filters': every filter of :data:`PASSES`; 'matched': the block-matched filter)
-    along a slice axis of ``n_slices`` (the stage's progress steps)."""
+def stage_kind(kind: str, lag1: tuple[float, float] | None) -> str:
+    """The stage that ``inference.wiener = kind`` runs for noise of in-plane lag-1 correlation ``lag1`` (rows,
+    columns; None: not measured): 'matched' becomes 'filters' where ``lag1`` exceeds :data:`MATCHED_MAX_LAG1`."""
+    if kind == "matched" and lag1 is not None and max(abs(v) for v in lag1) > MATCHED_MAX_LAG1:
+        return "filters"
+    return kind
+
+
+def row_count(n_slices: int, kind: str, lag1: tuple[float, float] | None = None) -> int:
+    """Block rows of the stage ``kind`` ('filters': every filter of :data:`PASSES`; 'matched': the block-matched filter,
+    or the filters where :func:`stage_kind` says so for ``lag1``) along a slice axis of ``n_slices`` (the stage's
+    progress steps)."""
+    kind = stage_kind(kind, lag1)
     if kind == "matched":
         from . import block_matching  # it builds on this module
 
@@ -282,6 +299,8 @@ def apply_wiener(
 
     - ``kind`` = 'matched' (the default's): the block-matched Wiener estimate of ``noisy`` with it as the pilot
       (:mod:`.block_matching`), the noise variance being the residual's spectrum for its block times its factor;
+      where the in-plane noise is strongly correlated (``lag1`` above :data:`MATCHED_MAX_LAG1`), 'filters' instead,
+      the entry then saying so (``requested`` and ``reason``);
     - ``kind`` = 'filters': the mean of itself and the Wiener estimates of every filter of :data:`PASSES`, the
       noise variance of each being the residual's spectrum (for its block) times its factor for the noise class of
       ``lag1``.
@@ -291,6 +310,16 @@ def apply_wiener(
     for 8-voxel blocks, before any factor)."""
     cls = noise_class(lag1)
     rms = float(np.sqrt(residual_spectrum(noisy, denoised, 8).mean()))
+    ran = stage_kind(kind, lag1)
+    instead = {}
+    if ran != kind:
+        shown = ", ".join(f"{v:.2f}" for v in lag1)  # type: ignore[union-attr]
+        instead = {
+            "requested": kind,
+            "reason": f"in-plane noise strongly correlated (lag-1 correlation {shown} > {MATCHED_MAX_LAG1}): "
+            "4-voxel blocks cannot tell it from anatomy, so the DCT filter of 8-voxel blocks ran instead",
+        }
+    kind = ran
     if kind == "matched":
         from . import block_matching  # it builds on this module
 
@@ -328,4 +357,5 @@ def apply_wiener(
         ],
         "share": share,
         "residual_rms": rms,
+        **instead,
     }
