@@ -17,7 +17,7 @@ if importlib.util.find_spec("benchmarks") is None:
 
 from conftest import require  # noqa: E402
 
-from benchmarks import data, datasets, multi_axis, protocol, wiener_grid  # noqa: E402
+from benchmarks import data, datasets, metrics, multi_axis, protocol, wiener_grid  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -509,6 +509,20 @@ def test_the_passes_table_gives_each_sequence_and_pairs_it_with_the_one_before(t
         "0.9700 | +0.40 ± 0.14 / 0.9400 | +0.20 ± 0.00 / 0.9200 | +0.00 ± 0.14 | -0.30 ± 0.14 | -0.20 ± 0.14 |"
     )
     assert wiener_grid.passes_table(tmp_path / "absent") == ""
+
+
+def test_an_experiment_entry_is_stored_with_its_command_time_and_machine_and_written_at_once(tmp_path, monkeypatch):
+    logged = []
+    monkeypatch.setattr(protocol, "log", logged.append)
+    out = tmp_path / "wiener_x.json"
+    stored = {"a/seed1": {"case": "a"}}
+    wiener_grid._record(stored, out, "b/seed2", {"case": "b", "gain_db": 0.5}, "b seed 2: +0.5")
+    on_disk = json.loads(out.read_text())
+    assert on_disk == stored and list(on_disk) == ["a/seed1", "b/seed2"] and logged == ["b seed 2: +0.5"]
+    entry = on_disk["b/seed2"]
+    assert list(entry)[:2] == ["case", "gain_db"] and entry["gain_db"] == 0.5
+    assert entry["command"] == protocol._command() and entry["machine"] == metrics.machine()
+    assert len(entry["when"]) == len("2026-11-30 14:00")
 
 
 def test_the_gate_table_orders_cases_by_their_noise_correlation_and_pairs_matching_with_the_filter(tmp_path):

@@ -62,6 +62,19 @@ GRIDS = {
 """Factor x share tried for each noise class (the tuning set's MRI is white, its CT correlated in-plane)."""
 
 
+def _record(stored: dict, out: Path, key: str, entry: dict, message: str) -> None:
+    """Store one experiment's ``entry`` under ``key`` with the command, time and machine, log ``message`` and rewrite
+    the experiment's result file ``out`` (after every case and seed, so an interrupted run keeps what it did)."""
+    stored[key] = {
+        **entry,
+        "command": protocol._command(),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": metrics.machine(),
+    }
+    protocol.log(message)
+    out.write_text(json.dumps(stored, indent=1, default=float))
+
+
 def cache_path(case: str, seed: int, row: str = "nsn2n") -> Path:
     """Where the network's output (before the Wiener stage) of the protocol's ``row`` on ``case`` at ``seed`` is
     cached, its info beside it (``.json``); the default's output has no row in its name."""
@@ -121,7 +134,7 @@ def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False) -> di
             extra = {"bm4d_pilot_true_sigma_gain_db": bm4d_with_pilot(ds, pilot)} if with_bm4d else {}
             if "bm4d_pilot_true_sigma_gain_db" in previous and not with_bm4d:
                 extra["bm4d_pilot_true_sigma_gain_db"] = previous["bm4d_pilot_true_sigma_gain_db"]
-            stored[f"{case}/seed{seed}"] = {
+            entry = {
                 **extra,
                 "case": case,
                 "seed": seed,
@@ -129,13 +142,10 @@ def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False) -> di
                 "inplane_noise_lag1": list(lag1),
                 "network_psnr": base,
                 "gain_db": grid,
-                "command": protocol._command(),
-                "when": time.strftime("%Y-%m-%d %H:%M"),
-                "machine": metrics.machine(),
             }
             first = grid[f"{FIRST_CHOICE[cls]:g}|{FIRST_SHARE:g}"]
-            protocol.log(f"{case} seed {seed}: network {base:.2f} dB, the first version's stage {first:+.3f}")
-            OUT.write_text(json.dumps(stored, indent=1, default=float))
+            message = f"{case} seed {seed}: network {base:.2f} dB, the first version's stage {first:+.3f}"
+            _record(stored, OUT, f"{case}/seed{seed}", entry, message)
     return stored
 
 
@@ -238,7 +248,8 @@ def run_filters(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
             )
             report = {"filters": TWO_FILTERS[cls], "share": 2 / 3}
             seconds = time.perf_counter() - t0
-            stored[f"{case}/seed{seed}" + ("" if row == "nsn2n" else f"/{row}")] = {
+            key = f"{case}/seed{seed}" + ("" if row == "nsn2n" else f"/{row}")
+            entry = {
                 "case": case,
                 "seed": seed,
                 "row": row,
@@ -250,12 +261,9 @@ def run_filters(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
                 "pair_network_weight": weights,
                 "pair_plus_6_quarters": with_6,
                 "engine": {**report, "gain_db": score(engine) - base, "seconds": seconds},
-                "command": protocol._command(),
-                "when": time.strftime("%Y-%m-%d %H:%M"),
-                "machine": metrics.machine(),
             }
-            protocol.log(f"{case} seed {seed}: network {base:.2f} dB, the two filters {score(engine) - base:+.3f}")
-            OUT_FILTERS.write_text(json.dumps(stored, indent=1, default=float))
+            message = f"{case} seed {seed}: network {base:.2f} dB, the two filters {score(engine) - base:+.3f}"
+            _record(stored, OUT_FILTERS, key, entry, message)
     return stored
 
 
@@ -365,7 +373,8 @@ def run_matched(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
                 t0 = time.perf_counter()
                 report = wiener.apply_wiener(noisy, out, lag1, kind)
                 engine[kind] = {**report, "gain_db": score(out) - base, "seconds": time.perf_counter() - t0}
-            stored[f"{case}/seed{seed}" + ("" if row == "nsn2n" else f"/{row}")] = {
+            key = f"{case}/seed{seed}" + ("" if row == "nsn2n" else f"/{row}")
+            entry = {
                 "case": case,
                 "seed": seed,
                 "row": row,
@@ -373,15 +382,12 @@ def run_matched(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
                 "network_psnr": base,
                 "variants": variants,
                 "engine": engine,
-                "command": protocol._command(),
-                "when": time.strftime("%Y-%m-%d %H:%M"),
-                "machine": metrics.machine(),
             }
-            protocol.log(
+            message = (
                 f"{case} seed {seed}: network {base:.2f} dB, matched {engine['matched']['gain_db']:+.3f}, "
                 f"filters {engine['filters']['gain_db']:+.3f}"
             )
-            OUT_MATCHED.write_text(json.dumps(stored, indent=1, default=float))
+            _record(stored, OUT_MATCHED, key, entry, message)
     return stored
 
 
@@ -470,19 +476,16 @@ def run_passes(cases: list[str], seeds: tuple[int, ...]) -> dict:
                     estimates[key] = est
                     psnr, ssim = quality(est)
                     sequences[">".join(f"{k:g}" for k in key)] = {"gain_db": psnr - base, "ssim": ssim}
-            stored[f"{case}/seed{seed}"] = {
+            entry = {
                 "case": case,
                 "seed": seed,
                 "noise_class": wiener.noise_class(tuple(info["inplane_noise_lag1"])),
                 "network_psnr": base,
                 "network_ssim": base_ssim,
                 "sequences": sequences,
-                "command": protocol._command(),
-                "when": time.strftime("%Y-%m-%d %H:%M"),
-                "machine": metrics.machine(),
             }
-            protocol.log(f"{case} seed {seed}: " + ", ".join(f"{k} {v['gain_db']:+.3f}" for k, v in sequences.items()))
-            OUT_PASSES.write_text(json.dumps(stored, indent=1, default=float))
+            message = f"{case} seed {seed}: " + ", ".join(f"{k} {v['gain_db']:+.3f}" for k, v in sequences.items())
+            _record(stored, OUT_PASSES, f"{case}/seed{seed}", entry, message)
     return stored
 
 
@@ -554,7 +557,7 @@ def run_gate(cases: list[str], seeds: tuple[int, ...]) -> dict:
             block_matching.matched_into(noisy, matched, block_matching.MATCHED.factor * spectrum)
             filtered = f.copy()
             wiener.apply_wiener(noisy, filtered, lag1, "filters")
-            stored[f"{case}/seed{seed}"] = {
+            entry = {
                 "case": case,
                 "seed": seed,
                 "inplane_noise_lag1": list(lag1),
@@ -562,16 +565,13 @@ def run_gate(cases: list[str], seeds: tuple[int, ...]) -> dict:
                 "matched": quality(matched),
                 "filters": quality(filtered),
                 "engine_runs": wiener.stage_kind("matched", lag1),
-                "command": protocol._command(),
-                "when": time.strftime("%Y-%m-%d %H:%M"),
-                "machine": metrics.machine(),
             }
-            m, fl = stored[f"{case}/seed{seed}"]["matched"], stored[f"{case}/seed{seed}"]["filters"]
-            protocol.log(
+            m, fl = entry["matched"], entry["filters"]
+            message = (
                 f"{case} seed {seed}: lag1 {max(abs(v) for v in lag1):.2f}, matched - filters "
                 f"{m['psnr'] - fl['psnr']:+.3f} dB, SSIM {m['ssim'] - fl['ssim']:+.4f}"
             )
-            OUT_GATE.write_text(json.dumps(stored, indent=1, default=float))
+            _record(stored, OUT_GATE, f"{case}/seed{seed}", entry, message)
     return stored
 
 
