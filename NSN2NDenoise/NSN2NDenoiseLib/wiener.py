@@ -51,8 +51,8 @@ MATCHED_MAX_LAG1 = 0.75
 columns; above it the stage runs the DCT filter of 'filters' instead. 4-voxel blocks cannot tell noise correlated
 over several voxels from anatomy: on CT with in-plane correlated noise of lag 0.88 block matching's SSIM fell
 below the DCT filter's (tuning set -0.006, reporting set -0.021, there below the network's own), while at lag 0.65
-it was still 0.34 dB ahead with SSIM level (RESULTS.md, "Adopted: the DCT filter instead of block matching where the in-plane noise is
-strongly correlated")."""
+it was still 0.34 dB ahead with SSIM level (RESULTS.md, "Adopted: the DCT filter instead of block matching where
+the in-plane noise is strongly correlated")."""
 ROWS_PER_CHUNK = 32
 """Block rows (along J) transformed at once: bounds the memory of one pass (about 300 MB at 512x512)."""
 
