@@ -46,6 +46,7 @@ TUNING_CASES = (
     "mnitune_rician10",
     "cttune_inplane30",
     "cttune_inplane30narrow",
+    "cttune_gauss30",
 )
 REPORTING_CASES = (
     "ct_ld_2.5e5",
