@@ -56,6 +56,15 @@ def smooth_noisy_volume(seed: int = 0, dtype=np.float32) -> np.ndarray:
     return (clean + rng.normal(0.0, 10.0, clean.shape)).astype(dtype)
 
 
+def smooth_volume(shape, seed=0):
+    """A smooth volume of ``shape`` (K, J, I) with an edge along I, float32, and the random generator of ``seed``
+    for the noise a test adds (the Wiener stage's and block matching's tests)."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    clean = 100 * np.sin(3 * k + 2 * j) + 80 * (i > 0.5) + 40 * np.cos(5 * j * i)
+    return clean.astype(np.float32), rng
+
+
 MISSING = "missing: "
 """Prefix of every skip reason that means "a package the tests need is not installed"."""
 STRICT_ENV = "NSN2N_STRICT_SKIPS"

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.fft
 import torch
+from conftest import smooth_volume
 
 from NSN2NDenoiseLib import block_matching as bm
 from NSN2NDenoiseLib.errors import CancelledError
@@ -79,13 +80,6 @@ def reference_matched(noisy, pilot, variance, f):
                     den[sl] += weight
     out = num / den
     return out[:, pads[0][0] : pads[0][0] + n_j, pads[1][0] : pads[1][0] + n_i]
-
-
-def smooth_volume(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    k, j, i = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
-    clean = 100 * np.sin(3 * k + 2 * j) + 80 * (i > 0.5) + 40 * np.cos(5 * j * i)
-    return clean.astype(np.float32), rng
 
 
 def test_the_haar_matrix_is_orthonormal_with_the_mean_first():

@@ -6,10 +6,20 @@ import pytest
 import scipy.fft
 import torch
 import torch.nn.functional as F
+from conftest import smooth_volume
 
 from NSN2NDenoiseLib import denoise, make_config, wiener
 from NSN2NDenoiseLib.errors import CancelledError
 from NSN2NDenoiseLib.inference import WHITE_LAG1
+
+
+def noisy_and_pilot(shape):
+    """(noisy, pilot) of a smooth volume of ``shape``: the input with Gaussian noise of 15 units and a pilot within 3
+    units of the clean volume, float32."""
+    clean, rng = smooth_volume(shape)
+    noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
+    pilot = clean + rng.normal(0, 3, clean.shape).astype(np.float32)
+    return noisy, pilot
 
 
 def reference_wiener(noisy, pilot, variance, share=1.0, block=8, s=3):
@@ -37,13 +47,6 @@ def reference_wiener(noisy, pilot, variance, share=1.0, block=8, s=3):
                 den[blk] += weight
     est = (num / den)[:, pads[0][0] : pads[0][0] + noisy.shape[1], pads[1][0] : pads[1][0] + noisy.shape[2]]
     return pilot + share * (est - pilot)
-
-
-def smooth_volume(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    k, j, i = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
-    clean = 100 * np.sin(3 * k + 2 * j) + 80 * (i > 0.5) + 40 * np.cos(5 * j * i)
-    return clean.astype(np.float32), rng
 
 
 def test_the_dct_matrix_is_orthonormal_and_is_scipys_dct():
@@ -287,9 +290,7 @@ def test_the_noise_class_follows_the_in_plane_lag1_gate():
 
 @pytest.mark.parametrize("lag1, cls", [((0.02, 0.05), "white"), ((0.33, 0.31), "correlated")])
 def test_apply_wiener_filters_scales_the_residual_spectrum_by_its_class_and_takes_the_mean_with_the_pilot(lag1, cls):
-    clean, rng = smooth_volume((12, 24, 6))
-    noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
-    pilot = clean + rng.normal(0, 3, clean.shape).astype(np.float32)
+    noisy, pilot = noisy_and_pilot((12, 24, 6))
     out = pilot.copy()
     info = wiener.apply_wiener(noisy, out, lag1, "filters")
     s8 = wiener.residual_spectrum(noisy, pilot, 8)
@@ -314,9 +315,7 @@ def test_apply_wiener_filters_scales_the_residual_spectrum_by_its_class_and_take
 def test_apply_wiener_matched_is_the_block_matched_estimate_with_the_4_voxel_spectrum_times_its_factor(lag1, cls):
     from NSN2NDenoiseLib import block_matching
 
-    clean, rng = smooth_volume((9, 20, 18))
-    noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
-    pilot = clean + rng.normal(0, 3, clean.shape).astype(np.float32)
+    noisy, pilot = noisy_and_pilot((9, 20, 18))
     out = pilot.copy()
     info = wiener.apply_wiener(noisy, out, lag1, "matched")
     expected = pilot.copy()
@@ -343,9 +342,7 @@ def test_block_matching_gives_way_to_the_dct_filter_where_the_in_plane_noise_is_
     assert wiener.stage_kind("filters", (0.9, 0.9)) == "filters" and wiener.stage_kind("off", (0.9, 0.9)) == "off"
     assert wiener.row_count(20, "matched", (0.8, 0.0)) == wiener.row_count(20, "filters") == 5
     assert wiener.row_count(20, "matched", (0.7, 0.0)) == wiener.row_count(20, "matched") == 7
-    clean, rng = smooth_volume((9, 20, 18))
-    noisy = clean + rng.normal(0, 15, clean.shape).astype(np.float32)
-    pilot = clean + rng.normal(0, 3, clean.shape).astype(np.float32)
+    noisy, pilot = noisy_and_pilot((9, 20, 18))
     lag1 = (0.81, 0.78)
     out, expected = pilot.copy(), pilot.copy()
     steps = []

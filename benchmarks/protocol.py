@@ -379,15 +379,13 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
     also gives the network's output alone (stored as ``nsn2n_nowiener``) and, where three axes were used, its
     slice-axis pass (``nsn2n_slice``)."""
     from NSN2NDenoiseLib import denoise
-    from NSN2NDenoiseLib.residual_check import residual_structure
-    from NSN2NDenoiseLib.wiener import apply_wiener
 
     cfg = nsn2n_config(row, seed)
     wiener = cfg.inference.wiener != "off"
     run_cfg = cfg.replace(inference=NO_WIENER) if wiener else cfg
     reused = _reused_network(ds, seed, row) if wiener and REUSE_ROOT is not None else None
     if reused is not None:
-        return _wiener_on_reused(ds, cfg, run_cfg, *reused)
+        return _wiener_on_reused(ds, cfg, *reused)
     out, report, state = denoise(ds.noisy, spacing=ds.spacing, config=run_cfg, return_model=True)
     r = report.to_dict()
     keep = (
@@ -411,18 +409,9 @@ def _nsn2n(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarray, dict]
     if wiener:
         network_only = out.copy()
         _cache_network_output(ds, seed, row, network_only, {k: v for k, v in info.items() if k != "config"})
-        axis = r["slice_axis"]
-        t0 = time.perf_counter()
-        info["wiener"] = apply_wiener(
-            np.moveaxis(ds.noisy, axis, 0),
-            np.moveaxis(out, axis, 0),
-            tuple(r["inplane_noise_lag1"]),
-            cfg.inference.wiener,
-        )
-        info["phase_seconds"] = {**info["phase_seconds"], "wiener": time.perf_counter() - t0}
+        info["wiener"], seconds, info["residual_check"] = _wiener_stage(ds, out, r, cfg.inference.wiener)
+        info["phase_seconds"] = {**info["phase_seconds"], "wiener": seconds}
         info["config"] = cfg.to_dict()
-        check = residual_structure(np.moveaxis(ds.noisy, axis, 0), np.moveaxis(out, axis, 0))
-        info["residual_check"] = check.score
         note = {
             "derived_from": "the nsn2n run of this seed (same training; the network's output before the Wiener stage)",
             "seconds": sum(v for k, v in r["phase_seconds"].items() if k != "residual_check"),
@@ -469,24 +458,27 @@ def _reused_network(ds: datasets.Dataset, seed: int, row: str) -> tuple[np.ndarr
     return out, json.loads(path.with_suffix(".json").read_text()), stored
 
 
-def _wiener_on_reused(ds, cfg, run_cfg, out: np.ndarray, cached: dict, stored: dict) -> tuple[np.ndarray, dict]:
-    """A row with the Wiener stage from its training's cached network output: the stage and the method-noise check
-    as in :func:`_nsn2n`; the time is the stored training's plus the stage's."""
+def _wiener_stage(ds: datasets.Dataset, out: np.ndarray, run: dict, kind: str) -> tuple[dict, float, float]:
+    """The engine's Wiener stage ``kind`` on ``out`` (the network's output, changed in place) with the slice axis and
+    in-plane noise correlation of ``run`` (a run's report or its cached info), as ``denoise`` runs it, then the
+    method-noise check: the stage's report entry, its seconds and the check's score."""
     from NSN2NDenoiseLib.residual_check import residual_structure
     from NSN2NDenoiseLib.wiener import apply_wiener
 
-    axis = cached["slice_axis"]
-    info = {**cached}
+    axis = run["slice_axis"]
+    noisy, denoised = np.moveaxis(ds.noisy, axis, 0), np.moveaxis(out, axis, 0)
     t0 = time.perf_counter()
-    info["wiener"] = apply_wiener(
-        np.moveaxis(ds.noisy, axis, 0),
-        np.moveaxis(out, axis, 0),
-        tuple(cached["inplane_noise_lag1"]),
-        cfg.inference.wiener,
-    )
+    entry = apply_wiener(noisy, denoised, tuple(run["inplane_noise_lag1"]), kind)
     seconds = time.perf_counter() - t0
+    return entry, seconds, residual_structure(noisy, denoised).score
+
+
+def _wiener_on_reused(ds, cfg, out: np.ndarray, cached: dict, stored: dict) -> tuple[np.ndarray, dict]:
+    """A row with the Wiener stage from its training's cached network output: the stage and the method-noise check
+    as in :func:`_nsn2n`; the time is the stored training's plus the stage's."""
+    info = {**cached}
+    info["wiener"], seconds, info["residual_check"] = _wiener_stage(ds, out, cached, cfg.inference.wiener)
     info["phase_seconds"] = {**cached["phase_seconds"], "wiener": seconds}
-    info["residual_check"] = residual_structure(np.moveaxis(ds.noisy, axis, 0), np.moveaxis(out, axis, 0)).score
     info["config"] = cfg.to_dict()
     info["network_reused"] = {
         "network_alone": stored["method"],

@@ -33,11 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import metrics, protocol
+from . import datasets, metrics, protocol
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "wiener"
 OUT = protocol.RESULTS_DIR / "wiener_grid.json"
@@ -60,6 +61,45 @@ GRIDS = {
     "correlated": {"factor": (1.0, 2.0, 4.0, 6.0), "share": (0.3, 0.5, 0.7, 1.0)},
 }
 """Factor x share tried for each noise class (the tuning set's MRI is white, its CT correlated in-plane)."""
+
+
+@dataclass(frozen=True)
+class _Case:
+    """One case and seed of an experiment: its dataset, the network's output and that run's info; ``noisy`` and
+    ``pilot`` have the slice axis first, as the Wiener stage takes them, and are scored back in the dataset's order."""
+
+    ds: datasets.Dataset
+    info: dict
+    noisy: np.ndarray
+    pilot: np.ndarray
+
+    @property
+    def lag1(self) -> tuple[float, float]:
+        return tuple(self.info["inplane_noise_lag1"])  # type: ignore[return-value]
+
+    def psnr(self, v: np.ndarray) -> float:
+        """PSNR (dB) of ``v`` (slice axis first) against the clean volume, in the head mask."""
+        ds = self.ds
+        return metrics.psnr(ds.clean, np.moveaxis(v, 0, self.info["slice_axis"]), ds.mask, ds.data_range)
+
+    def ssim(self, v: np.ndarray) -> float:
+        """3D SSIM of ``v`` (slice axis first) against the clean volume, in the head mask."""
+        ds = self.ds
+        return metrics.ssim(ds.clean, np.moveaxis(v, 0, self.info["slice_axis"]), ds.mask, ds.data_range)[0]
+
+    def check_stored_network(self, case: str, seed: int) -> None:
+        """Raise unless the cached network output scores as the stored ``nsn2n_nowiener`` result (where stored)."""
+        alone = protocol._load(protocol.result_path(case, seed, "nsn2n_nowiener"))
+        if alone is not None and abs(alone["quality"]["psnr"] - self.psnr(self.pilot)) > 1e-9:
+            raise RuntimeError(f"{case} seed {seed}: the cached network output is not the stored nsn2n_nowiener")
+
+
+def _case(case: str, seed: int, row: str = "nsn2n") -> _Case:
+    """The dataset of ``case`` at ``seed`` and the network's output of ``row`` on it (:func:`network_output`)."""
+    ds = protocol._build(case, seed)
+    pilot, info = network_output(case, seed, ds, row)
+    axis = info["slice_axis"]
+    return _Case(ds, info, np.moveaxis(ds.noisy, axis, 0), np.moveaxis(pilot, axis, 0))
 
 
 def _record(stored: dict, out: Path, key: str, entry: dict, message: str) -> None:
@@ -207,17 +247,9 @@ def run_filters(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
     stored = json.loads(OUT_FILTERS.read_text()) if OUT_FILTERS.is_file() else {}
     for case in cases:
         for seed in seeds:
-            ds = protocol._build(case, seed)
-            pilot, info = network_output(case, seed, ds, row)
-            lag1 = tuple(info["inplane_noise_lag1"])
+            c = _case(case, seed, row)
+            lag1, noisy, f, score = c.lag1, c.noisy, c.pilot, c.psnr
             cls = wiener.noise_class(lag1)
-            axis = info["slice_axis"]
-            noisy = np.moveaxis(ds.noisy, axis, 0)
-            f = np.moveaxis(pilot, axis, 0)
-
-            def score(v, ds=ds, axis=axis):
-                return metrics.psnr(ds.clean, np.moveaxis(v, 0, axis), ds.mask, ds.data_range)
-
             base = score(f)
             est: dict[tuple[int, float], np.ndarray] = {}
             single = {}
@@ -343,16 +375,8 @@ def run_matched(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
     stored = json.loads(OUT_MATCHED.read_text()) if OUT_MATCHED.is_file() else {}
     for case in cases:
         for seed in seeds:
-            ds = protocol._build(case, seed)
-            pilot, info = network_output(case, seed, ds, row)
-            lag1 = tuple(info["inplane_noise_lag1"])
-            axis = info["slice_axis"]
-            noisy = np.moveaxis(ds.noisy, axis, 0)
-            f = np.moveaxis(pilot, axis, 0)
-
-            def score(v, ds=ds, axis=axis):
-                return metrics.psnr(ds.clean, np.moveaxis(v, 0, axis), ds.mask, ds.data_range)
-
+            c = _case(case, seed, row)
+            lag1, noisy, f, score = c.lag1, c.noisy, c.pilot, c.psnr
             base = score(f)
             variants = {}
             for name, change in MATCHED_VARIANTS.items():
@@ -448,21 +472,11 @@ def run_passes(cases: list[str], seeds: tuple[int, ...]) -> dict:
     f = block_matching.MATCHED
     for case in cases:
         for seed in seeds:
-            ds = protocol._build(case, seed)
-            pilot, info = network_output(case, seed, ds)
-            axis = info["slice_axis"]
-            noisy = np.moveaxis(ds.noisy, axis, 0)
-
-            def quality(v, ds=ds, axis=axis):
-                out = np.moveaxis(v, 0, axis)
-                ssim = metrics.ssim(ds.clean, out, ds.mask, ds.data_range)[0]
-                return metrics.psnr(ds.clean, out, ds.mask, ds.data_range), ssim
-
-            base, base_ssim = quality(np.moveaxis(pilot, axis, 0))
-            alone = protocol._load(protocol.result_path(case, seed, "nsn2n_nowiener"))
-            if alone is not None and abs(alone["quality"]["psnr"] - base) > 1e-9:
-                raise RuntimeError(f"{case} seed {seed}: the cached network output is not the stored nsn2n_nowiener")
-            estimates: dict[tuple[float, ...], np.ndarray] = {(): np.moveaxis(pilot, axis, 0)}
+            c = _case(case, seed)
+            c.check_stored_network(case, seed)
+            noisy = c.noisy
+            base, base_ssim = c.psnr(c.pilot), c.ssim(c.pilot)
+            estimates: dict[tuple[float, ...], np.ndarray] = {(): c.pilot}
             sequences = {}
             for sequence in PASS_SEQUENCES:
                 for n in range(1, len(sequence) + 1):
@@ -474,12 +488,11 @@ def run_passes(cases: list[str], seeds: tuple[int, ...]) -> dict:
                     spectrum = wiener.residual_spectrum(noisy, previous, f.block)
                     block_matching.matched_into(noisy, est, key[-1] * spectrum)
                     estimates[key] = est
-                    psnr, ssim = quality(est)
-                    sequences[">".join(f"{k:g}" for k in key)] = {"gain_db": psnr - base, "ssim": ssim}
+                    sequences[">".join(f"{k:g}" for k in key)] = {"gain_db": c.psnr(est) - base, "ssim": c.ssim(est)}
             entry = {
                 "case": case,
                 "seed": seed,
-                "noise_class": wiener.noise_class(tuple(info["inplane_noise_lag1"])),
+                "noise_class": wiener.noise_class(c.lag1),
                 "network_psnr": base,
                 "network_ssim": base_ssim,
                 "sequences": sequences,
@@ -534,24 +547,14 @@ def run_gate(cases: list[str], seeds: tuple[int, ...]) -> dict:
     stored = json.loads(OUT_GATE.read_text()) if OUT_GATE.is_file() else {}
     for case in cases:
         for seed in seeds:
-            ds = protocol._build(case, seed)
-            pilot, info = network_output(case, seed, ds)
-            axis = info["slice_axis"]
-            lag1 = tuple(info["inplane_noise_lag1"])
-            noisy = np.moveaxis(ds.noisy, axis, 0)
-            f = np.moveaxis(pilot, axis, 0)
+            c = _case(case, seed)
+            c.check_stored_network(case, seed)
+            lag1, noisy, f = c.lag1, c.noisy, c.pilot
 
-            def quality(v, ds=ds, axis=axis):
-                out = np.moveaxis(v, 0, axis)
-                return {
-                    "psnr": metrics.psnr(ds.clean, out, ds.mask, ds.data_range),
-                    "ssim": metrics.ssim(ds.clean, out, ds.mask, ds.data_range)[0],
-                }
+            def quality(v, c=c):
+                return {"psnr": c.psnr(v), "ssim": c.ssim(v)}
 
             network = quality(f)
-            alone = protocol._load(protocol.result_path(case, seed, "nsn2n_nowiener"))
-            if alone is not None and abs(alone["quality"]["psnr"] - network["psnr"]) > 1e-9:
-                raise RuntimeError(f"{case} seed {seed}: the cached network output is not the stored nsn2n_nowiener")
             matched = f.copy()
             spectrum = wiener.residual_spectrum(noisy, f, block_matching.MATCHED.block)
             block_matching.matched_into(noisy, matched, block_matching.MATCHED.factor * spectrum)
