@@ -117,6 +117,8 @@ def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them
     assert protocol.run_params("nsn2n_fast", {})["wiener_filters"] == filters["wiener_filters"]
     assert protocol.run_params("nsn2n_fast_matched", {})["wiener_filters"] == default["wiener_filters"]
     assert "wiener_filters" not in protocol.run_params("nsn2n_nowiener", {})
+    assert protocol.run_params("supervised_wiener", {})["wiener_filters"] == default["wiener_filters"]
+    assert "wiener_filters" not in protocol.run_params("supervised", {})
     monkeypatch.setattr(wiener, "PASSES", (*wiener.PASSES, wiener.WienerPass(4, 2, {"white": 2.0, "correlated": 4.0})))
     assert protocol.run_params("nsn2n_filters", {}) != filters and protocol.run_params("nsn2n", {}) == default
     assert default["matched_max_lag1"] == wiener.MATCHED_MAX_LAG1 and "matched_max_lag1" not in filters
@@ -148,6 +150,7 @@ def test_the_table_and_targets_come_from_the_stored_files_only(tmp_path):
         store("nlm_true", seed, 36 + jitter)
         store("bm4d_swept", seed, 38 + jitter)
         store("nsn2n", seed, 37 + jitter)
+        store("supervised_wiener", seed, 38.5 + jitter)
     table = protocol.case_table("ctbrain_ld_1e5", (1, 2, 3), tmp_path)
     assert "| **NSN2N default** | 37.00 ± 0.10 |" in table
     assert table.index("noisy input") < table.index("BM4D, swept") < table.index("NSN2N default")
@@ -155,6 +158,7 @@ def test_the_table_and_targets_come_from_the_stored_files_only(tmp_path):
     assert t["default_minus_nlm_true"] == pytest.approx(1.0)
     assert t["default_minus_bm4d_swept"] == pytest.approx(-1.0)
     assert t["seeds"] == 3 and t["bone_below_noisy"] is False
+    assert t["ceiling_wiener_minus_bm4d_swept"] == pytest.approx(0.5) and "ceiling_minus_bm4d_swept" not in t
     assert protocol.targets("colin_rician5", (1, 2, 3), tmp_path) is None  # nothing stored
 
 
@@ -196,6 +200,8 @@ def test_the_headline_row_shows_the_best_user_run_baseline_and_the_gap_to_swept_
             path.write_text(json.dumps({"method": method, "quality": {"psnr": psnr + seed / 10}}))
         path = protocol.result_path("ctbrain_ld_1e5", seed, "nsn2n", tmp_path)
         path.write_text(json.dumps({"method": "nsn2n", "quality": {"psnr": 38.0 + seed / 10}}))
+        path = protocol.result_path("ctbrain_ld_1e5", seed, "supervised_wiener", tmp_path)
+        path.write_text(json.dumps({"method": "supervised_wiener", "quality": {"psnr": 38.5 + seed / 10}}))
         ma = protocol.result_path("mnitune_rician10", seed, "multi_axis", tmp_path)
         ma.parent.mkdir(parents=True, exist_ok=True)
         psnr = {"k_only (default)": 29.0, "j_only": 28.8, "i_only": 28.9, "mean_kji": 29.8 + seed / 10}
@@ -203,6 +209,7 @@ def test_the_headline_row_shows_the_best_user_run_baseline_and_the_gap_to_swept_
     row = protocol.headline_table("reporting", tmp_path).splitlines()[-1]
     assert row.startswith("| `ctbrain_ld_1e5` | 30.15 ± 0.07 (2 seeds) | 36.15 ± 0.07 (2 seeds) (TV (3D))")
     assert "| **38.15 ± 0.07 (2 seeds)** | -1.00 |" in row and "not run" in row  # nlm_true, slice row, ceiling missing
+    assert row.endswith("| not run | 38.65 ± 0.07 (2 seeds) |")  # the ceiling alone missing, with the stage stored
     ma_row = protocol.multi_axis_table(tmp_path).splitlines()[-1]
     assert ma_row.startswith("| `mnitune_rician10` | along K (the default) | 1, 2 | 29.00 ± 0.00 (2 seeds) |")
     assert ma_row.endswith("| 0.95 ± 0.07 (2 seeds) |")
@@ -228,6 +235,23 @@ def _phantom_dataset(case: str, modality: str, noise_seed: int, phantom_seed: in
     noisy = (clean + rng.normal(0, 20, clean.shape)).astype(np.float32)
     mask = np.ones(clean.shape, dtype=bool)
     return datasets.Dataset(case, "t", clean, noisy, (1.0, 1.0, 1.0), modality, mask, 100.0, "all", None, 20.0)
+
+
+def test_the_ceiling_with_the_wiener_stage_is_the_supervised_network_then_the_default_stage(tmp_path, monkeypatch):
+    require("torch", "torch==2.13.0 first, see README")
+    monkeypatch.setitem(protocol.NSN2N_ROWS, "nsn2n", ("fast", {**TINY, "inference": {"wiener": "matched"}}))
+    ds = _phantom_dataset("colin_rician5", "mri", noise_seed=0, phantom_seed=2)
+    monkeypatch.setattr(protocol, "_build", lambda case, seed: ds)
+    protocol.run_case("colin_rician5", (1,), ["supervised_wiener"], root=tmp_path)
+    stored = json.loads(protocol.result_path("colin_rician5", 1, "supervised_wiener", tmp_path).read_text())
+    alone, info = protocol._supervised(ds, 1)  # the same seeded training
+    assert stored["info"]["network_alone_psnr"] == pytest.approx(protocol._score(ds, alone)["psnr"], abs=1e-9)
+    from NSN2NDenoiseLib.wiener import stage_kind
+
+    assert stored["info"]["wiener"]["kind"] == stage_kind("matched", tuple(info["inplane_noise_lag1"]))
+    assert stored["info"]["residual_check"] >= 0
+    assert abs(stored["quality"]["psnr"] - stored["info"]["network_alone_psnr"]) > 1e-3  # the stage ran
+    assert info["slice_axis"] == 0 and len(info["inplane_noise_lag1"]) == 2
 
 
 def test_the_slice_only_row_derived_from_a_multi_axis_run_equals_its_own_run(tmp_path, monkeypatch):
