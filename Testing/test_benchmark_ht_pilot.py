@@ -99,3 +99,13 @@ def test_the_table_pairs_each_mixed_pilot_with_the_engine_by_seed(tmp_path, monk
     assert "| +0.20 ± 0.14 / +0.0010 ± 0.0000 |" in row  # paired: 0.1 and 0.3 more than the engine
     assert row.endswith("| 30.80 / 0.9800 (0.9300; seeds 1) | 31.20 / 0.9790 (0.9290) |")
     assert ht_pilot.table(tmp_path / "absent") == ""
+
+
+def test_the_protocol_summary_carries_the_experiment_table(tmp_path, monkeypatch):
+    from benchmarks import protocol
+
+    monkeypatch.setitem(protocol.SETS, "reporting", {"cases": (), "seeds": (1,)})
+    monkeypatch.setitem(protocol.SETS, "tuning", {"cases": (), "seeds": (100,)})
+    test_the_table_pairs_each_mixed_pilot_with_the_engine_by_seed(tmp_path, monkeypatch)
+    summary = protocol.write_tables(tmp_path).read_text()
+    assert "`python -m benchmarks.ht_pilot`" in summary and ht_pilot.table(tmp_path) in summary

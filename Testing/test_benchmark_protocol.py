@@ -151,6 +151,8 @@ def test_the_table_and_targets_come_from_the_stored_files_only(tmp_path):
         store("bm4d_swept", seed, 38 + jitter)
         store("nsn2n", seed, 37 + jitter)
         store("supervised_wiener", seed, 38.5 + jitter)
+        store("nsn2n_best", seed, 36.0 + jitter)  # its network alone: not the preset's figure
+        store("nsn2n_best_wiener", seed, 37.8 + jitter)
     table = protocol.case_table("ctbrain_ld_1e5", (1, 2, 3), tmp_path)
     assert "| **NSN2N default** | 37.00 ± 0.10 |" in table
     assert table.index("noisy input") < table.index("BM4D, swept") < table.index("NSN2N default")
@@ -159,6 +161,7 @@ def test_the_table_and_targets_come_from_the_stored_files_only(tmp_path):
     assert t["default_minus_bm4d_swept"] == pytest.approx(-1.0)
     assert t["seeds"] == 3 and t["bone_below_noisy"] is False
     assert t["ceiling_wiener_minus_bm4d_swept"] == pytest.approx(0.5) and "ceiling_minus_bm4d_swept" not in t
+    assert t["best_minus_bm4d_swept"] == pytest.approx(-0.2)
     assert protocol.targets("colin_rician5", (1, 2, 3), tmp_path) is None  # nothing stored
 
 

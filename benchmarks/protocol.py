@@ -806,8 +806,8 @@ def targets(case: str, seeds: tuple[int, ...], root: Path = RESULTS_DIR) -> dict
         "default_spread": _figure(found["nsn2n"], "psnr").sd,
         "seeds": _figure(found["nsn2n"], "psnr").n,
     }
-    if "nsn2n_best" in found:
-        out["best_minus_bm4d_swept"] = mean["nsn2n_best"] - mean["bm4d_swept"]
+    if "nsn2n_best_wiener" in found:  # the `best` preset as it runs (its Wiener stage included)
+        out["best_minus_bm4d_swept"] = mean["nsn2n_best_wiener"] - mean["bm4d_swept"]
     if "supervised" in found:
         out["ceiling_minus_bm4d_swept"] = mean["supervised"] - mean["bm4d_swept"]
     if "supervised_wiener" in found:
@@ -1004,7 +1004,7 @@ def neighbour_fusion_table(root: Path = RESULTS_DIR) -> str:
 
 def write_tables(root: Path = RESULTS_DIR) -> Path:
     """Rebuild ``<root>/SUMMARY.md`` from the stored result files alone."""
-    from . import wiener_grid
+    from . import ht_pilot, wiener_grid
 
     parts = [
         "# Protocol results (issue 11)",
@@ -1036,6 +1036,11 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         "benchmarks.wiener_grid --passes`; not adopted)",
         "",
         wiener_grid.passes_table(root),
+        "",
+        "## A pilot that keeps texture: the network's output mixed with a hard-thresholded block-matched estimate "
+        "(`python -m benchmarks.ht_pilot`; not adopted)",
+        "",
+        ht_pilot.table(root),
         "",
         "## The Wiener stage on the reporting set (`nsn2n`, `nsn2n_filters` against `nsn2n_nowiener`, the same "
         "training)",
