@@ -676,3 +676,26 @@ def test_reuse_network_applies_the_stage_to_the_cached_output_of_the_same_traini
     again = json.loads(protocol.result_path("ct_gauss30", 1, "nsn2n_filters", tmp_path).read_text())
     assert again["quality"]["psnr"] == pytest.approx(stored["quality"]["psnr"], abs=1e-6)
     assert "network_reused" not in again["info"]
+
+
+def test_bm4d_given_the_true_spectrum_needs_a_noise_of_known_spectrum_and_passes_it_on(monkeypatch):
+    """bm4d itself is optional (non-commercial licence, not in the test extra): what it is given is checked."""
+    from benchmarks import baselines, noise
+
+    ds = _phantom_dataset("ct_inplane30", "ct", noise_seed=0, phantom_seed=1)
+    with pytest.raises(ValueError, match="needs a noise of known spectrum"):
+        protocol._run_method("bm4d_spectrum", ds, 1, {})
+    ds.noise_psd = noise.white_psd(ds.noisy.shape, 20.0)
+    given = {}
+
+    def bm4d(z, sigma_psd):
+        given.update(z=z, psd=sigma_psd)
+        return z * 0.5
+
+    monkeypatch.setattr(baselines, "_import_bm4d", lambda: type("bm4d", (), {"bm4d": staticmethod(bm4d)}))
+    out, info = protocol._run_method("bm4d_spectrum", ds, 1, {})
+    np.testing.assert_array_equal(given["psd"], ds.noise_psd)
+    np.testing.assert_array_equal(given["z"], ds.noisy)
+    assert given["psd"].dtype == np.float64 and out.dtype == np.float32
+    np.testing.assert_allclose(out, ds.noisy * 0.5)
+    assert info["sigma_source"] == "the noise's true spectrum" and info["true_sigma"] == 20.0
