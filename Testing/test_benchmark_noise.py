@@ -159,3 +159,13 @@ def test_benchmark_runner_smoke(tmp_path, monkeypatch):
     text = (out / "results.md").read_text()
     assert "TV 3D" in text and "NSN2N default" in text
     assert (out / "results.json").is_file()
+
+
+@pytest.mark.parametrize("px", [0.75, 1.0, 1.5])
+def test_the_tuning_kernels_give_the_lag1_correlation_they_are_named_for(px):
+    """exp(-1 / (4 px^2)): 0.64, 0.78 and 0.89, the Wiener stage's gate lying at 0.75 between the first two."""
+    from benchmarks import datasets
+
+    assert {datasets.INPLANE_NARROW_PX, datasets.INPLANE_MID_PX, datasets.INPLANE_PX} == {0.75, 1.0, 1.5}
+    n = noise.gaussian_inplane(np.zeros(SHAPE, np.float32), 30.0, inplane_px=px, seed=4)
+    assert abs(lag1(n, 2) - np.exp(-1 / (4 * px**2))) < 0.03

@@ -33,6 +33,9 @@ INPLANE_PX = 1.5
 INPLANE_NARROW_PX = 0.75
 """Kernel sigma (pixels) of the narrower in-plane correlated noise (lag-1 correlation about 0.6), between the
 low-dose CT's (about 0.35 along one axis) and the stress test's."""
+INPLANE_MID_PX = 1.0
+"""Kernel sigma (pixels) of in-plane correlated noise of lag-1 correlation about 0.78: just above the bound where
+the Wiener stage's block matching gives way to the DCT filter (0.75), between the two kernels it was placed from."""
 SLICE_PX = 1.0
 """Kernel sigma (slices) of the 3D-correlated negative control."""
 
@@ -52,12 +55,13 @@ _NOISES = {
     "gauss30": "i.i.d. Gaussian noise, 30 HU",
     "inplane30": f"in-plane correlated Gaussian noise, 30 HU, kernel sigma {INPLANE_PX} px",
     "inplane30narrow": f"in-plane correlated Gaussian noise, 30 HU, kernel sigma {INPLANE_NARROW_PX} px",
+    "inplane30mid": f"in-plane correlated Gaussian noise, 30 HU, kernel sigma {INPLANE_MID_PX} px",
     "3dcorr30": f"3D-correlated Gaussian (negative control), 30 HU, kernel {INPLANE_PX} px x {SLICE_PX} slice",
     "rician5": "Rician noise, sigma 5 % of the brightest tissue",
     "rician10": "Rician noise, sigma 10 % of the brightest tissue",
     "gauss5": "i.i.d. Gaussian noise, 5 % of the brightest tissue",
 }
-_CT_NOISES = ("ld_2.5e5", "ld_1e5", "ld_2e4", "gauss30", "inplane30", "inplane30narrow", "3dcorr30")
+_CT_NOISES = ("ld_2.5e5", "ld_1e5", "ld_2e4", "gauss30", "inplane30", "inplane30narrow", "inplane30mid", "3dcorr30")
 _MRI_NOISES = ("rician5", "rician10", "gauss5")
 
 DATASETS = {
@@ -140,7 +144,8 @@ def build(name: str, quick: bool, seed: int = 0, n_jobs: int | None = None) -> D
             clean, crop = _crop_ct(vol, size) if volume == "ct" else (vol.data[ks, js, is_], vol.crop + region)
             clean = np.ascontiguousarray(clean)
             slice_px = SLICE_PX if kind == "3dcorr30" else 0.0
-            inplane_px = {"gauss30": 0.0, "inplane30narrow": INPLANE_NARROW_PX}.get(kind, INPLANE_PX)
+            widths = {"gauss30": 0.0, "inplane30narrow": INPLANE_NARROW_PX, "inplane30mid": INPLANE_MID_PX}
+            inplane_px = widths.get(kind, INPLANE_PX)
             nz = noise.correlated_noise(clean.shape, GAUSS_CT_HU, inplane_px, slice_px, seed)
             noisy = (clean + nz).astype(np.float32)
             psd = noise.correlated_noise_psd(clean.shape, GAUSS_CT_HU, inplane_px, slice_px)

@@ -47,6 +47,7 @@ TUNING_CASES = (
     "cttune_inplane30",
     "cttune_inplane30narrow",
     "cttune_gauss30",
+    "cttune_inplane30mid",
 )
 REPORTING_CASES = (
     "ct_ld_2.5e5",
@@ -122,7 +123,7 @@ LABELS = {
     "tv_swept": "TV (3D), swept weight",
     "bm4d_est": "BM4D, estimated noise",
     "bm4d_swept": "BM4D, swept sigma",
-    "bm4d_spectrum": "BM4D given the noise's true power spectrum (an oracle; simulated Gaussian noise only)",
+    "bm4d_spectrum": "BM4D given the noise's power spectrum (an oracle: the simulator's, or the simulated noise's own)",
     "nsn2n": "**NSN2N default**",
     "nsn2n_nowiener": "NSN2N default without the Wiener stage (`inference.wiener = 'off'`; the previous default)",
     "nsn2n_slice": "NSN2N default, slice axis only (`inference.axes = 'slice'`, no Wiener stage)",
@@ -219,7 +220,7 @@ def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tup
         return _bm4d(ds.noisy, params["sigma_factor"] * sig), {"true_sigma": sig, **params}
     if name == "bm4d_spectrum":
         if ds.noise_psd is None:
-            raise ValueError(f"{ds.name}: bm4d_spectrum needs a noise of known spectrum (correlated Gaussian)")
+            raise ValueError(f"{ds.name}: bm4d_spectrum needs a noise of known spectrum (simulated CT noise)")
         out = baselines._import_bm4d().bm4d(ds.noisy.astype(np.float64), ds.noise_psd.astype(np.float64))
         return np.asarray(out, dtype=np.float32), {"true_sigma": sig, "sigma_source": "the noise's true spectrum"}
     if name == "nsn2n_train3":
