@@ -151,6 +151,7 @@ def test_the_table_and_targets_come_from_the_stored_files_only(tmp_path):
         store("bm4d_swept", seed, 38 + jitter)
         store("nsn2n", seed, 37 + jitter)
         store("supervised_wiener", seed, 38.5 + jitter)
+        store("bm4d_spectrum", seed, 37.5 + jitter)
         store("nsn2n_best", seed, 36.0 + jitter)  # its network alone: not the preset's figure
         store("nsn2n_best_wiener", seed, 37.8 + jitter)
     table = protocol.case_table("ctbrain_ld_1e5", (1, 2, 3), tmp_path)
@@ -162,6 +163,7 @@ def test_the_table_and_targets_come_from_the_stored_files_only(tmp_path):
     assert t["seeds"] == 3 and t["bone_below_noisy"] is False
     assert t["ceiling_wiener_minus_bm4d_swept"] == pytest.approx(0.5) and "ceiling_minus_bm4d_swept" not in t
     assert t["best_minus_bm4d_swept"] == pytest.approx(-0.2)
+    assert t["default_minus_bm4d_spectrum"] == pytest.approx(-0.5)
     assert protocol.targets("colin_rician5", (1, 2, 3), tmp_path) is None  # nothing stored
 
 
@@ -211,7 +213,7 @@ def test_the_headline_row_shows_the_best_user_run_baseline_and_the_gap_to_swept_
         ma.write_text(json.dumps({"case": "mnitune_rician10", "seed": seed, "psnr": psnr}))
     row = protocol.headline_table("reporting", tmp_path).splitlines()[-1]
     assert row.startswith("| `ctbrain_ld_1e5` | 30.15 ± 0.07 (2 seeds) | 36.15 ± 0.07 (2 seeds) (TV (3D))")
-    assert "| **38.15 ± 0.07 (2 seeds)** | -1.00 |" in row and "not run" in row  # nlm_true, slice row, ceiling missing
+    assert "| **38.15 ± 0.07 (2 seeds)** | -1.00 | not run |" in row  # spectrum, nlm_true, slice, ceiling missing
     assert row.endswith("| not run | 38.65 ± 0.07 (2 seeds) |")  # the ceiling alone missing, with the stage stored
     ma_row = protocol.multi_axis_table(tmp_path).splitlines()[-1]
     assert ma_row.startswith("| `mnitune_rician10` | along K (the default) | 1, 2 | 29.00 ± 0.00 (2 seeds) |")
