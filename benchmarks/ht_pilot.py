@@ -173,7 +173,7 @@ def _bm4d_rows(c: wiener_grid._Case, flat: np.ndarray, spectrum: np.ndarray) -> 
     axis = c.info["slice_axis"]
     x = c.ds.noisy.astype(np.float64)
     sigma = baselines.estimated_sigma(c.ds.noisy)
-    full = np.moveaxis(np.asarray(bm4d.bm4d(x, sigma), dtype=np.float32), axis, 0)
+    full = np.moveaxis(protocol._bm4d(c.ds.noisy, sigma), axis, 0)
     first = bm4d.bm4d(x, sigma, stage_arg=bm4d.BM4DStages.HARD_THRESHOLDING)
     first = np.moveaxis(np.asarray(first, dtype=np.float32), axis, 0)
     mixed = _stage(c.noisy, 0.5 * (c.pilot + first), spectrum, block_matching.MATCHED.factor)

@@ -186,8 +186,9 @@ def _tv(noisy: np.ndarray, weight: float) -> np.ndarray:
     return denoise_tv_chambolle(noisy.astype(np.float64), weight=weight).astype(np.float32)
 
 
-def _bm4d(noisy: np.ndarray, sigma: float, pilot: np.ndarray | None = None) -> np.ndarray:
-    """BM4D with noise std ``sigma``: both stages, or with ``pilot`` its Wiener stage alone with that pilot."""
+def _bm4d(noisy: np.ndarray, sigma: float | np.ndarray, pilot: np.ndarray | None = None) -> np.ndarray:
+    """BM4D with noise std ``sigma`` (or the noise's power spectrum, shaped as ``noisy``, in bm4d's convention): both
+    stages, or with ``pilot`` its Wiener stage alone with that pilot."""
     bm4d = baselines._import_bm4d()
     stage = {} if pilot is None else {"stage_arg": pilot.astype(np.float64)}
     return np.asarray(bm4d.bm4d(noisy.astype(np.float64), sigma, **stage), dtype=np.float32)
@@ -221,8 +222,8 @@ def _run_method(name: str, ds: datasets.Dataset, seed: int, params: dict) -> tup
     if name == "bm4d_spectrum":
         if ds.noise_psd is None:
             raise ValueError(f"{ds.name}: bm4d_spectrum needs a noise of known spectrum (simulated CT noise)")
-        out = baselines._import_bm4d().bm4d(ds.noisy.astype(np.float64), ds.noise_psd.astype(np.float64))
-        return np.asarray(out, dtype=np.float32), {"true_sigma": sig, "sigma_source": "the noise's true spectrum"}
+        out = _bm4d(ds.noisy, ds.noise_psd.astype(np.float64))  # bm4d takes a spectrum where it takes a sigma
+        return out, {"true_sigma": sig, "sigma_source": "the noise's true spectrum"}
     if name == "nsn2n_train3":
         return _nsn2n_train3(ds, seed)
     if name == "nsn2n_ens2":
