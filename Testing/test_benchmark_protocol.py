@@ -111,7 +111,9 @@ def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them
     from NSN2NDenoiseLib import block_matching, wiener
 
     default = protocol.run_params("nsn2n", {})
-    assert default["wiener_filters"] == [{"block": 4, "step": 3, "group": 16, "search": (3, 5), "factor": 4.0}]
+    one = {"block": 4, "step": 3, "group": 16, "search": (3, 5), "factor": 4.0, "window": 0.0}
+    white = [{**one, "block": 5, "window": 2.0}, {**one, "block": 5, "window": 2.0, "factor": 2.0}]
+    assert default["wiener_filters"] == {"white": white, "correlated": [one]}
     filters = protocol.run_params("nsn2n_filters", {})
     assert filters["wiener_filters"] == [{"block": 8, "step": 3, "factors": {"white": 2.0, "correlated": 4.0}}]
     assert protocol.run_params("nsn2n_fast", {})["wiener_filters"] == filters["wiener_filters"]
@@ -125,7 +127,11 @@ def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them
     monkeypatch.setattr(wiener, "MATCHED_MAX_LAG1", 0.9)
     assert protocol.run_params("nsn2n", {}) != default
     monkeypatch.setattr(wiener, "MATCHED_MAX_LAG1", default["matched_max_lag1"])
-    monkeypatch.setattr(block_matching, "MATCHED", block_matching.MatchedFilter(4, 3, 8, (3, 5), 4.0))
+    monkeypatch.setitem(block_matching.PASSES, "correlated", (block_matching.MatchedFilter(4, 3, 8, (3, 5), 4.0),))
+    assert protocol.run_params("nsn2n", {}) != default
+    monkeypatch.setitem(block_matching.PASSES, "correlated", (block_matching.MATCHED,))
+    assert protocol.run_params("nsn2n", {}) == default
+    monkeypatch.setitem(block_matching.PASSES, "white", block_matching.MATCHED_WHITE[:1])
     assert protocol.run_params("nsn2n", {}) != default
 
 

@@ -4,6 +4,7 @@ against a block-by-block reference, progress, cancellation, and what it does to 
 import numpy as np
 import pytest
 import scipy.fft
+import scipy.signal
 import torch
 from conftest import smooth_volume
 
@@ -31,9 +32,10 @@ def haar_reference(m):
 def reference_matched(noisy, pilot, variance, f):
     """Every reference block one at a time: distances to every candidate with numpy, groups nearest first (the
     reference first of all), scipy's DCT of each block and the Haar transform across the group, shrinkage, and
-    each block of the group added back at its place with its group's weight."""
+    each block of the group added back at its place with its group's weight times scipy's Kaiser window."""
     n_k, n_j, n_i = noisy.shape
     b = [min(f.block, n) for n in noisy.shape]
+    win = np.einsum("a,b,c->abc", *(scipy.signal.windows.kaiser(n, f.window) for n in b))
     sk, s = f.search
     pads = []
     for n, bb in zip((n_j, n_i), b[1:], strict=True):
@@ -76,8 +78,8 @@ def reference_matched(noisy, pilot, variance, f):
                 back = np.tensordot(h.T, w * xc, 1)
                 for o, y in zip(where, back, strict=True):
                     sl = tuple(slice(a, a + bb) for a, bb in zip(o, b, strict=True))
-                    num[sl] += weight * scipy.fft.idctn(y, norm="ortho")
-                    den[sl] += weight
+                    num[sl] += weight * win * scipy.fft.idctn(y, norm="ortho")
+                    den[sl] += weight * win
     out = num / den
     return out[:, pads[0][0] : pads[0][0] + n_j, pads[1][0] : pads[1][0] + n_i]
 
@@ -109,6 +111,12 @@ def test_the_group_is_the_largest_power_of_two_the_candidates_allow():
         # same distance, and which of them topk takes first is not the reference's to know.
         ((7, 12, 10), bm.MatchedFilter(block=2, step=1, group=4, search=(1, 2), factor=1.0)),
         ((10, 13, 12), bm.MATCHED),  # the engine's filter
+        ((9, 14, 13), bm.MatchedFilter(block=4, step=3, group=8, search=(2, 3), factor=1.0, window=2.0)),
+        # Odd blocks with the window: J and I of lengths n with n + 1 not a multiple of 3, so that no reference block
+        # is centred on the mirror of the padding (above).
+        ((10, 15, 13), bm.MatchedFilter(block=5, step=3, group=8, search=(2, 3), factor=1.0, window=2.0)),
+        ((4, 12, 16), bm.MatchedFilter(block=5, step=3, group=8, search=(1, 3), factor=1.0, window=6.0)),
+        ((11, 15, 16), bm.MATCHED_WHITE[1]),  # the engine's second pass on white noise
     ],
 )
 def test_the_streamed_filter_is_the_block_by_block_reference(shape, f):
@@ -182,8 +190,19 @@ def test_an_integer_input_gives_what_its_float_copy_gives():
     np.testing.assert_array_equal(a, b)
 
 
-def test_the_engines_filter_is_the_one_chosen_on_the_tuning_set():
-    assert bm.MATCHED == bm.MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=4.0)
+def test_the_engines_filters_are_the_ones_chosen_on_the_tuning_set():
+    assert bm.MATCHED == bm.MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=4.0, window=0.0)
+    assert bm.MATCHED_WHITE == (
+        bm.MatchedFilter(block=5, step=3, group=16, search=(3, 5), factor=4.0, window=2.0),
+        bm.MatchedFilter(block=5, step=3, group=16, search=(3, 5), factor=2.0, window=2.0),
+    )
+    assert bm.PASSES == {"white": bm.MATCHED_WHITE, "correlated": (bm.MATCHED,)}
+
+
+def test_the_kaiser_window_is_numpys_and_flat_at_beta_0():
+    assert torch.equal(bm.kaiser(5, 0.0), torch.ones(5))
+    assert bm.kaiser(5, 2.0).dtype == torch.float32
+    np.testing.assert_allclose(bm.kaiser(5, 2.0).numpy(), [0.4387, 0.8348, 1.0, 0.8348, 0.4387], atol=1e-4)
 
 
 def test_the_in_plane_padding_is_b_minus_1_and_makes_whole_steps():

@@ -207,10 +207,17 @@ def test_apply_wiener_reports_every_block_row_of_its_stage_as_a_step():
 
     clean, rng = smooth_volume((14, 16, 18))
     noisy = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
-    for kind, rows in (("filters", len(wiener._starts(14, 8, 3))), ("matched", block_matching.row_count(14))):
+    five = len(wiener._starts(14, 5, 3))  # block rows of one pass of 5-voxel blocks
+    assert five == 4 and block_matching.row_count(14) == len(wiener._starts(14, 4, 3)) == 5
+    cases = [
+        ("filters", (0.0, 0.0), len(wiener._starts(14, 8, 3))),
+        ("matched", (0.0, 0.0), 2 * five),  # white noise: two passes
+        ("matched", (0.3, 0.3), block_matching.row_count(14)),  # correlated: one
+    ]
+    for kind, lag1, rows in cases:
         steps = []
-        wiener.apply_wiener(noisy, clean.copy(), (0.0, 0.0), kind, step=steps.append)
-        assert steps == list(range(rows)) == list(range(wiener.row_count(14, kind))), kind
+        wiener.apply_wiener(noisy, clean.copy(), lag1, kind, step=steps.append)
+        assert steps == list(range(rows)) == list(range(wiener.row_count(14, kind, lag1))), kind
 
 
 def test_the_residual_spectrum_of_a_short_volume_has_the_short_axis_block():
@@ -311,11 +318,11 @@ def test_apply_wiener_filters_scales_the_residual_spectrum_by_its_class_and_take
     }
 
 
-@pytest.mark.parametrize("lag1, cls", [((0.02, 0.05), "white"), ((0.33, 0.31), "correlated")])
-def test_apply_wiener_matched_is_the_block_matched_estimate_with_the_4_voxel_spectrum_times_its_factor(lag1, cls):
+def test_apply_wiener_matched_on_correlated_noise_is_one_pass_with_the_4_voxel_spectrum_times_4():
     from NSN2NDenoiseLib import block_matching
 
     noisy, pilot = noisy_and_pilot((9, 20, 18))
+    lag1 = (0.33, 0.31)
     out = pilot.copy()
     info = wiener.apply_wiener(noisy, out, lag1, "matched")
     expected = pilot.copy()
@@ -324,13 +331,39 @@ def test_apply_wiener_matched_is_the_block_matched_estimate_with_the_4_voxel_spe
     assert info == {
         "applied": True,
         "kind": "matched",
-        "noise_class": cls,
-        "filters": [{"block": [4, 4, 4], "step": 3, "factor": 4.0, "group": 16, "search": [3, 5]}],
+        "noise_class": "correlated",
+        "filters": [{"block": [4, 4, 4], "step": 3, "factor": 4.0, "group": 16, "search": [3, 5], "window": 0.0}],
         "share": 1.0,
         "residual_rms": pytest.approx(float(np.sqrt(wiener.residual_spectrum(noisy, pilot, 8).mean()))),
     }
     with pytest.raises(ValueError, match="unknown Wiener stage 'on'"):
         wiener.apply_wiener(noisy, pilot.copy(), lag1, "on")
+
+
+def test_apply_wiener_matched_on_white_noise_is_two_windowed_passes_with_the_networks_5_voxel_spectrum():
+    """The second pass takes the first's estimate as its pilot, and its noise is still the network's residual's."""
+    from NSN2NDenoiseLib.block_matching import MatchedFilter, matched_into
+
+    noisy, pilot = noisy_and_pilot((9, 20, 18))
+    out = pilot.copy()
+    info = wiener.apply_wiener(noisy, out, (0.02, -0.05), "matched")
+    s5 = wiener.residual_spectrum(noisy, pilot, 5)
+    expected = pilot.copy()
+    matched_into(noisy, expected, 4.0 * s5, f=MatchedFilter(5, 3, 16, (3, 5), 4.0, window=2.0))
+    once = expected.copy()
+    matched_into(noisy, expected, 2.0 * s5, f=MatchedFilter(5, 3, 16, (3, 5), 2.0, window=2.0))
+    assert np.array_equal(out, expected) and not np.allclose(out, once, atol=1e-2)
+    passes = [
+        {"block": [5, 5, 5], "step": 3, "factor": k, "group": 16, "search": [3, 5], "window": 2.0} for k in (4, 2)
+    ]
+    assert info == {
+        "applied": True,
+        "kind": "matched",
+        "noise_class": "white",
+        "filters": passes,
+        "share": 1.0,
+        "residual_rms": pytest.approx(float(np.sqrt(wiener.residual_spectrum(noisy, pilot, 8).mean()))),
+    }
 
 
 def test_block_matching_gives_way_to_the_dct_filter_where_the_in_plane_noise_is_strongly_correlated():

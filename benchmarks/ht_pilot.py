@@ -6,7 +6,8 @@ SSIM. The Wiener weights P**2 / (P**2 + v) cannot give back texture that the pil
 erased, and BM4D's pilot is its own hard-thresholded estimate, which keeps every coefficient above the noise. For
 each case and seed, on the default's cached network output f (checked to score as the stored network-alone row):
 
-- the engine's stage (``block_matching.MATCHED``);
+- the engine's stage when this ran (``block_matching.MATCHED``, one pass; since then the engine runs two windowed
+  passes on white noise, :mod:`benchmarks.white_stage`);
 - h, the hard-thresholded estimate: the engine's groups (matched on f), the input's coefficients kept where
   |X| > ``lam`` sqrt(v) (v: the residual's spectrum, the engine's noise reading before its factor), each group
   added back with the weight 1 / (coefficients kept), as BM3D's first step;

@@ -596,10 +596,11 @@ def run_params(method: str, chosen: dict) -> dict:
 
         params["wiener_filters"] = [dataclasses.asdict(p) for p in PASSES]  # the stage's constants
     elif kind == "matched":
-        from NSN2NDenoiseLib.block_matching import MATCHED
+        from NSN2NDenoiseLib.block_matching import PASSES as MATCHED_PASSES
         from NSN2NDenoiseLib.wiener import MATCHED_MAX_LAG1
 
-        params["wiener_filters"] = [dataclasses.asdict(MATCHED)]
+        # the passes of each noise class (the stage runs one class's, by the noise's in-plane correlation)
+        params["wiener_filters"] = {c: [dataclasses.asdict(f) for f in fs] for c, fs in MATCHED_PASSES.items()}
         params["matched_max_lag1"] = MATCHED_MAX_LAG1  # above it the DCT filter runs instead
     if method == "supervised_w32":
         params["config"]["network"]["width"] = 32
@@ -1017,7 +1018,7 @@ def neighbour_fusion_table(root: Path = RESULTS_DIR) -> str:
 
 def write_tables(root: Path = RESULTS_DIR) -> Path:
     """Rebuild ``<root>/SUMMARY.md`` from the stored result files alone."""
-    from . import ht_pilot, wiener_grid
+    from . import ht_pilot, white_stage, wiener_grid
 
     parts = [
         "# Protocol results (issue 11)",
@@ -1054,6 +1055,11 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         "(`python -m benchmarks.ht_pilot`; not adopted)",
         "",
         ht_pilot.table(root),
+        "",
+        "## Two windowed passes of block matching on white noise (`python -m benchmarks.white_stage`; adopted for "
+        "white noise, the one pass kept on correlated noise)",
+        "",
+        white_stage.table(root),
         "",
         "## The Wiener stage on the reporting set (`nsn2n`, `nsn2n_filters` against `nsn2n_nowiener`, the same "
         "training)",

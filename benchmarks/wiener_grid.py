@@ -11,7 +11,8 @@ blended with the network's output. This script trains the network once per tunin
 - ``--filters``: the block size of one filter (8, 6 or 4 voxels) at several factors, and the mean of the network's
   output with two or three filters' estimates, with the tuning set's choice of a pair (:data:`TWO_FILTERS`)
   marked (it lost on the reporting set; ``inference.wiener = 'filters'`` kept the first version's one filter);
-- ``--matched``: the block-matched filter (``block_matching.MATCHED``, the default stage) and variants of it;
+- ``--matched``: the block-matched filter (``block_matching.MATCHED``, the default stage's one pass; on white noise the
+  engine now runs two windowed passes, :mod:`benchmarks.white_stage`) and variants of it;
 - ``--gate``: block matching against the DCT filter, PSNR and SSIM, by the noise's in-plane correlation (where
   'matched' gives way to the DCT filter);
 - ``--passes``: the block-matched filter run again with its own estimate as the pilot (not adopted: it won on the

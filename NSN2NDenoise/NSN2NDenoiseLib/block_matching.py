@@ -39,18 +39,29 @@ class MatchedFilter:
     """The block-matched filter's constants: cubic blocks of ``block`` voxels (shorter along an axis shorter than
     that), reference origins ``step`` apart, groups of ``group`` blocks (a power of two, for the Haar transform),
     searched within ``search`` = (along K, along J and I) voxels of the reference, noise variance = the residual's
-    spectrum x ``factor``."""
+    spectrum x ``factor``; each block's estimate is weighted in the aggregation by a Kaiser window of parameter
+    ``window`` along K, J and I (0: flat, every voxel of the block alike)."""
 
     block: int
     step: int
     group: int
     search: tuple[int, int]
     factor: float
+    window: float = 0.0
 
 
 MATCHED = MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=4.0)
-"""The engine's block-matched filter, chosen on the tuning set (RESULTS.md, "Adopted: block matching in the Wiener
-stage")."""
+"""The engine's block-matched filter where the noise is correlated in-plane (low-dose CT), chosen on the tuning set
+(RESULTS.md, "Adopted: block matching in the Wiener stage")."""
+MATCHED_WHITE = (
+    MatchedFilter(block=5, step=3, group=16, search=(3, 5), factor=4.0, window=2.0),
+    MatchedFilter(block=5, step=3, group=16, search=(3, 5), factor=2.0, window=2.0),
+)
+"""The engine's passes where the noise is white (MRI): 5-voxel blocks with BM4D's Kaiser window (beta 2), the
+second pass taking the first's estimate as its pilot, both with the network's residual spectrum as the noise
+(RESULTS.md, "Adopted: two windowed passes of block matching on white noise")."""
+PASSES = {"white": MATCHED_WHITE, "correlated": (MATCHED,)}
+"""The block-matched passes the stage runs, in order, by the noise class of :func:`.wiener.noise_class`."""
 
 
 def haar_matrix(m: int) -> torch.Tensor:
@@ -121,6 +132,8 @@ def matched_into(
     ref_plane = ((s + torch.arange(nj) * f.step)[:, None] * w + s + torch.arange(ni) * f.step).reshape(-1)
     uk, uj, ui = torch.meshgrid(torch.arange(bk), torch.arange(bj), torch.arange(bi), indexing="ij")
     within = (uk * h * w + uj * w + ui).reshape(-1)  # a block's voxels from its origin, in a slab's flat index
+    wk, wj, wi = (kaiser(n, f.window) for n in (bk, bj, bi))
+    window = (wk[:, None, None] * wj[None, :, None] * wi[None, None, :]).reshape(-1)  # (nb,), C order
     starts = _starts(n_k, bk, f.step)
     num: dict[int, torch.Tensor] = {}  # weighted sums of the estimates, per slice (h, w)
     origin_weight: dict[int, torch.Tensor] = {}  # block weights at their origins, per slice (h, w)
@@ -147,7 +160,7 @@ def matched_into(
             p2 = pc * pc
             wn = p2 / (p2 + v).clamp_min(1e-30)  # 0 where neither the pilot nor the noise has power
             weight = 1.0 / (wn * wn).sum(dim=(1, 2)).clamp_min(1e-12)  # (n,)
-            y = (torch.matmul(haar.T, wn * xc) @ dct3) * weight[:, None, None]
+            y = (torch.matmul(haar.T, wn * xc) @ dct3) * (weight[:, None, None] * window)
             slab_num.index_add_(0, idx, y.reshape(-1))
             slab_weight.index_add_(0, o.reshape(-1), weight[:, None].expand(n, m).reshape(-1))
         slab_num = slab_num.reshape(hi - lo, h, w)
@@ -161,7 +174,7 @@ def matched_into(
             den = torch.zeros((h, w), dtype=torch.float32)
             for k in range(max(0, done - bk + 1), done + 1):  # the origins of the blocks that cover slice `done`
                 if k in origin_weight:
-                    den += _box(origin_weight[k], bj, bi)
+                    den += _spread(origin_weight[k], wj, wi) * wk[done - k]
             est = (num.pop(done) / den.clamp_min(1e-20))[s + pj[0] : s + pj[0] + n_j, s + pi[0] : s + pi[0] + n_i]
             pilot[done] += np.float32(share) * (est.numpy() - pilot[done])
             origin_weight.pop(done - bk + 1, None)  # no slice still to come lies in its blocks
@@ -170,11 +183,18 @@ def matched_into(
             step(row)
 
 
-def _box(weights: torch.Tensor, bj: int, bi: int) -> torch.Tensor:
-    """Spread the weights at block origins (h, w) over their blocks' in-plane extent: out[j, i] = the sum of
-    weights[j - a, i - c] for 0 <= a < bj, 0 <= c < bi."""
+def kaiser(n: int, beta: float) -> torch.Tensor:
+    """The Kaiser window of ``n`` points and parameter ``beta`` (float32; all ones for beta = 0)."""
+    return torch.from_numpy(np.kaiser(n, beta).astype(np.float32))
+
+
+def _spread(weights: torch.Tensor, wj: torch.Tensor, wi: torch.Tensor) -> torch.Tensor:
+    """Spread the weights at block origins (h, w) over their blocks' in-plane extent, each voxel of a block by its
+    window: out[j, i] = the sum of weights[j - a, i - c] * wj[a] * wi[c] for 0 <= a < len(wj), 0 <= c < len(wi)."""
+    bj, bi = len(wj), len(wi)
     padded = F.pad(weights[None, None], (bi - 1, 0, bj - 1, 0))
-    return F.avg_pool2d(padded, (bj, bi), stride=1)[0, 0] * (bj * bi)
+    kernel = torch.outer(wj, wi).flip(0, 1)[None, None]  # conv2d correlates: flipped, it sums weights[j - a, i - c]
+    return F.conv2d(padded, kernel)[0, 0]
 
 
 def _match(

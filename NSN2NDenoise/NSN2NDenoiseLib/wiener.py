@@ -282,7 +282,7 @@ def row_count(n_slices: int, kind: str, lag1: tuple[float, float] | None = None)
     if kind == "matched":
         from . import block_matching  # it builds on this module
 
-        return block_matching.row_count(n_slices)
+        return sum(block_matching.row_count(n_slices, f) for f in block_matching.PASSES[noise_class(lag1)])
     return sum(len(_starts(n_slices, min(f.block, n_slices), f.step)) for f in PASSES)
 
 
@@ -299,6 +299,8 @@ def apply_wiener(
 
     - ``kind`` = 'matched' (the default's): the block-matched Wiener estimate of ``noisy`` with it as the pilot
       (:mod:`.block_matching`), the noise variance being the residual's spectrum for its block times its factor;
+      for white noise (``lag1`` at most ``inference.WHITE_LAG1``) two passes of ``block_matching.PASSES``, the
+      second with the first's estimate as its pilot and the same residual's spectrum;
       where the in-plane noise is strongly correlated (``lag1`` above :data:`MATCHED_MAX_LAG1`), 'filters' instead,
       the entry then saying so (``requested`` and ``reason``);
     - ``kind`` = 'filters': the mean of itself and the Wiener estimates of every filter of :data:`PASSES`, the
@@ -323,9 +325,14 @@ def apply_wiener(
     if kind == "matched":
         from . import block_matching  # it builds on this module
 
-        f = block_matching.MATCHED
-        spectrum = residual_spectrum(noisy, denoised, f.block)
-        block_matching.matched_into(noisy, denoised, f.factor * spectrum, step, is_cancelled)
+        passes = block_matching.PASSES[cls]
+        # the noise is read from the network's residual, before any pass changes ``denoised``
+        spectra = {f.block: residual_spectrum(noisy, denoised, f.block) for f in passes}
+        offset = 0  # the progress steps of the passes before this one
+        for f in passes:
+            shifted = None if step is None else (lambda row, at=offset: step(at + row))
+            block_matching.matched_into(noisy, denoised, f.factor * spectra[f.block], shifted, is_cancelled, f=f)
+            offset += block_matching.row_count(noisy.shape[0], f)
         return {
             "applied": True,
             "kind": kind,
@@ -337,7 +344,9 @@ def apply_wiener(
                     "factor": f.factor,
                     "group": f.group,
                     "search": list(f.search),
+                    "window": f.window,
                 }
+                for f in passes
             ],
             "share": 1.0,
             "residual_rms": rms,
