@@ -112,7 +112,7 @@ def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them
 
     default = protocol.run_params("nsn2n", {})
     one = {"block": 4, "step": 3, "group": 16, "search": (3, 5), "factor": 4.0, "window": 0.0}
-    white = [{**one, "block": 5, "window": 2.0}, {**one, "block": 5, "window": 2.0, "factor": 2.0}]
+    white = [one, {**one, "factor": 2.0}]
     assert default["wiener_filters"] == {"white": white, "correlated": [one]}
     filters = protocol.run_params("nsn2n_filters", {})
     assert filters["wiener_filters"] == [{"block": 8, "step": 3, "factors": {"white": 2.0, "correlated": 4.0}}]

@@ -52,7 +52,7 @@ def test_every_variant_is_stored_and_scored(noisy_case, tmp_path, monkeypatch):
     case = wiener_grid._Case(ds, {"slice_axis": 0, "inplane_noise_lag1": [0.0, 0.0]}, noisy, pilot)
     monkeypatch.setattr(wiener_grid, "_case", lambda name, seed: case)
     monkeypatch.setattr(white_stage, "OUT", tmp_path / "wiener_white.json")
-    names = [white_stage.PREVIOUS, "two passes, 4-voxel blocks", white_stage.ENGINE]
+    names = [white_stage.PREVIOUS, "two passes, 5-voxel blocks, no window", white_stage.ENGINE]
     stored = white_stage.run(["toy"], (7,), names)
     entry = stored["toy/seed7"]
     assert entry["noise_class"] == "white" and list(entry["variants"]) == names

@@ -117,6 +117,7 @@ def test_the_group_is_the_largest_power_of_two_the_candidates_allow():
         ((10, 15, 13), bm.MatchedFilter(block=5, step=3, group=8, search=(2, 3), factor=1.0, window=2.0)),
         ((4, 12, 16), bm.MatchedFilter(block=5, step=3, group=8, search=(1, 3), factor=1.0, window=6.0)),
         ((11, 15, 16), bm.MATCHED_WHITE[1]),  # the engine's second pass on white noise
+        ((11, 15, 16), bm.MatchedFilter(block=5, step=3, group=16, search=(3, 5), factor=2.0, window=2.0)),
     ],
 )
 def test_the_streamed_filter_is_the_block_by_block_reference(shape, f):
@@ -193,8 +194,8 @@ def test_an_integer_input_gives_what_its_float_copy_gives():
 def test_the_engines_filters_are_the_ones_chosen_on_the_tuning_set():
     assert bm.MATCHED == bm.MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=4.0, window=0.0)
     assert bm.MATCHED_WHITE == (
-        bm.MatchedFilter(block=5, step=3, group=16, search=(3, 5), factor=4.0, window=2.0),
-        bm.MatchedFilter(block=5, step=3, group=16, search=(3, 5), factor=2.0, window=2.0),
+        bm.MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=4.0, window=0.0),
+        bm.MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=2.0, window=0.0),
     )
     assert bm.PASSES == {"white": bm.MATCHED_WHITE, "correlated": (bm.MATCHED,)}
 

@@ -150,6 +150,21 @@ def test_the_wiener_stage_adds_its_cpu_time_per_voxel_whatever_the_device():
         assert on.host_bytes == off.host_bytes
 
 
+def test_block_matching_is_counted_as_its_two_white_noise_passes_where_three_axes_may_run():
+    shape, voxels = (10, 64, 48), 10 * 64 * 48
+    off = NET.replace(inference={"neighbour_fusion": "off"})
+    on = CFG.replace(inference={"neighbour_fusion": "off"})
+    for spacing, kind in (((1.0, 1.0, 1.0), "matched_white"), ((3.0, 1.0, 1.0), "matched"), (None, "matched")):
+        added = estimate(shape, on, spacing_kji=spacing).seconds["inference"]
+        added -= estimate(shape, off, spacing_kji=spacing).seconds["inference"]
+        assert added == pytest.approx(costmodel.WIENER_S_PER_VOXEL[kind] * voxels), spacing
+    assert costmodel.WIENER_S_PER_VOXEL["matched_white"] > 1.5 * costmodel.WIENER_S_PER_VOXEL["matched"]
+    filters = CFG.replace(inference={"neighbour_fusion": "off", "wiener": "filters"})
+    added = estimate(shape, filters, spacing_kji=(1.0, 1.0, 1.0)).seconds["inference"]
+    added -= estimate(shape, off, spacing_kji=(1.0, 1.0, 1.0)).seconds["inference"]
+    assert added == pytest.approx(costmodel.WIENER_S_PER_VOXEL["filters"] * voxels)
+
+
 def test_the_estimate_is_the_documented_model_in_absolute_seconds_and_bytes():
     """Every constant and factor at once, away from the defaults (width 32, batch 16, patch 32), where a ratio test
     cannot see a wrong absolute value."""

@@ -207,11 +207,11 @@ def test_apply_wiener_reports_every_block_row_of_its_stage_as_a_step():
 
     clean, rng = smooth_volume((14, 16, 18))
     noisy = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
-    five = len(wiener._starts(14, 5, 3))  # block rows of one pass of 5-voxel blocks
-    assert five == 4 and block_matching.row_count(14) == len(wiener._starts(14, 4, 3)) == 5
+    one = len(wiener._starts(14, 4, 3))  # block rows of one pass
+    assert one == block_matching.row_count(14) == 5
     cases = [
         ("filters", (0.0, 0.0), len(wiener._starts(14, 8, 3))),
-        ("matched", (0.0, 0.0), 2 * five),  # white noise: two passes
+        ("matched", (0.0, 0.0), 2 * one),  # white noise: two passes
         ("matched", (0.3, 0.3), block_matching.row_count(14)),  # correlated: one
     ]
     for kind, lag1, rows in cases:
@@ -340,21 +340,21 @@ def test_apply_wiener_matched_on_correlated_noise_is_one_pass_with_the_4_voxel_s
         wiener.apply_wiener(noisy, pilot.copy(), lag1, "on")
 
 
-def test_apply_wiener_matched_on_white_noise_is_two_windowed_passes_with_the_networks_5_voxel_spectrum():
+def test_apply_wiener_matched_on_white_noise_is_two_passes_with_the_networks_4_voxel_spectrum():
     """The second pass takes the first's estimate as its pilot, and its noise is still the network's residual's."""
     from NSN2NDenoiseLib.block_matching import MatchedFilter, matched_into
 
     noisy, pilot = noisy_and_pilot((9, 20, 18))
     out = pilot.copy()
     info = wiener.apply_wiener(noisy, out, (0.02, -0.05), "matched")
-    s5 = wiener.residual_spectrum(noisy, pilot, 5)
+    s4 = wiener.residual_spectrum(noisy, pilot, 4)
     expected = pilot.copy()
-    matched_into(noisy, expected, 4.0 * s5, f=MatchedFilter(5, 3, 16, (3, 5), 4.0, window=2.0))
+    matched_into(noisy, expected, 4.0 * s4, f=MatchedFilter(4, 3, 16, (3, 5), 4.0))
     once = expected.copy()
-    matched_into(noisy, expected, 2.0 * s5, f=MatchedFilter(5, 3, 16, (3, 5), 2.0, window=2.0))
+    matched_into(noisy, expected, 2.0 * s4, f=MatchedFilter(4, 3, 16, (3, 5), 2.0))
     assert np.array_equal(out, expected) and not np.allclose(out, once, atol=1e-2)
     passes = [
-        {"block": [5, 5, 5], "step": 3, "factor": k, "group": 16, "search": [3, 5], "window": 2.0} for k in (4, 2)
+        {"block": [4, 4, 4], "step": 3, "factor": k, "group": 16, "search": [3, 5], "window": 0.0} for k in (4, 2)
     ]
     assert info == {
         "applied": True,

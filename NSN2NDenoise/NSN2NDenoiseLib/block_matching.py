@@ -53,13 +53,11 @@ class MatchedFilter:
 MATCHED = MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=4.0)
 """The engine's block-matched filter where the noise is correlated in-plane (low-dose CT), chosen on the tuning set
 (RESULTS.md, "Adopted: block matching in the Wiener stage")."""
-MATCHED_WHITE = (
-    MatchedFilter(block=5, step=3, group=16, search=(3, 5), factor=4.0, window=2.0),
-    MatchedFilter(block=5, step=3, group=16, search=(3, 5), factor=2.0, window=2.0),
-)
-"""The engine's passes where the noise is white (MRI): 5-voxel blocks with BM4D's Kaiser window (beta 2), the
-second pass taking the first's estimate as its pilot, both with the network's residual spectrum as the noise
-(RESULTS.md, "Adopted: two windowed passes of block matching on white noise")."""
+MATCHED_WHITE = (MATCHED, MatchedFilter(block=4, step=3, group=16, search=(3, 5), factor=2.0))
+"""The engine's passes where the noise is white (MRI): :data:`MATCHED`, then the same filter at factor 2 with the
+first pass's estimate as its pilot, both with the network's residual spectrum as the noise (RESULTS.md, "Adopted:
+two passes of block matching on white noise"). 5-voxel blocks with BM4D's Kaiser window (``window`` = 2) were
+measured and not kept."""
 PASSES = {"white": MATCHED_WHITE, "correlated": (MATCHED,)}
 """The block-matched passes the stage runs, in order, by the noise class of :func:`.wiener.noise_class`."""
 

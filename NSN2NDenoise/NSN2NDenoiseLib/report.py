@@ -55,11 +55,11 @@ class RunReport:
     output, 0 when not applied), loss_curve and recoveries of its training (docs/METHOD.md section 5)."""
     wiener: dict[str, Any] = field(default_factory=dict)
     """The Wiener stage (``inference.wiener``): applied (bool); where applied, noise_class ('white' or
-    'correlated'), filters (each its block in voxels, slice axis first, step in voxels, and factor on the residual's
-    spectrum), share (the filters' estimates' weight in the output) and residual_rms (input units), and where
-    another kind ran than the one asked for (the DCT filter for block matching, where the in-plane noise is strongly
-    correlated) requested and reason; else reason
-    (docs/METHOD.md section 5)."""
+    'correlated'), filters (each pass or filter its block in voxels, slice axis first, step in voxels, and factor on
+    the residual's spectrum; for block matching also group, search and window), share (the filters' estimates'
+    weight in the output) and residual_rms (input units), and where another kind ran than the one asked for (the
+    DCT filter for block matching, where the in-plane noise is strongly correlated) requested and reason; else
+    reason (docs/METHOD.md section 5)."""
     peak_gpu_mb: float | None = None
     """Peak GPU memory allocated by PyTorch during the run, in MiB (None on the CPU)."""
     warnings: list[str] = field(default_factory=list)
