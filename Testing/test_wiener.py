@@ -205,7 +205,7 @@ def test_the_residual_spectrum_is_summed_in_float64():
 def test_apply_wiener_reports_every_block_row_of_its_stage_as_a_step():
     from NSN2NDenoiseLib import block_matching
 
-    clean, rng = smooth_volume((14, 16, 18))
+    clean, rng = smooth_volume((14, 24, 18))  # J has more block rows than K: the steps count K's
     noisy = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
     one = len(wiener._starts(14, 4, 3))  # block rows of one pass
     assert one == block_matching.row_count(14) == 5

@@ -24,13 +24,14 @@ INFERENCE_S_PER_VOXEL_BF16 = 1.5e-7
 measured at 100 and 600 slices, TTA 1 and 8)."""
 INFERENCE_S_PER_VOXEL_FP32 = 2.85e-7
 """The same in float32 (no native bf16): 1.9x the bf16 time ("Real sizes", inference options)."""
-WIENER_S_PER_VOXEL = {"filters": 4.8e-7, "matched": 1.6e-6, "matched_white": 3.2e-6}
+WIENER_S_PER_VOXEL = {"filters": 4.8e-7, "matched": 1.6e-6, "matched_white": 3.7e-6}
 """Seconds per voxel of the Wiener stage by ``inference.wiener`` (on the CPU whatever the network's device), with
-2 threads at 512x512x300: 37.2 s for the DCT filter (benchmarks/results/scale_300_wiener), 125.6 s for block
-matching (benchmarks/results/scale_300_matched); 'matched_white', block matching's two passes on white noise,
-twice its one pass. The noise is known only once the run has measured it: 'matched' is counted as
-block matching's one pass even where strongly correlated noise makes it run the cheaper DCT filter, and as the two
-passes wherever :func:`.inference.expected_axis_count` counts three axes (near-isotropic voxels: MRI)."""
+2 threads: 37.2 s for the DCT filter on a 512x512x300 CT (benchmarks/results/scale_300_wiener), 125.6 s for block
+matching's one pass there (benchmarks/results/scale_300_matched), and 'matched_white', its two passes on white
+noise, 47.9 s on a 256x256x200 MRI (benchmarks/results/scale_mri_twopass; one pass took 19.4 s there). The noise is
+known only once the run has measured it: 'matched' is counted as the one pass even where strongly correlated noise
+makes it run the cheaper DCT filter, and as the two passes wherever :func:`.inference.expected_axis_count` counts
+three axes (near-isotropic voxels: MRI)."""
 GPU_SPEEDUP = 20.0
 """A CUDA GPU taken as this many times faster than the 2-core CPU, phase by phase: a conservative guess, not a
 measurement (no GPU was available to measure it)."""
