@@ -1056,8 +1056,8 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         "",
         ht_pilot.table(root),
         "",
-        "## Two windowed passes of block matching on white noise (`python -m benchmarks.white_stage`; adopted for "
-        "white noise, the one pass kept on correlated noise)",
+        "## Two passes of block matching on white noise (`python -m benchmarks.white_stage`; adopted for white "
+        "noise, the one pass kept on correlated noise)",
         "",
         white_stage.table(root),
         "",
