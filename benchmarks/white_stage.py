@@ -64,12 +64,10 @@ engine's won on every white tuning case by more than twice the seed spread, the 
 def run_passes(noisy: np.ndarray, pilot: np.ndarray, passes: tuple) -> np.ndarray:
     """The passes in order on a copy of ``pilot`` (the network's output, K, J, I), the noise of each being its
     factor x the network's residual's spectrum for its block, as the engine runs them."""
-    from NSN2NDenoiseLib import block_matching, wiener
+    from NSN2NDenoiseLib import block_matching
 
-    spectra = {f.block: wiener.residual_spectrum(noisy, pilot, f.block) for f in passes}
     out = pilot.astype(np.float32)  # a copy: the passes write in place
-    for f in passes:
-        block_matching.matched_into(noisy, out, f.factor * spectra[f.block], f=f)
+    block_matching.passes_into(noisy, out, passes)
     return out
 
 
@@ -118,8 +116,10 @@ def table(root: Path = protocol.RESULTS_DIR) -> str:
             if not all(n in e["variants"] for e in entries):
                 cells.append("not run")
                 continue
-            d = protocol.summarise([e["variants"][n]["psnr"] - p["psnr"] for e, p in zip(entries, prev, strict=True)])
-            q = protocol.summarise([e["variants"][n]["ssim"] - p["ssim"] for e, p in zip(entries, prev, strict=True)])
+            d, q = (
+                protocol.summarise([e["variants"][n][k] - p[k] for e, p in zip(entries, prev, strict=True)])
+                for k in ("psnr", "ssim")
+            )
             cell = f"{d.mean:+.2f} ± {d.sd:.2f} / {q.mean:+.4f} ± {q.sd:.4f}"
             cells.append(f"**{cell}**" if n == ENGINE else cell)
         eng = [e["variants"][ENGINE]["ssim_flat"] for e in entries]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CancelledError
-from .wiener import _padding, _starts, dct_matrix
+from .wiener import _padding, _starts, dct_matrix, residual_spectrum
 
 REF_CHUNK = 2048
 """Reference blocks transformed at once: bounds the memory of the groups (about 100 MB)."""
@@ -179,6 +179,25 @@ def matched_into(
             done += 1
         if step is not None:
             step(row)
+
+
+def passes_into(
+    noisy: np.ndarray,
+    pilot: np.ndarray,
+    passes: tuple[MatchedFilter, ...],
+    step: Callable[[int], None] | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+) -> None:
+    """Run ``passes`` in order on ``pilot`` (K, J, I, float32, overwritten) with :func:`matched_into`, each pass taking
+    the previous one's estimate as its pilot and, as its noise variance, its factor x the spectrum of the *input's*
+    residual (``noisy`` - the ``pilot`` given, before any pass) for its block. ``step`` counts the block rows of every
+    pass in turn (:func:`row_count` each)."""
+    spectra = {f.block: residual_spectrum(noisy, pilot, f.block) for f in passes}
+    offset = 0  # the progress steps of the passes before this one
+    for f in passes:
+        shifted = None if step is None else (lambda row, at=offset: step(at + row))
+        matched_into(noisy, pilot, f.factor * spectra[f.block], shifted, is_cancelled, f=f)
+        offset += row_count(noisy.shape[0], f)
 
 
 def kaiser(n: int, beta: float) -> torch.Tensor:

@@ -326,13 +326,7 @@ def apply_wiener(
         from . import block_matching  # it builds on this module
 
         passes = block_matching.PASSES[cls]
-        # the noise is read from the network's residual, before any pass changes ``denoised``
-        spectra = {f.block: residual_spectrum(noisy, denoised, f.block) for f in passes}
-        offset = 0  # the progress steps of the passes before this one
-        for f in passes:
-            shifted = None if step is None else (lambda row, at=offset: step(at + row))
-            block_matching.matched_into(noisy, denoised, f.factor * spectra[f.block], shifted, is_cancelled, f=f)
-            offset += block_matching.row_count(noisy.shape[0], f)
+        block_matching.passes_into(noisy, denoised, passes, step, is_cancelled)
         return {
             "applied": True,
             "kind": kind,
