@@ -134,3 +134,13 @@ def wait_for_training(job, timeout: float = 60.0) -> None:
         assert job.poll() == jobs.RUNNING, job.error
         time.sleep(0.05)
     assert job.progress is not None and job.progress.phase == "training"
+
+
+@pytest.fixture
+def noisy_case():
+    """A smooth (10, 20, 22) volume, it with Gaussian noise of sd 10, and a pilot with noise of sd 2 (float32): the
+    Wiener-stage benchmarks' toy case."""
+    clean, rng = smooth_volume((10, 20, 22))
+    noisy = (clean + rng.normal(0, 10, clean.shape)).astype(np.float32)
+    pilot = (clean + rng.normal(0, 2, clean.shape)).astype(np.float32)
+    return clean, noisy, pilot

@@ -10,23 +10,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 if importlib.util.find_spec("benchmarks") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conftest import require, smooth_volume  # noqa: E402
+from conftest import smooth_volume  # noqa: E402
 
 from benchmarks import datasets, ht_pilot, wiener_grid  # noqa: E402
-
-
-@pytest.fixture
-def noisy_case():
-    require("torch", "torch==2.13.0 first, see README")
-    clean, rng = smooth_volume((10, 20, 22))
-    noisy = (clean + rng.normal(0, 10, clean.shape)).astype(np.float32)
-    pilot = (clean + rng.normal(0, 2, clean.shape)).astype(np.float32)
-    return clean, noisy, pilot
 
 
 def test_no_threshold_gives_the_input_back_and_a_huge_one_nothing(noisy_case):

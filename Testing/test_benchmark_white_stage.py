@@ -15,18 +15,8 @@ import pytest
 if importlib.util.find_spec("benchmarks") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conftest import require, smooth_volume  # noqa: E402
 
 from benchmarks import datasets, white_stage, wiener_grid  # noqa: E402
-
-
-@pytest.fixture
-def noisy_case():
-    require("torch", "torch==2.13.0 first, see README")
-    clean, rng = smooth_volume((10, 20, 22))
-    noisy = (clean + rng.normal(0, 10, clean.shape)).astype(np.float32)
-    pilot = (clean + rng.normal(0, 2, clean.shape)).astype(np.float32)
-    return clean, noisy, pilot
 
 
 def test_the_engines_variant_is_the_engines_white_stage_and_the_previous_its_correlated_one(noisy_case):
