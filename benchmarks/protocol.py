@@ -1018,7 +1018,7 @@ def neighbour_fusion_table(root: Path = RESULTS_DIR) -> str:
 
 def write_tables(root: Path = RESULTS_DIR) -> Path:
     """Rebuild ``<root>/SUMMARY.md`` from the stored result files alone."""
-    from . import ht_pilot, white_stage, wiener_grid
+    from . import ht_pilot, texture_gap, white_stage, wiener_grid
 
     parts = [
         "# Protocol results (issue 11)",
@@ -1060,6 +1060,11 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         "noise, the one pass kept on correlated noise)",
         "",
         white_stage.table(root),
+        "",
+        "## The white-noise SSIM gap: the engine's output averaged with a network-free estimate of BM4D's kind "
+        "(`python -m benchmarks.texture_gap`; not adopted, a lead)",
+        "",
+        texture_gap.table(root),
         "",
         "## The Wiener stage on the reporting set (`nsn2n`, `nsn2n_filters` against `nsn2n_nowiener`, the same "
         "training)",

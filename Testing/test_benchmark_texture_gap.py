@@ -1,0 +1,102 @@
+"""The white-noise SSIM-gap experiment (benchmarks/texture_gap.py): the flat-region error split recovers the shares
+of noise and texture an estimate kept, the network-free estimate denoises, every variant is stored and scored (the
+mixes being the averages they name), and the table pairs each variant with the engine by seed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("benchmarks") is None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+from benchmarks import datasets, texture_gap, wiener_grid  # noqa: E402
+
+
+def test_the_error_split_recovers_the_noise_and_texture_kept():
+    rng = np.random.default_rng(0)
+    clean = rng.normal(0, 5, (12, 16, 16)).astype(np.float32)
+    noise = rng.normal(0, 10, clean.shape).astype(np.float32)
+    hp = clean - texture_gap.ndimage.uniform_filter(clean, texture_gap.TEXTURE_BOX)
+    other = rng.normal(0, 1, clean.shape).astype(np.float32)
+    estimate = clean + 0.2 * noise - 0.6 * hp + other
+    region = np.ones(clean.shape, bool)
+    got = texture_gap.split_error(estimate, clean, clean + noise, region)
+    assert got["noise_kept"] == pytest.approx(0.2, abs=0.01)
+    assert got["texture_kept"] == pytest.approx(-0.6, abs=0.03)
+    assert got["other_mse"] == pytest.approx(1.0, rel=0.1)
+    assert got["mse"] == pytest.approx(float(np.mean((estimate - clean) ** 2)))
+    half = region.copy()
+    half[6:] = False  # only the region counts
+    assert texture_gap.split_error(
+        np.where(half, estimate, clean + noise), clean, clean + noise, half
+    ) == pytest.approx(texture_gap.split_error(estimate[:6], clean[:6], (clean + noise)[:6], region[:6]), rel=0.05)
+
+
+def test_the_network_free_estimate_denoises_and_its_mixes_are_stored(noisy_case, tmp_path, monkeypatch):
+    clean, noisy, pilot = noisy_case
+    sigma = 10.0
+    b = texture_gap.bm_like(noisy, sigma)
+    assert b.dtype == np.float32 and b.shape == noisy.shape
+    assert np.mean((b - clean) ** 2) < 0.3 * np.mean((noisy - clean) ** 2)
+    ds = datasets.Dataset("toy", "t", clean, noisy, (1.0, 1.0, 1.0), "mri", np.ones(clean.shape, bool), 300.0, "all")
+    case = wiener_grid._Case(ds, {"slice_axis": 0, "inplane_noise_lag1": [0.0, 0.0]}, noisy, pilot)
+    monkeypatch.setattr(wiener_grid, "_case", lambda name, seed: case)
+    monkeypatch.setattr(texture_gap, "OUT", tmp_path / "wiener_texture.json")
+    monkeypatch.setattr(texture_gap.baselines, "estimated_sigma", lambda x: sigma)
+    stored = texture_gap.run(["toy"], (7,))
+    entry = stored["toy/seed7"]
+    assert entry["noise_class"] == "white" and entry["sigma_estimated"] == sigma
+    assert entry["network_alone_psnr"] == pytest.approx(case.psnr(pilot)) and entry["stored_network_alone_psnr"] is None
+    assert list(entry["variants"]) == ["engine", "bm-like", "mix 0.3", "mix 0.5"]
+    from NSN2NDenoiseLib import block_matching
+
+    eng = pilot.copy()
+    block_matching.passes_into(noisy, eng, block_matching.MATCHED_WHITE)
+    assert entry["variants"]["engine"]["psnr"] == pytest.approx(case.psnr(eng))
+    assert entry["variants"]["bm-like"]["psnr"] == pytest.approx(case.psnr(b))
+    assert entry["variants"]["mix 0.3"]["psnr"] == pytest.approx(case.psnr(0.7 * eng + 0.3 * b))
+    assert set(entry["flat_error"]) == {"network alone", "engine", "bm-like"}
+    assert json.loads((tmp_path / "wiener_texture.json").read_text()) == json.loads(json.dumps(stored, default=float))
+    monkeypatch.setattr(wiener_grid, "_case", lambda name, seed: pytest.fail("a stored entry is measured again"))
+    assert texture_gap.run(["toy"], (7,)) == stored
+
+
+def test_the_table_pairs_each_variant_with_the_engine_by_seed(tmp_path):
+    def q(psnr, ssim):
+        return {"psnr": psnr, "ssim": ssim, "ssim_flat": ssim - 0.05, "mse_flat": 90.0}
+
+    split = {"noise_kept": 0.1, "texture_kept": -0.5, "other_mse": 40.0, "mse": 60.0}
+    entries = {}
+    for seed, d in ((1, 0.1), (2, 0.3)):
+        entries[f"c/seed{seed}"] = {
+            "case": "c",
+            "seed": seed,
+            "variants": {"engine": q(31.0 + d, 0.97), "mix 0.5": q(31.0 + 2 * d, 0.972)},
+            "flat_error": {"engine": split, "bm-like": {**split, "texture_kept": -0.4}},
+        }
+    entries["c/seed1"]["variants"]["BM4D"] = q(30.0, 0.975)
+    (tmp_path / "wiener_texture.json").write_text(json.dumps(entries))
+    row = texture_gap.table(tmp_path).splitlines()[-1]
+    assert row.startswith(
+        "| `c` | 1, 2 | 31.20 ± 0.14 / 0.9700 | not run | not run | +0.20 ± 0.14 / +0.0020 ± 0.0000 |"
+    )
+    assert "| -1.10 ± 0.00 / +0.0050 ± 0.0000 (1 seed) | not run |" in row  # BM4D at seed 1 only
+    assert row.endswith("| 0.10, -0.50, 40 / 0.10, -0.40, 40 |")
+    assert texture_gap.table(tmp_path / "absent") == ""
+
+
+def test_the_protocol_summary_carries_the_experiment_table(tmp_path, monkeypatch):
+    from benchmarks import protocol
+
+    monkeypatch.setitem(protocol.SETS, "reporting", {"cases": (), "seeds": (1,)})
+    monkeypatch.setitem(protocol.SETS, "tuning", {"cases": (), "seeds": (100,)})
+    test_the_table_pairs_each_variant_with_the_engine_by_seed(tmp_path)
+    summary = protocol.write_tables(tmp_path).read_text()
+    assert "`python -m benchmarks.texture_gap`" in summary and texture_gap.table(tmp_path) in summary
