@@ -155,9 +155,8 @@ def table(root: Path = protocol.RESULTS_DIR) -> str:
             if not have:
                 cells.append("not run")
                 continue
-            d, q = (protocol.summarise([v[k] - p[k] for v, p in have]) for k in ("psnr", "ssim"))
             seeds = "" if len(have) == len(entries) else f" ({len(have)} seed)"
-            cells.append(f"{d.mean:+.2f} ± {d.sd:.2f} / {q.mean:+.4f} ± {q.sd:.4f}{seeds}")
+            cells.append(wiener_grid.paired_cell(have) + seeds)
         split = " / ".join(
             ", ".join(
                 f"{np.mean([e['flat_error'][n][k] for e in entries]):.2f}" for k in ("noise_kept", "texture_kept")

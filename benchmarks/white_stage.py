@@ -116,11 +116,7 @@ def table(root: Path = protocol.RESULTS_DIR) -> str:
             if not all(n in e["variants"] for e in entries):
                 cells.append("not run")
                 continue
-            d, q = (
-                protocol.summarise([e["variants"][n][k] - p[k] for e, p in zip(entries, prev, strict=True)])
-                for k in ("psnr", "ssim")
-            )
-            cell = f"{d.mean:+.2f} ± {d.sd:.2f} / {q.mean:+.4f} ± {q.sd:.4f}"
+            cell = wiener_grid.paired_cell([(e["variants"][n], p) for e, p in zip(entries, prev, strict=True)])
             cells.append(f"**{cell}**" if n == ENGINE else cell)
         eng = [e["variants"][ENGINE]["ssim_flat"] for e in entries]
         flat = f"{np.mean([p['ssim_flat'] for p in prev]):.4f} → {np.mean(eng):.4f}"

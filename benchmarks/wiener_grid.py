@@ -300,6 +300,13 @@ def run_filters(cases: list[str], seeds: tuple[int, ...], row: str = "nsn2n") ->
     return stored
 
 
+def paired_cell(pairs: list[tuple[dict, dict]]) -> str:
+    """Mean ± sd over seeds of a variant's PSNR (dB) and SSIM minus its baseline's, from (variant, baseline) result
+    pairs of the same seed: '+d ± sd / +q ± sd'."""
+    d, q = (protocol.summarise([v[k] - b[k] for v, b in pairs]) for k in ("psnr", "ssim"))
+    return f"{d.mean:+.2f} ± {d.sd:.2f} / {q.mean:+.4f} ± {q.sd:.4f}"
+
+
 def _entries_by_case(path: Path) -> dict[str, list[dict]]:
     """The entries of an experiment's result file grouped by their table label: the case, and the row whose network
     was the pilot where it is not the default's ({} when the file is missing)."""
