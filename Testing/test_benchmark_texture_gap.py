@@ -64,8 +64,12 @@ def test_the_network_free_estimate_denoises_and_its_mixes_are_stored(noisy_case,
     assert entry["variants"]["mix 0.3"]["psnr"] == pytest.approx(case.psnr(0.7 * eng + 0.3 * b))
     assert set(entry["flat_error"]) == {"network alone", "engine", "bm-like"}
     assert json.loads((tmp_path / "wiener_texture.json").read_text()) == json.loads(json.dumps(stored, default=float))
+    case.info["noise_sigma"] = 12.0
+    both = texture_gap.run(["toy"], (7,), source="pairs")
+    assert both["toy/seed7"] == entry and both["toy/seed7/pairs"]["sigma_estimated"] == 12.0
+    assert both["toy/seed7/pairs"]["sigma_source"] == "pairs" and entry["sigma_source"] == "wavelet"
     monkeypatch.setattr(wiener_grid, "_case", lambda name, seed: pytest.fail("a stored entry is measured again"))
-    assert texture_gap.run(["toy"], (7,)) == stored
+    assert texture_gap.run(["toy"], (7,), source="pairs") == both
 
 
 def test_the_table_pairs_each_variant_with_the_engine_by_seed(tmp_path):
@@ -85,7 +89,8 @@ def test_the_table_pairs_each_variant_with_the_engine_by_seed(tmp_path):
     (tmp_path / "wiener_texture.json").write_text(json.dumps(entries))
     row = texture_gap.table(tmp_path).splitlines()[-1]
     assert row.startswith(
-        "| `c` | 1, 2 | 31.20 ± 0.14 / 0.9700 | not run | not run | +0.20 ± 0.14 / +0.0020 ± 0.0000 |"
+        "| `c`, wavelet noise level | 1, 2 | 31.20 ± 0.14 / 0.9700 | not run | not run "
+        "| +0.20 ± 0.14 / +0.0020 ± 0.0000 |"
     )
     assert "| -1.10 ± 0.00 / +0.0050 ± 0.0000 (1 seed) | not run |" in row  # BM4D at seed 1 only
     assert row.endswith("| 0.10, -0.50, 40 / 0.10, -0.40, 40 |")
@@ -100,3 +105,14 @@ def test_the_protocol_summary_carries_the_experiment_table(tmp_path, monkeypatch
     test_the_table_pairs_each_variant_with_the_engine_by_seed(tmp_path)
     summary = protocol.write_tables(tmp_path).read_text()
     assert "`python -m benchmarks.texture_gap`" in summary and texture_gap.table(tmp_path) in summary
+
+
+def test_the_noise_level_comes_from_the_source_named_and_keys_the_entry(monkeypatch):
+    monkeypatch.setattr(texture_gap.baselines, "estimated_sigma", lambda x: 3.5)
+    x = np.zeros((4, 4, 4), np.float32)
+    assert texture_gap.noise_level("wavelet", x, {"noise_sigma": 9.0}) == 3.5
+    assert texture_gap.noise_level("pairs", x, {"noise_sigma": 9.0}) == 9.0
+    with pytest.raises(ValueError, match="wavelet, pairs"):
+        texture_gap.noise_level("true", x, {})
+    assert texture_gap.entry_key("c", 7, "wavelet") == "c/seed7"
+    assert texture_gap.entry_key("c", 7, "pairs") == "c/seed7/pairs"

@@ -11,7 +11,9 @@ a dB, and every variant is paired with the engine on the same f), this measures:
 - ``bm-like``: an estimate that uses no network, of BM4D's kind: the hard-thresholded estimate (2.7 noise standard
   deviations) on groups matched on the *input* itself (``ht_pilot.hard_threshold``), then one block-matched Wiener
   pass (``block_matching.MATCHED``) with it as the pilot; the noise variance of every DCT coefficient is the same,
-  the square of the noise level as BM4D as users run it gets it (scikit-image's wavelet estimate on the input);
+  the square of a noise level: ``--sigma wavelet`` (the default), the one BM4D as users run it gets
+  (scikit-image's wavelet estimate on the input); ``--sigma pairs``, the engine's own, from neighbouring slices (the
+  run report's ``noise_sigma``);
 - ``mix a``: (1 - a) x engine + a x bm-like, for a in :data:`MIXES`;
 - with ``--bm4d``: BM4D itself with that noise level, and the engine's output averaged with it half and half;
 - in the flattest quarter of the head (``ht_pilot.flat_region``), the error of the network alone, of the engine and
@@ -21,6 +23,7 @@ a dB, and every variant is paired with the engine on the same f), this measures:
 
     python -m benchmarks.texture_gap                    # the white tuning cases, 3 seeds
     python -m benchmarks.texture_gap --cases cttune_gauss30 --seeds 100 --bm4d
+    python -m benchmarks.texture_gap --sigma pairs --seeds 100
 
 Writes ``benchmarks/results/protocol/wiener_texture.json`` (committed), one entry per case and seed. Arrays are
 (K, J, I) with the slice axis first, in the volume's units.
@@ -45,6 +48,8 @@ MIXES = (0.3, 0.5)
 """Weights of the bm-like estimate in the average with the engine's output."""
 HT_LAMBDA = 2.7
 """Hard threshold in noise standard deviations (BM4D's)."""
+SIGMA_SOURCES = ("wavelet", "pairs")
+"""Where bm-like's noise level comes from (:func:`noise_level`)."""
 TEXTURE_BOX = 5
 """Edge in voxels of the box mean whose difference from the clean volume is its texture."""
 
@@ -79,15 +84,32 @@ def split_error(estimate: np.ndarray, clean: np.ndarray, noisy: np.ndarray, regi
     }
 
 
-def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False) -> dict:
-    """The experiment (module docstring) on ``cases`` x ``seeds``; each entry is stored as soon as it is done, and one
-    stored already (with BM4D where ``with_bm4d``) is kept, not measured again."""
+def noise_level(source: str, x: np.ndarray, info: dict) -> float:
+    """The noise level (the volume's units) that bm-like is given: 'wavelet', scikit-image's wavelet estimate on the
+    input ``x`` (BM4D's as users run it); 'pairs', the engine's own from neighbouring slices (``info['noise_sigma']``,
+    the run report's)."""
+    if source == "wavelet":
+        return baselines.estimated_sigma(x)
+    if source == "pairs":
+        return float(info["noise_sigma"])
+    raise ValueError(f"unknown noise level source {source!r}: choose one of {', '.join(SIGMA_SOURCES)}")
+
+
+def entry_key(case: str, seed: int, source: str) -> str:
+    """An entry's key in the result file (the wavelet source's keys carry no suffix, as first stored)."""
+    return f"{case}/seed{seed}" + ("" if source == "wavelet" else f"/{source}")
+
+
+def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False, source: str = "wavelet") -> dict:
+    """The experiment (module docstring) on ``cases`` x ``seeds`` with the noise level of ``source``
+    (:func:`noise_level`); each entry is stored as soon as it is done, and one stored already (with BM4D where
+    ``with_bm4d``) is kept, not measured again."""
     from NSN2NDenoiseLib import block_matching, wiener
 
     stored = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for case in cases:
         for seed in seeds:
-            done = stored.get(f"{case}/seed{seed}")
+            done = stored.get(entry_key(case, seed, source))
             if done is not None and (not with_bm4d or "BM4D" in done["variants"]):
                 continue  # stored already (delete the entry to measure it again)
             c = wiener_grid._case(case, seed)
@@ -97,7 +119,7 @@ def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False) -> di
             clean = np.moveaxis(c.ds.clean, axis, 0).astype(np.float32)
             region = np.moveaxis(flat, axis, 0)
             x = np.asarray(c.noisy, dtype=np.float32)
-            sigma = baselines.estimated_sigma(x)
+            sigma = noise_level(source, x, c.info)
             start = time.perf_counter()
             eng = c.pilot.astype(np.float32)
             block_matching.passes_into(c.noisy, eng, block_matching.PASSES[wiener.noise_class(c.lag1)])
@@ -109,6 +131,7 @@ def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False) -> di
                 "case": case,
                 "seed": seed,
                 "noise_class": wiener.noise_class(c.lag1),
+                "sigma_source": source,
                 "sigma_estimated": sigma,
                 "network_alone_psnr": c.psnr(c.pilot),
                 "stored_network_alone_psnr": None if alone is None else alone["quality"]["psnr"],
@@ -129,16 +152,19 @@ def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False) -> di
             message = f"{case} seed {seed}: " + ", ".join(
                 f"{n} {v['psnr']:.3f}/{v['ssim']:.4f}" for n, v in got.items()
             )
-            wiener_grid._record(stored, OUT, f"{case}/seed{seed}", entry, message)
+            wiener_grid._record(stored, OUT, entry_key(case, seed, source), entry, message)
     return stored
 
 
 def table(root: Path = protocol.RESULTS_DIR) -> str:
     """By case: the engine's PSNR (dB) / SSIM, each other variant paired with it by seed (mean ± sd of the difference,
     dB / SSIM), and the flat quarter's error split for the engine and bm-like."""
-    by_case = wiener_grid._entries_by_case(root / OUT.name)
-    if not by_case:
+    path = root / OUT.name
+    if not path.is_file():
         return ""
+    by_case: dict[str, list[dict]] = {}
+    for e in json.loads(path.read_text()).values():
+        by_case.setdefault(f"`{e['case']}`, {e.get('sigma_source', 'wavelet')} noise level", []).append(e)
     names = ["bm-like", *(f"mix {a:g}" for a in MIXES), "BM4D", "mix 0.5 with BM4D"]
     lines = [
         "| case | seeds | engine dB / SSIM | "
@@ -177,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", help="comma-separated; default: the white tuning cases")
     parser.add_argument("--seeds", help="comma-separated; default: the tuning set's")
     parser.add_argument("--bm4d", action="store_true", help="also BM4D itself (optional package, minutes per seed)")
+    parser.add_argument("--sigma", choices=SIGMA_SOURCES, default="wavelet", help="bm-like's noise level")
     args = parser.parse_args(argv)
     cases = args.cases.split(",") if args.cases else list(TUNING_CASES)
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else tuple(protocol.SETS["tuning"]["seeds"])
-    run(cases, seeds, args.bm4d)
+    run(cases, seeds, args.bm4d, args.sigma)
     print(table())
     return 0
 
