@@ -1,5 +1,6 @@
-"""The white-noise SSIM gap: where it lies, and whether averaging the default's output with an estimate of BM4D's kind
-closes it (not adopted; a lead).
+"""The white-noise SSIM gap: where it lies, and the default averaged with an estimate of BM4D's kind (a lead).
+
+Whether averaging closes the gap was measured and is not adopted (RESULTS.md).
 
 With white Gaussian noise the default is ahead of BM4D as users run it in PSNR and behind it in SSIM, and the gap
 lies in flat soft tissue (``ht_pilot``). For each case and seed, on the default's cached network output f (its PSNR
