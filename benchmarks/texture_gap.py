@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from . import baselines, ht_pilot, protocol, wiener_grid
+from . import baselines, ht_pilot, protocol, white_stage, wiener_grid
 
 OUT = protocol.RESULTS_DIR / "wiener_texture.json"
 TUNING_CASES = ("cttune_gauss30", "mnitune_rician5", "mnitune_rician10")
@@ -59,9 +59,10 @@ def bm_like(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """The network-free estimate of BM4D's kind (module docstring) of ``noisy`` (K, J, I) with noise level ``sigma``
     (the volume's units); float32."""
     from NSN2NDenoiseLib import block_matching as bm
+    from NSN2NDenoiseLib.wiener import block_shape
 
     x = np.asarray(noisy, dtype=np.float32)
-    v = np.full((4, 4, 4), sigma**2, dtype=np.float32)[tuple(slice(0, min(4, n)) for n in x.shape)]
+    v = np.full(block_shape(x.shape, bm.MATCHED.block), sigma**2, dtype=np.float32)
     out = ht_pilot.hard_threshold(x, x, v, HT_LAMBDA).astype(np.float32)
     bm.matched_into(x, out, v, f=bm.MATCHED)
     return out
@@ -122,8 +123,7 @@ def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False, sourc
             x = np.asarray(c.noisy, dtype=np.float32)
             sigma = noise_level(source, x, c.info)
             start = time.perf_counter()
-            eng = c.pilot.astype(np.float32)
-            block_matching.passes_into(c.noisy, eng, block_matching.PASSES[wiener.noise_class(c.lag1)])
+            eng = white_stage.run_passes(c.noisy, c.pilot, block_matching.PASSES[wiener.noise_class(c.lag1)])
             engine_s = time.perf_counter() - start
             start = time.perf_counter()
             b = bm_like(x, sigma)
