@@ -16,7 +16,7 @@ if importlib.util.find_spec("benchmarks") is None:
 
 from conftest import smooth_volume  # noqa: E402
 
-from benchmarks import datasets, ht_pilot, wiener_grid  # noqa: E402
+from benchmarks import ht_pilot  # noqa: E402
 
 
 def test_no_threshold_gives_the_input_back_and_a_huge_one_nothing(noisy_case):
@@ -45,13 +45,12 @@ def test_the_flat_region_is_the_flattest_share_of_the_mask():
     assert flat[5, 10, 1] and not flat[5, 10, 15]  # inside the flat band, at the edge along I
 
 
-def test_a_pilot_of_the_network_alone_is_the_engine_and_every_grid_point_is_stored(noisy_case, tmp_path, monkeypatch):
+def test_a_pilot_of_the_network_alone_is_the_engine_and_every_grid_point_is_stored(
+    noisy_case, toy_case, tmp_path, monkeypatch
+):
     from NSN2NDenoiseLib import block_matching
 
-    clean, noisy, pilot = noisy_case
-    ds = datasets.Dataset("toy", "t", clean, noisy, (1.0, 1.0, 1.0), "mri", np.ones(clean.shape, bool), 300.0, "all")
-    case = wiener_grid._Case(ds, {"slice_axis": 0, "inplane_noise_lag1": [0.0, 0.0]}, noisy, pilot)
-    monkeypatch.setattr(wiener_grid, "_case", lambda name, seed: case)
+    clean, noisy, pilot = noisy_case  # toy_case patches them in as every case
     monkeypatch.setattr(ht_pilot, "OUT", tmp_path / "wiener_htpilot.json")
     monkeypatch.setattr(ht_pilot, "GRID", {"lam": (2.7,), "a": (1.0, 0.5), "factor": (block_matching.MATCHED.factor,)})
     stored = ht_pilot.run(["toy"], (7,))

@@ -16,7 +16,7 @@ if importlib.util.find_spec("benchmarks") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from benchmarks import datasets, texture_gap, wiener_grid  # noqa: E402
+from benchmarks import texture_gap, wiener_grid  # noqa: E402
 
 
 def test_the_error_split_recovers_the_noise_and_texture_kept():
@@ -39,15 +39,13 @@ def test_the_error_split_recovers_the_noise_and_texture_kept():
     ) == pytest.approx(texture_gap.split_error(estimate[:6], clean[:6], (clean + noise)[:6], region[:6]), rel=0.05)
 
 
-def test_the_network_free_estimate_denoises_and_its_mixes_are_stored(noisy_case, tmp_path, monkeypatch):
+def test_the_network_free_estimate_denoises_and_its_mixes_are_stored(noisy_case, toy_case, tmp_path, monkeypatch):
     clean, noisy, pilot = noisy_case
     sigma = 10.0
     b = texture_gap.bm_like(noisy, sigma)
     assert b.dtype == np.float32 and b.shape == noisy.shape
     assert np.mean((b - clean) ** 2) < 0.3 * np.mean((noisy - clean) ** 2)
-    ds = datasets.Dataset("toy", "t", clean, noisy, (1.0, 1.0, 1.0), "mri", np.ones(clean.shape, bool), 300.0, "all")
-    case = wiener_grid._Case(ds, {"slice_axis": 0, "inplane_noise_lag1": [0.0, 0.0]}, noisy, pilot)
-    monkeypatch.setattr(wiener_grid, "_case", lambda name, seed: case)
+    case = toy_case
     monkeypatch.setattr(texture_gap, "OUT", tmp_path / "wiener_texture.json")
     monkeypatch.setattr(texture_gap.baselines, "estimated_sigma", lambda x: sigma)
     stored = texture_gap.run(["toy"], (7,))

@@ -16,7 +16,7 @@ if importlib.util.find_spec("benchmarks") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from benchmarks import datasets, white_stage, wiener_grid  # noqa: E402
+from benchmarks import white_stage  # noqa: E402
 
 
 def test_the_engines_variant_is_the_engines_white_stage_and_the_previous_its_correlated_one(noisy_case):
@@ -36,11 +36,9 @@ def test_the_engines_variant_is_the_engines_white_stage_and_the_previous_its_cor
         np.testing.assert_array_equal(pilot, before)  # the pilot is not written
 
 
-def test_every_variant_is_stored_and_scored(noisy_case, tmp_path, monkeypatch):
+def test_every_variant_is_stored_and_scored(noisy_case, toy_case, tmp_path, monkeypatch):
     clean, noisy, pilot = noisy_case
-    ds = datasets.Dataset("toy", "t", clean, noisy, (1.0, 1.0, 1.0), "mri", np.ones(clean.shape, bool), 300.0, "all")
-    case = wiener_grid._Case(ds, {"slice_axis": 0, "inplane_noise_lag1": [0.0, 0.0]}, noisy, pilot)
-    monkeypatch.setattr(wiener_grid, "_case", lambda name, seed: case)
+    case = toy_case
     monkeypatch.setattr(white_stage, "OUT", tmp_path / "wiener_white.json")
     names = [white_stage.PREVIOUS, "two passes, 5-voxel blocks, no window", white_stage.ENGINE]
     stored = white_stage.run(["toy"], (7,), names)
