@@ -149,13 +149,14 @@ def noisy_case():
 @pytest.fixture
 def toy_case(noisy_case, monkeypatch):
     """:func:`noisy_case` as the Wiener-stage benchmarks' ``wiener_grid._case`` returns a case (white in-plane noise,
-    slice axis 0, the whole volume as the head), patched in so that any case name and seed give it."""
+    slice axis 0, the whole volume as the head, the noise's sd 10), patched in so that any case and seed give it."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from benchmarks import datasets, wiener_grid
 
     clean, noisy, pilot = noisy_case
-    ds = datasets.Dataset("toy", "t", clean, noisy, (1.0, 1.0, 1.0), "mri", np.ones(clean.shape, bool), 300.0, "all")
+    head = np.ones(clean.shape, bool)
+    ds = datasets.Dataset("toy", "t", clean, noisy, (1.0, 1.0, 1.0), "mri", head, 300.0, "all", noise_sigma=10.0)
     case = wiener_grid._Case(ds, {"slice_axis": 0, "inplane_noise_lag1": [0.0, 0.0]}, noisy, pilot)
     monkeypatch.setattr(wiener_grid, "_case", lambda name, seed: case)
     return case

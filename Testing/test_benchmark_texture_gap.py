@@ -52,7 +52,8 @@ def test_the_network_free_estimate_denoises_and_its_mixes_are_stored(noisy_case,
     entry = stored["toy/seed7"]
     assert entry["noise_class"] == "white" and entry["sigma_estimated"] == sigma
     assert entry["network_alone_psnr"] == pytest.approx(case.psnr(pilot)) and entry["stored_network_alone_psnr"] is None
-    assert list(entry["variants"]) == ["engine", "bm-like", "mix 0.3", "mix 0.5"]
+    assert list(entry["variants"]) == ["engine", "bm-like", "mix 0.3", "mix 0.5", "mix 0.7"]
+    assert entry["true_sigma"] == 10.0
     from NSN2NDenoiseLib import block_matching
 
     eng = pilot.copy()
@@ -60,6 +61,7 @@ def test_the_network_free_estimate_denoises_and_its_mixes_are_stored(noisy_case,
     assert entry["variants"]["engine"]["psnr"] == pytest.approx(case.psnr(eng))
     assert entry["variants"]["bm-like"]["psnr"] == pytest.approx(case.psnr(b))
     assert entry["variants"]["mix 0.3"]["psnr"] == pytest.approx(case.psnr(0.7 * eng + 0.3 * b))
+    assert entry["variants"]["mix 0.7"]["psnr"] == pytest.approx(case.psnr(0.3 * eng + 0.7 * b))
     assert set(entry["flat_error"]) == {"network alone", "engine", "bm-like"}
     assert json.loads((tmp_path / "wiener_texture.json").read_text()) == json.loads(json.dumps(stored, default=float))
     case.info["noise_sigma"] = 12.0
@@ -110,7 +112,28 @@ def test_the_noise_level_comes_from_the_source_named_and_keys_the_entry(monkeypa
     x = np.zeros((4, 4, 4), np.float32)
     assert texture_gap.noise_level("wavelet", x, {"noise_sigma": 9.0}) == 3.5
     assert texture_gap.noise_level("pairs", x, {"noise_sigma": 9.0}) == 9.0
-    with pytest.raises(ValueError, match="wavelet, pairs"):
-        texture_gap.noise_level("true", x, {})
+    assert texture_gap.noise_level("true", x, {}, true=7.0) == 7.0
+    monkeypatch.setattr(texture_gap, "body_sigma", lambda v: 4.5 if v is x else pytest.fail("not the input"))
+    assert texture_gap.noise_level("body", x, {}) == 4.5
+    with pytest.raises(ValueError, match="wavelet, pairs, body, true"):
+        texture_gap.noise_level("true", x, {})  # no true level to give
+    with pytest.raises(ValueError, match="unknown noise level source 'mad'"):
+        texture_gap.noise_level("mad", x, {}, true=7.0)
     assert texture_gap.entry_key("c", 7, "wavelet") == "c/seed7"
     assert texture_gap.entry_key("c", 7, "pairs") == "c/seed7/pairs"
+
+
+def test_the_body_noise_level_reads_rician_noise_inside_the_body_past_a_dark_background_and_sharp_edges():
+    rng = np.random.default_rng(3)
+    k, j, i = np.meshgrid(np.arange(24), np.arange(64), np.arange(64), indexing="ij")
+    inside = ((j - 32) ** 2 + (i - 32) ** 2) < 24**2  # a head in a dark background, half the volume
+    clean = np.where(inside, 400.0 + 30.0 * np.sin(j / 9.0) + 20.0 * np.cos(i / 7.0 + k / 5.0), 0.0)
+    for c in ((8, 22, 20), (16, 40, 42), (6, 44, 26), (18, 24, 40), (12, 32, 32), (4, 30, 46), (20, 46, 30)):
+        r2 = (k - c[0]) ** 2 + (j - c[1]) ** 2 + (i - c[2]) ** 2
+        clean[(r2 > 16) & (r2 < 49)] += 1000.0  # bone shells: edges that curve along every axis
+    sigma = 10.0
+    noisy = np.abs(clean + rng.normal(0, sigma, clean.shape) + 1j * rng.normal(0, sigma, clean.shape))
+    got = texture_gap.body_sigma(noisy.astype(np.float32))
+    assert got == pytest.approx(sigma, rel=0.04)  # read over the whole body, the shells' edges give 11.3
+    assert texture_gap.baselines.estimated_sigma(noisy) < 0.9 * sigma  # the whole-volume wavelet estimate reads low
+    assert texture_gap.body_sigma((noisy + 1000.0).astype(np.float32)) == pytest.approx(got, rel=1e-3)

@@ -14,7 +14,9 @@ a dB, and every variant is paired with the engine on the same f), this measures:
   pass (``block_matching.MATCHED``) with it as the pilot; the noise variance of every DCT coefficient is the same,
   the square of a noise level: ``--sigma wavelet`` (the default), the one BM4D as users run it gets
   (scikit-image's wavelet estimate on the input); ``--sigma pairs``, the engine's own, from neighbouring slices (the
-  run report's ``noise_sigma``);
+  run report's ``noise_sigma``); ``--sigma body``, the finest 3D Haar detail of the input in the flattest half of
+  the body (:func:`body_sigma`); ``--sigma true``, the simulated noise's own level (an oracle, the reference the
+  others are read against);
 - ``mix a``: (1 - a) x engine + a x bm-like, for a in :data:`MIXES`;
 - with ``--bm4d``: BM4D itself with that noise level, and the engine's output averaged with it half and half;
 - in the flattest quarter of the head (``ht_pilot.flat_region``), the error of the network alone, of the engine and
@@ -25,6 +27,7 @@ a dB, and every variant is paired with the engine on the same f), this measures:
     python -m benchmarks.texture_gap                    # the white tuning cases, 3 seeds
     python -m benchmarks.texture_gap --cases cttune_gauss30 --seeds 100 --bm4d
     python -m benchmarks.texture_gap --sigma pairs --seeds 100
+    python -m benchmarks.texture_gap --sigma body       # the white tuning cases, 3 seeds (and --sigma true)
 
 Writes ``benchmarks/results/protocol/wiener_texture.json`` (committed), one entry per case and seed. Arrays are
 (K, J, I) with the slice axis first, in the volume's units.
@@ -45,12 +48,14 @@ from . import baselines, ht_pilot, protocol, white_stage, wiener_grid
 OUT = protocol.RESULTS_DIR / "wiener_texture.json"
 TUNING_CASES = ("cttune_gauss30", "mnitune_rician5", "mnitune_rician10")
 """The tuning set's cases with white noise."""
-MIXES = (0.3, 0.5)
+MIXES = (0.3, 0.5, 0.7)
 """Weights of the bm-like estimate in the average with the engine's output."""
 HT_LAMBDA = 2.7
 """Hard threshold in noise standard deviations (BM4D's)."""
-SIGMA_SOURCES = ("wavelet", "pairs")
+SIGMA_SOURCES = ("wavelet", "pairs", "body", "true")
 """Where bm-like's noise level comes from (:func:`noise_level`)."""
+BODY_FLAT_SHARE = 0.5
+"""Share of the body, the flattest (lowest smoothed gradient), whose Haar details :func:`body_sigma` reads."""
 TEXTURE_BOX = 5
 """Edge in voxels of the box mean whose difference from the clean volume is its texture."""
 
@@ -86,14 +91,44 @@ def split_error(estimate: np.ndarray, clean: np.ndarray, noisy: np.ndarray, regi
     }
 
 
-def noise_level(source: str, x: np.ndarray, info: dict) -> float:
+def body_sigma(x: np.ndarray) -> float:
+    """The noise standard deviation of ``x`` (K, J, I, the volume's units) read inside the body only.
+
+    Each 2 x 2 x 2 cube's finest Haar detail (the sum of its voxels with the signs of a checkerboard, / sqrt(8)) has
+    the noise's standard deviation for white noise and is nearly blind to smooth anatomy; the estimate is 1.4826 x
+    the median of their magnitudes over the cubes whose first voxel lies in the flattest :data:`BODY_FLAT_SHARE` of
+    the body. The body is where the input smoothed in-plane (Gaussian, 2 voxels) is above Otsu's threshold, so that
+    an MRI's dark background (Rayleigh noise, 0.66 x sigma, most of the volume) does not pull the reading down as it
+    does scikit-image's wavelet estimate over the whole volume; flat, so that edges (CT bone) do not push it up.
+    """
+    from skimage.filters import threshold_otsu
+
+    v = np.asarray(x, dtype=np.float32)
+    v = v[: v.shape[0] // 2 * 2, : v.shape[1] // 2 * 2, : v.shape[2] // 2 * 2]
+    low = ndimage.gaussian_filter(v, (0, 2, 2))
+    body = low > threshold_otsu(low[:, ::2, ::2])
+    grad = ndimage.gaussian_gradient_magnitude(v, (0.5, 2, 2))
+    flat = body & (grad <= np.quantile(grad[body], BODY_FLAT_SHARE))
+    detail = np.zeros([n // 2 for n in v.shape], np.float32)
+    for dk in (0, 1):
+        for dj in (0, 1):
+            for di in (0, 1):
+                detail += (-1) ** (dk + dj + di) * v[dk::2, dj::2, di::2]
+    return float(1.4826 * np.median(np.abs(detail[flat[::2, ::2, ::2]])) / np.sqrt(8.0))
+
+
+def noise_level(source: str, x: np.ndarray, info: dict, true: float | None = None) -> float:
     """The noise level (the volume's units) that bm-like is given: 'wavelet', scikit-image's wavelet estimate on the
     input ``x`` (BM4D's as users run it); 'pairs', the engine's own from neighbouring slices (``info['noise_sigma']``,
-    the run report's)."""
+    the run report's); 'body', :func:`body_sigma` of ``x``; 'true', ``true`` (the simulated noise's)."""
     if source == "wavelet":
         return baselines.estimated_sigma(x)
     if source == "pairs":
         return float(info["noise_sigma"])
+    if source == "body":
+        return body_sigma(x)
+    if source == "true" and true is not None:
+        return float(true)
     raise ValueError(f"unknown noise level source {source!r}: choose one of {', '.join(SIGMA_SOURCES)}")
 
 
@@ -121,7 +156,7 @@ def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False, sourc
             clean = np.moveaxis(c.ds.clean, axis, 0).astype(np.float32)
             region = np.moveaxis(flat, axis, 0)
             x = np.asarray(c.noisy, dtype=np.float32)
-            sigma = noise_level(source, x, c.info)
+            sigma = noise_level(source, x, c.info, protocol.true_sigma(c.ds))
             start = time.perf_counter()
             eng = white_stage.run_passes(c.noisy, c.pilot, block_matching.PASSES[wiener.noise_class(c.lag1)])
             engine_s = time.perf_counter() - start
@@ -134,6 +169,7 @@ def run(cases: list[str], seeds: tuple[int, ...], with_bm4d: bool = False, sourc
                 "noise_class": wiener.noise_class(c.lag1),
                 "sigma_source": source,
                 "sigma_estimated": sigma,
+                "true_sigma": protocol.true_sigma(c.ds),
                 "network_alone_psnr": c.psnr(c.pilot),
                 "stored_network_alone_psnr": None if alone is None else alone["quality"]["psnr"],
                 "seconds": {"engine": engine_s, "bm-like": time.perf_counter() - start},
