@@ -1,6 +1,7 @@
 """The white-noise SSIM gap: where it lies, and the default averaged with an estimate of BM4D's kind (a lead).
 
-Whether averaging closes the gap was measured and is not adopted (RESULTS.md).
+With the wavelet or the engine's own noise level the average hangs on that level; with the level read inside the
+body (``--sigma body``) mix 0.5 wins on every white tuning case, and is not yet in the engine (RESULTS.md).
 
 With white Gaussian noise the default is ahead of BM4D as users run it in PSNR and behind it in SSIM, and the gap
 lies in flat soft tissue (``ht_pilot``). For each case and seed, on the default's cached network output f (its PSNR
