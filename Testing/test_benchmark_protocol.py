@@ -133,6 +133,16 @@ def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them
     assert protocol.run_params("nsn2n", {}) == default
     monkeypatch.setitem(block_matching.PASSES, "white", block_matching.MATCHED_WHITE[:1])
     assert protocol.run_params("nsn2n", {}) != default
+    monkeypatch.setitem(block_matching.PASSES, "white", block_matching.MATCHED_WHITE)
+    assert default["network_free"] == {"share": {"white": 0.3, "correlated": 0.0}, "hard_threshold": 2.7}
+    assert "network_free" not in filters and "network_free" not in protocol.run_params("nsn2n_nowiener", {})
+    monkeypatch.setattr(block_matching, "HARD_THRESHOLD", 3.0)
+    assert protocol.run_params("nsn2n", {}) != default
+    monkeypatch.setattr(block_matching, "HARD_THRESHOLD", 2.7)
+    monkeypatch.setitem(block_matching.NETWORK_FREE_SHARE, "white", 0.0)  # the stage before the mix: keyed as it was
+    assert "network_free" not in protocol.run_params("nsn2n", {})
+    monkeypatch.setitem(block_matching.NETWORK_FREE_SHARE, "white", 0.3)
+    assert protocol.run_params("nsn2n", {}) == default
 
 
 def test_summaries_are_mean_and_sample_sd_over_seeds():

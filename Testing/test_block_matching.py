@@ -29,10 +29,12 @@ def haar_reference(m):
     return np.array(rows)
 
 
-def reference_matched(noisy, pilot, variance, f):
+def reference_matched(noisy, pilot, variance, f, hard=None):
     """Every reference block one at a time: distances to every candidate with numpy, groups nearest first (the
-    reference first of all), scipy's DCT of each block and the Haar transform across the group, shrinkage, and
-    each block of the group added back at its place with its group's weight times scipy's Kaiser window."""
+    reference first of all), scipy's DCT of each block and the Haar transform across the group, shrinkage (with
+    ``hard``, the input's coefficients kept where they exceed ``hard`` noise standard deviations, the group's weight
+    1 / coefficients kept), and each block of the group added back at its place with its group's weight times
+    scipy's Kaiser window."""
     n_k, n_j, n_i = noisy.shape
     b = [min(f.block, n) for n in noisy.shape]
     win = np.einsum("a,b,c->abc", *(scipy.signal.windows.kaiser(n, f.window) for n in b))
@@ -73,8 +75,12 @@ def reference_matched(noisy, pilot, variance, f):
                 h = haar_reference(m)
                 xc = np.tensordot(h, np.array([scipy.fft.dctn(block(x, *o), norm="ortho") for o in where]), 1)
                 pc = np.tensordot(h, np.array([scipy.fft.dctn(block(p, *o), norm="ortho") for o in where]), 1)
-                w = pc**2 / (pc**2 + variance)
-                weight = 1.0 / max((w**2).sum(), 1e-12)
+                if hard is None:
+                    w = pc**2 / (pc**2 + variance)
+                    weight = 1.0 / max((w**2).sum(), 1e-12)
+                else:
+                    w = (np.abs(xc) > hard * np.sqrt(variance)).astype(np.float64)
+                    weight = 1.0 / max(w.sum(), 1.0)
                 back = np.tensordot(h.T, w * xc, 1)
                 for o, y in zip(where, back, strict=True):
                     sl = tuple(slice(a, a + bb) for a, bb in zip(o, b, strict=True))
@@ -132,6 +138,45 @@ def test_the_streamed_filter_is_the_block_by_block_reference(shape, f):
     half = pilot.copy()
     bm.matched_into(noisy, half, variance, f=f, share=0.4)
     np.testing.assert_allclose(half, pilot + 0.4 * (out - pilot), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "shape, f", [((9, 14, 13), SMALL), ((5, 12, 12), SMALL), ((10, 13, 12), bm.MATCHED), ((3, 11, 9), SMALL)]
+)
+def test_the_streamed_hard_threshold_is_the_block_by_block_reference_matched_on_the_input(shape, f):
+    clean, rng = smooth_volume(shape, 2)
+    noisy = clean + rng.normal(0, 20, shape).astype(np.float32)
+    b = [min(f.block, n) for n in shape]
+    variance = np.full(b, 400.0) * np.linspace(0.5, 1.5, b[2])
+    out = noisy.copy()  # matched on the input itself, overwritten behind the block rows still to come
+    bm.matched_into(noisy, out, variance, f=f, hard=2.7)
+    np.testing.assert_allclose(out, reference_matched(noisy, noisy, variance, f, hard=2.7), atol=3e-3)
+    assert np.mean((out - clean) ** 2) < 0.5 * np.mean((noisy - clean) ** 2)
+    kept = noisy.copy()
+    bm.matched_into(noisy, kept, variance, f=f, hard=0.0)  # every coefficient kept: the input itself
+    np.testing.assert_allclose(kept, noisy, atol=1e-3)
+    gone = noisy.copy()
+    bm.matched_into(noisy, gone, variance, f=f, hard=1e6)  # none kept: zero
+    np.testing.assert_allclose(gone, 0.0, atol=1e-6)
+
+
+def test_the_network_free_estimate_is_the_hard_threshold_then_one_wiener_pass_at_the_noise_level():
+    shape = (10, 16, 14)
+    clean, rng = smooth_volume(shape, 3)
+    noisy = clean + rng.normal(0, 12, shape).astype(np.float32)
+    v = np.full((4, 4, 4), 12.0**2, np.float32)
+    expected = noisy.copy()
+    bm.matched_into(noisy, expected, v, hard=bm.HARD_THRESHOLD)
+    pilot = expected.copy()
+    bm.matched_into(noisy, expected, v)
+    steps = []
+    got = bm.network_free(noisy.astype(np.float64), 12.0, steps.append)
+    assert got.dtype == np.float32 and np.array_equal(got, expected) and not np.allclose(got, pilot, atol=1e-2)
+    assert steps == list(range(2 * bm.row_count(shape[0])))
+    assert np.mean((got - clean) ** 2) < 0.2 * np.mean((noisy - clean) ** 2)
+    assert bm.HARD_THRESHOLD == 2.7 and bm.NETWORK_FREE_SHARE == {"white": 0.3, "correlated": 0.0}
+    with pytest.raises(CancelledError):
+        bm.network_free(noisy, 12.0, is_cancelled=lambda: True)
 
 
 def test_no_noise_keeps_the_input_and_infinite_noise_gives_zero():

@@ -158,6 +158,11 @@ def test_block_matching_is_counted_as_its_two_white_noise_passes_where_three_axe
         added = estimate(shape, on, spacing_kji=spacing).seconds["inference"]
         added -= estimate(shape, off, spacing_kji=spacing).seconds["inference"]
         assert added == pytest.approx(costmodel.WIENER_S_PER_VOXEL[kind] * voxels), spacing
+        more = (
+            estimate(shape, on, spacing_kji=spacing).host_bytes - estimate(shape, off, spacing_kji=spacing).host_bytes
+        )
+        assert more == (costmodel.NETWORK_FREE_BYTES_PER_VOXEL * voxels if kind == "matched_white" else 0), spacing
+    assert costmodel.NETWORK_FREE_BYTES_PER_VOXEL == 4
     assert costmodel.WIENER_S_PER_VOXEL["matched_white"] > 1.5 * costmodel.WIENER_S_PER_VOXEL["matched"]
     filters = CFG.replace(inference={"neighbour_fusion": "off", "wiener": "filters"})
     added = estimate(shape, filters, spacing_kji=(1.0, 1.0, 1.0)).seconds["inference"]

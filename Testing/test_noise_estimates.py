@@ -4,7 +4,11 @@ import torch
 from scipy import ndimage
 
 from NSN2NDenoiseLib.noise_estimates import (
+    BODY_SLAB,
+    BODY_SLICES,
     MAX_PAIRS,
+    _body_slabs,
+    body_sigma,
     estimate_noise,
     interslice_correlation,
     noise_sigma,
@@ -162,3 +166,58 @@ def test_sampled_pairs_of_a_long_stack_are_integer_indices():
 
     idx = sample_pairs(400)
     assert len(idx) == 32 and all(type(i) is int for i in idx) and idx[0] == 0 and idx[-1] == 398
+
+
+def _head_with_bone(n_k=24, size=64, seed=3, sigma=10.0):
+    """A head in a dark background (half the volume) with bone shells whose edges curve along every axis, and
+    Rician noise of ``sigma``: (clean, noisy) float32, (K, J, I)."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(np.arange(n_k), np.arange(size), np.arange(size), indexing="ij")
+    inside = ((j - size / 2) ** 2 + (i - size / 2) ** 2) < (0.375 * size) ** 2
+    clean = np.where(inside, 400.0 + 30.0 * np.sin(j / 9.0) + 20.0 * np.cos(i / 7.0 + k / 5.0), 0.0)
+    for c in ((8, 22, 20), (16, 40, 42), (6, 44, 26), (18, 24, 40), (12, 32, 32), (4, 30, 46), (20, 46, 30)):
+        r2 = (k - c[0] % n_k) ** 2 + (j - c[1]) ** 2 + (i - c[2]) ** 2
+        clean[(r2 > 16) & (r2 < 49)] += 1000.0
+    noisy = np.abs(clean + rng.normal(0, sigma, clean.shape) + 1j * rng.normal(0, sigma, clean.shape))
+    return clean.astype(np.float32), noisy.astype(np.float32)
+
+
+def test_the_body_noise_level_reads_rician_noise_inside_the_body_past_a_dark_background_and_sharp_edges():
+    from skimage.restoration import estimate_sigma
+
+    _, noisy = _head_with_bone()
+    got = body_sigma(noisy)
+    assert got == pytest.approx(10.0, rel=0.04)  # read over the whole body, the shells' edges give 11.3
+    assert estimate_sigma(noisy) < 9.0  # the whole-volume wavelet estimate reads low (the background)
+    assert body_sigma(noisy + 1000.0) == pytest.approx(got, rel=1e-3)  # an offset changes nothing
+    assert body_sigma(2.0 * noisy) == pytest.approx(2.0 * got, rel=1e-4)  # in the volume's units
+    assert body_sigma(noisy[:, :-1, 1:]) == pytest.approx(got, rel=0.03)  # odd extents: the last voxel left out
+    assert body_sigma(noisy.astype(np.int16)) == pytest.approx(got, rel=0.03)
+
+
+def test_the_body_noise_level_of_a_long_volume_reads_evenly_spaced_even_slabs():
+    assert _body_slabs(BODY_SLICES) == [(0, BODY_SLICES)] and _body_slabs(7) == [(0, 7)]
+    slabs = _body_slabs(600)
+    assert len(slabs) == BODY_SLICES // BODY_SLAB == 6 and BODY_SLAB == 8
+    assert slabs[0] == (0, 8) and slabs[-1] == (592, 600)
+    assert all(b - a == BODY_SLAB and a % 2 == 0 for a, b in slabs)
+    gaps = np.diff([a for a, _ in slabs])
+    assert gaps.max() - gaps.min() <= 2
+    _, noisy = _head_with_bone(n_k=100, seed=4)
+    got = body_sigma(noisy)
+    assert got == pytest.approx(10.0, rel=0.05)
+    skipped = noisy.copy()
+    outside = np.ones(100, bool)
+    for a, b in _body_slabs(100):
+        outside[a:b] = False
+    skipped[outside] = 0.0  # the slices between the slabs are never read
+    assert body_sigma(skipped) == got
+
+
+def test_the_body_noise_level_is_zero_where_it_cannot_be_read_and_finite_on_a_constant_volume():
+    assert body_sigma(np.ones((1, 16, 16), np.float32)) == 0.0
+    assert body_sigma(np.ones((8, 16, 1), np.float32)) == 0.0
+    assert body_sigma(np.full((6, 16, 16), 5.0, np.float32)) == 0.0
+    rng = np.random.default_rng(0)
+    white = rng.normal(0, 3.0, (8, 20, 20)).astype(np.float32)  # no body brighter than a background: all of it
+    assert body_sigma(white) == pytest.approx(3.0, rel=0.15)

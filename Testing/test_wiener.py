@@ -211,7 +211,7 @@ def test_apply_wiener_reports_every_block_row_of_its_stage_as_a_step():
     assert one == block_matching.row_count(14) == 5
     cases = [
         ("filters", (0.0, 0.0), len(wiener._starts(14, 8, 3))),
-        ("matched", (0.0, 0.0), 2 * one),  # white noise: two passes
+        ("matched", (0.0, 0.0), 4 * one),  # white noise: two passes, then the network-free estimate's two
         ("matched", (0.3, 0.3), block_matching.row_count(14)),  # correlated: one
     ]
     for kind, lag1, rows in cases:
@@ -334,15 +334,18 @@ def test_apply_wiener_matched_on_correlated_noise_is_one_pass_with_the_4_voxel_s
         "noise_class": "correlated",
         "filters": [{"block": [4, 4, 4], "step": 3, "factor": 4.0, "group": 16, "search": [3, 5], "window": 0.0}],
         "share": 1.0,
+        "network_free_share": 0.0,
         "residual_rms": pytest.approx(float(np.sqrt(wiener.residual_spectrum(noisy, pilot, 8).mean()))),
     }
     with pytest.raises(ValueError, match="unknown Wiener stage 'on'"):
         wiener.apply_wiener(noisy, pilot.copy(), lag1, "on")
 
 
-def test_apply_wiener_matched_on_white_noise_is_two_passes_with_the_networks_4_voxel_spectrum():
-    """The second pass takes the first's estimate as its pilot, and its noise is still the network's residual's."""
-    from NSN2NDenoiseLib.block_matching import MatchedFilter, matched_into
+def test_apply_wiener_matched_on_white_noise_is_two_passes_with_the_networks_4_voxel_spectrum_then_network_free():
+    """The second pass takes the first's estimate as its pilot, and its noise is still the network's residual's; the
+    result is averaged with the network-free estimate (weight 0.3) at the noise level read inside the body."""
+    from NSN2NDenoiseLib.block_matching import MatchedFilter, matched_into, network_free
+    from NSN2NDenoiseLib.noise_estimates import body_sigma
 
     noisy, pilot = noisy_and_pilot((9, 20, 18))
     out = pilot.copy()
@@ -352,7 +355,12 @@ def test_apply_wiener_matched_on_white_noise_is_two_passes_with_the_networks_4_v
     matched_into(noisy, expected, 4.0 * s4, f=MatchedFilter(4, 3, 16, (3, 5), 4.0))
     once = expected.copy()
     matched_into(noisy, expected, 2.0 * s4, f=MatchedFilter(4, 3, 16, (3, 5), 2.0))
+    twice = expected.copy()
+    sigma = body_sigma(noisy)
+    assert sigma == pytest.approx(15.0, rel=0.1)  # the input's noise
+    expected += np.float32(0.3) * (network_free(noisy, sigma) - expected)
     assert np.array_equal(out, expected) and not np.allclose(out, once, atol=1e-2)
+    assert not np.allclose(out, twice, atol=1e-2)
     passes = [
         {"block": [4, 4, 4], "step": 3, "factor": k, "group": 16, "search": [3, 5], "window": 0.0} for k in (4, 2)
     ]
@@ -362,8 +370,25 @@ def test_apply_wiener_matched_on_white_noise_is_two_passes_with_the_networks_4_v
         "noise_class": "white",
         "filters": passes,
         "share": 1.0,
+        "network_free_share": 0.3,
+        "network_free_sigma": sigma,
         "residual_rms": pytest.approx(float(np.sqrt(wiener.residual_spectrum(noisy, pilot, 8).mean()))),
     }
+
+
+def test_apply_wiener_on_white_noise_leaves_the_network_free_estimate_out_where_no_noise_level_can_be_read():
+    from NSN2NDenoiseLib import block_matching
+
+    noisy = np.full((7, 12, 12), 100.0, np.float32)  # constant: no body, no noise to read
+    pilot = noisy + np.random.default_rng(0).normal(0, 1, noisy.shape).astype(np.float32)
+    out, expected = pilot.copy(), pilot.copy()
+    steps = []
+    info = wiener.apply_wiener(noisy, out, (0.0, 0.0), "matched", step=steps.append)
+    block_matching.passes_into(noisy, expected, block_matching.MATCHED_WHITE)
+    assert np.array_equal(out, expected)
+    assert info["network_free_share"] == 0.0 and info["network_free_sigma"] == 0.0
+    assert info["network_free_reason"] == "no noise level could be read inside the body"
+    assert steps == list(range(wiener.row_count(7, "matched", (0.0, 0.0)))) and len(steps) == 4 * 2
 
 
 def test_block_matching_gives_way_to_the_dct_filter_where_the_in_plane_noise_is_strongly_correlated():

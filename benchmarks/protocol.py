@@ -596,12 +596,17 @@ def run_params(method: str, chosen: dict) -> dict:
 
         params["wiener_filters"] = [dataclasses.asdict(p) for p in PASSES]  # the stage's constants
     elif kind == "matched":
-        from NSN2NDenoiseLib.block_matching import PASSES as MATCHED_PASSES
+        from NSN2NDenoiseLib import block_matching
         from NSN2NDenoiseLib.wiener import MATCHED_MAX_LAG1
 
         # the passes of each noise class (the stage runs one class's, by the noise's in-plane correlation)
-        params["wiener_filters"] = {c: [dataclasses.asdict(f) for f in fs] for c, fs in MATCHED_PASSES.items()}
+        params["wiener_filters"] = {c: [dataclasses.asdict(f) for f in fs] for c, fs in block_matching.PASSES.items()}
         params["matched_max_lag1"] = MATCHED_MAX_LAG1  # above it the DCT filter runs instead
+        if any(block_matching.NETWORK_FREE_SHARE.values()):  # the network-free estimate averaged in, by class
+            params["network_free"] = {
+                "share": dict(block_matching.NETWORK_FREE_SHARE),
+                "hard_threshold": block_matching.HARD_THRESHOLD,
+            }
     if method == "supervised_w32":
         params["config"]["network"]["width"] = 32
     if method in ("nsn2n_nbfuse", "nsn2n_nbfuse_all"):

@@ -1,23 +1,24 @@
 """The white-noise SSIM gap: where it lies, and the default averaged with an estimate of BM4D's kind (a lead).
 
 With the wavelet or the engine's own noise level the average hangs on that level; with the level read inside the
-body (``--sigma body``) mix 0.5 wins on every white tuning case, and is not yet in the engine (RESULTS.md).
+body (``--sigma body``) mix 0.5 wins on every white tuning case, and the engine's white stage now ends with it
+(``block_matching.NETWORK_FREE_SHARE``; RESULTS.md). ``engine`` here is the stage's passes without it.
 
 With white Gaussian noise the default is ahead of BM4D as users run it in PSNR and behind it in SSIM, and the gap
 lies in flat soft tissue (``ht_pilot``). For each case and seed, on the default's cached network output f (its PSNR
 stored beside the stored network-alone row's: a training on another machine differs from it by a few hundredths of
 a dB, and every variant is paired with the engine on the same f), this measures:
 
-- ``engine``: the engine's stage (``block_matching.PASSES`` for the case's noise class), as ``wiener.apply_wiener``
-  runs it;
-- ``bm-like``: an estimate that uses no network, of BM4D's kind: the hard-thresholded estimate (2.7 noise standard
-  deviations) on groups matched on the *input* itself (``ht_pilot.hard_threshold``), then one block-matched Wiener
-  pass (``block_matching.MATCHED``) with it as the pilot; the noise variance of every DCT coefficient is the same,
-  the square of a noise level: ``--sigma wavelet`` (the default), the one BM4D as users run it gets
-  (scikit-image's wavelet estimate on the input); ``--sigma pairs``, the engine's own, from neighbouring slices (the
-  run report's ``noise_sigma``); ``--sigma body``, the finest 3D Haar detail of the input in the flattest half of
-  the body (:func:`body_sigma`); ``--sigma true``, the simulated noise's own level (an oracle, the reference the
-  others are read against);
+- ``engine``: the engine's block-matched passes (``block_matching.PASSES`` for the case's noise class), as
+  ``wiener.apply_wiener`` runs them before the network-free estimate is averaged in;
+- ``bm-like``: an estimate that uses no network, of BM4D's kind (the engine's ``block_matching.network_free``): the
+  hard-thresholded estimate (2.7 noise standard deviations) on groups matched on the *input* itself, then one
+  block-matched Wiener pass (``block_matching.MATCHED``) with it as the pilot; the noise variance of every DCT
+  coefficient is the same, the square of a noise level: ``--sigma wavelet`` (the default), the one BM4D as users
+  run it gets (scikit-image's wavelet estimate on the input); ``--sigma pairs``, the engine's own, from neighbouring
+  slices (the run report's ``noise_sigma``); ``--sigma body``, the finest 3D Haar detail of the input in the
+  flattest half of the body (:func:`body_sigma`, the engine's); ``--sigma true``, the simulated noise's own level
+  (an oracle, the reference the others are read against);
 - ``mix a``: (1 - a) x engine + a x bm-like, for a in :data:`MIXES`;
 - with ``--bm4d``: BM4D itself with that noise level, and the engine's output averaged with it half and half;
 - in the flattest quarter of the head (``ht_pilot.flat_region``), the error of the network alone, of the engine and
@@ -51,27 +52,18 @@ TUNING_CASES = ("cttune_gauss30", "mnitune_rician5", "mnitune_rician10")
 """The tuning set's cases with white noise."""
 MIXES = (0.3, 0.5, 0.7)
 """Weights of the bm-like estimate in the average with the engine's output."""
-HT_LAMBDA = 2.7
-"""Hard threshold in noise standard deviations (BM4D's)."""
 SIGMA_SOURCES = ("wavelet", "pairs", "body", "true")
 """Where bm-like's noise level comes from (:func:`noise_level`)."""
-BODY_FLAT_SHARE = 0.5
-"""Share of the body, the flattest (lowest smoothed gradient), whose Haar details :func:`body_sigma` reads."""
 TEXTURE_BOX = 5
 """Edge in voxels of the box mean whose difference from the clean volume is its texture."""
 
 
 def bm_like(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """The network-free estimate of BM4D's kind (module docstring) of ``noisy`` (K, J, I) with noise level ``sigma``
-    (the volume's units); float32."""
+    (the volume's units); float32: the engine's ``block_matching.network_free``."""
     from NSN2NDenoiseLib import block_matching as bm
-    from NSN2NDenoiseLib.wiener import block_shape
 
-    x = np.asarray(noisy, dtype=np.float32)
-    v = np.full(block_shape(x.shape, bm.MATCHED.block), sigma**2, dtype=np.float32)
-    out = ht_pilot.hard_threshold(x, x, v, HT_LAMBDA).astype(np.float32)
-    bm.matched_into(x, out, v, f=bm.MATCHED)
-    return out
+    return bm.network_free(np.asarray(noisy, dtype=np.float32), sigma)
 
 
 def split_error(estimate: np.ndarray, clean: np.ndarray, noisy: np.ndarray, region: np.ndarray) -> dict:
@@ -93,29 +85,10 @@ def split_error(estimate: np.ndarray, clean: np.ndarray, noisy: np.ndarray, regi
 
 
 def body_sigma(x: np.ndarray) -> float:
-    """The noise standard deviation of ``x`` (K, J, I, the volume's units) read inside the body only.
+    """The noise level read inside the body: the engine's ``noise_estimates.body_sigma``."""
+    from NSN2NDenoiseLib.noise_estimates import body_sigma as engine_body_sigma
 
-    Each 2 x 2 x 2 cube's finest Haar detail (the sum of its voxels with the signs of a checkerboard, / sqrt(8)) has
-    the noise's standard deviation for white noise and is nearly blind to smooth anatomy; the estimate is 1.4826 x
-    the median of their magnitudes over the cubes whose first voxel lies in the flattest :data:`BODY_FLAT_SHARE` of
-    the body. The body is where the input smoothed in-plane (Gaussian, 2 voxels) is above Otsu's threshold, so that
-    an MRI's dark background (Rayleigh noise, 0.66 x sigma, most of the volume) does not pull the reading down as it
-    does scikit-image's wavelet estimate over the whole volume; flat, so that edges (CT bone) do not push it up.
-    """
-    from skimage.filters import threshold_otsu
-
-    v = np.asarray(x, dtype=np.float32)
-    v = v[: v.shape[0] // 2 * 2, : v.shape[1] // 2 * 2, : v.shape[2] // 2 * 2]
-    low = ndimage.gaussian_filter(v, (0, 2, 2))
-    body = low > threshold_otsu(low[:, ::2, ::2])
-    grad = ndimage.gaussian_gradient_magnitude(v, (0.5, 2, 2))
-    flat = body & (grad <= np.quantile(grad[body], BODY_FLAT_SHARE))
-    detail = np.zeros([n // 2 for n in v.shape], np.float32)
-    for dk in (0, 1):
-        for dj in (0, 1):
-            for di in (0, 1):
-                detail += (-1) ** (dk + dj + di) * v[dk::2, dj::2, di::2]
-    return float(1.4826 * np.median(np.abs(detail[flat[::2, ::2, ::2]])) / np.sqrt(8.0))
+    return engine_body_sigma(x)
 
 
 def noise_level(source: str, x: np.ndarray, info: dict, true: float | None = None) -> float:

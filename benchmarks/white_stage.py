@@ -8,7 +8,8 @@ variants: 5-voxel blocks, a Kaiser window over each block in the aggregation (``
 second pass. For each case and seed, on the default's cached network output f
 (checked to score as the stored network-alone row), every variant of :func:`variants` runs its passes in order, each
 pass with the previous one's estimate as its pilot and the noise variance = its factor x the spectrum of the
-network's residual (x - f) for its block, exactly as ``wiener.apply_wiener`` runs them; PSNR and 3D SSIM in the head,
+network's residual (x - f) for its block, exactly as ``wiener.apply_wiener`` runs them (before it averages in the
+network-free estimate on white noise, which ``texture_gap`` measures); PSNR and 3D SSIM in the head,
 and SSIM and mean squared error in the flattest quarter (``ht_pilot.flat_region``).
 
     python -m benchmarks.white_stage --set tuning        # every variant, the tuning cases with block matching

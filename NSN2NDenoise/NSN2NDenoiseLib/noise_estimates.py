@@ -1,7 +1,8 @@
 """Noise level and inter-slice noise correlation of a volume, from a sample of neighbouring slice pairs
 (docs/METHOD.md section 6). Both go into the run report; the correlation warns when NS-N2N's assumption fails.
 
-Slices are in normalised units, slice axis first (:class:`normalization.NormalizedSlices`).
+Slices are in normalised units, slice axis first (:class:`normalization.NormalizedSlices`), except for
+:func:`body_sigma`, which reads a volume (K, J, I) in its own units for the Wiener stage.
 """
 
 from __future__ import annotations
@@ -103,6 +104,66 @@ def inplane_noise_lag1(a: torch.Tensor, b: torch.Tensor, flat_share: float = 0.3
     return _lag1(d, flat, 1), _lag1(d, flat, 2)
 
 
+BODY_SLICES = 48
+"""Slices :func:`body_sigma` reads at most: all of a volume that has no more, else evenly spaced slabs of
+:data:`BODY_SLAB` slices (its memory does not grow with the volume)."""
+BODY_SLAB = 8
+"""Slices of each slab :func:`body_sigma` reads in a longer volume (even: no 2 x 2 x 2 cube straddles two slabs)."""
+BODY_FLAT_SHARE = 0.5
+"""Share of the body, the flattest (lowest smoothed gradient), whose Haar details :func:`body_sigma` reads."""
+
+
+def _body_slabs(n: int) -> list[tuple[int, int]]:
+    """The slice ranges [start, stop) that :func:`body_sigma` reads along an axis of ``n`` slices."""
+    if n <= BODY_SLICES:
+        return [(0, n)]
+    starts = np.linspace(0, n - BODY_SLAB, BODY_SLICES // BODY_SLAB).round().astype(int) // 2 * 2
+    return [(int(k), int(k) + BODY_SLAB) for k in sorted(set(starts.tolist()))]
+
+
+def body_sigma(x: np.ndarray) -> float:
+    """The standard deviation of white noise in ``x`` (K, J, I, the volume's units) read inside the body only, in the
+    same units; 0.0 where it cannot be read (an axis shorter than 2 voxels).
+
+    Each 2 x 2 x 2 cube's finest Haar detail (the sum of its voxels with the signs of a checkerboard, / sqrt(8)) has
+    the noise's standard deviation for white noise and is nearly blind to smooth anatomy; the estimate is 1.4826 x
+    the median of their magnitudes over the cubes whose first voxel lies in the flattest :data:`BODY_FLAT_SHARE` of
+    the body (smallest gradient magnitude of the input smoothed by a Gaussian of 0.5, 2 and 2 voxels along K, J and
+    I). The body is where the input smoothed in-plane (Gaussian, 2 voxels) is above Otsu's threshold (SimpleITK's),
+    so that an MRI's dark background (Rayleigh noise, 0.66 x sigma, most of the volume) does not pull the reading
+    down as a wavelet estimate over the whole volume does; flat, so that edges (CT bone) do not push it up. Reads
+    at most :data:`BODY_SLICES` slices (:func:`_body_slabs`). Measured on the tuning set: 30.5-30.9 HU for 30 HU,
+    11.34 for 11.35 and 22.64 for 22.7 (Rician MRI); it reads low on noise correlated in-plane (25.9 for 33.1 HU on
+    low-dose CT), where it is not used (benchmarks/RESULTS.md).
+    """
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    if min(x.shape) < 2:
+        return 0.0
+    j, i = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+    slabs = [np.asarray(x[a : a + (b - a) // 2 * 2, :j, :i], dtype=np.float32) for a, b in _body_slabs(x.shape[0])]
+    v = np.concatenate(slabs)
+    low = ndimage.gaussian_filter(v, (0, 2, 2))
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetNumberOfHistogramBins(256)
+    otsu.Execute(sitk.GetImageFromArray(np.ascontiguousarray(low[:, ::2, ::2])))
+    body = low > otsu.GetThreshold()
+    if not body.any():  # a constant volume: no body to tell from a background
+        body[:] = True
+    grad = np.concatenate([ndimage.gaussian_gradient_magnitude(s, (0.5, 2, 2)) for s in slabs])
+    flat = body & (grad <= np.quantile(grad[body], BODY_FLAT_SHARE))
+    detail = np.zeros([n // 2 for n in v.shape], np.float32)
+    for dk in (0, 1):
+        for dj in (0, 1):
+            for di in (0, 1):
+                detail += (-1) ** (dk + dj + di) * v[dk::2, dj::2, di::2]
+    at = flat[::2, ::2, ::2]
+    if not at.any():  # a volume too small for the flat body to hold a cube's first voxel
+        at[:] = True
+    return float(1.4826 * np.median(np.abs(detail[at])) / np.sqrt(8.0))
+
+
 def estimate_noise(source: NormalizedSlices, device: torch.device) -> tuple[float, float]:
     """(noise sigma in normalised units, inter-slice noise correlation) of ``source`` from :func:`sample_pairs`."""
     idx = sample_pairs(source.shape[0])
@@ -122,6 +183,7 @@ def estimate_inplane_lag1(source: NormalizedSlices, device: torch.device) -> tup
 
 
 __all__ = [
+    "body_sigma",
     "estimate_inplane_lag1",
     "estimate_noise",
     "inplane_noise_lag1",

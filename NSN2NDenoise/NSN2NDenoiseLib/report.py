@@ -57,9 +57,11 @@ class RunReport:
     """The Wiener stage (``inference.wiener``): applied (bool); where applied, noise_class ('white' or
     'correlated'), filters (each pass or filter its block in voxels, slice axis first, step in voxels, and factor on
     the residual's spectrum; for block matching also group, search and window), share (the filters' estimates'
-    weight in the output) and residual_rms (input units), and where another kind ran than the one asked for (the
-    DCT filter for block matching, where the in-plane noise is strongly correlated) requested and reason; else
-    reason (docs/METHOD.md section 5)."""
+    weight in the output) and residual_rms (input units); for block matching network_free_share (the network-free
+    estimate's weight in the output: 0.5 on white noise, else 0), on white noise network_free_sigma (the noise level
+    it was given, input units) and, where none could be read, network_free_reason; where another kind ran than the
+    one asked for (the DCT filter for block matching, where the in-plane noise is strongly correlated) requested and
+    reason; else reason (docs/METHOD.md section 5)."""
     peak_gpu_mb: float | None = None
     """Peak GPU memory allocated by PyTorch during the run, in MiB (None on the CPU)."""
     warnings: list[str] = field(default_factory=list)

@@ -282,7 +282,9 @@ def row_count(n_slices: int, kind: str, lag1: tuple[float, float] | None = None)
     if kind == "matched":
         from . import block_matching  # it builds on this module
 
-        return sum(block_matching.row_count(n_slices, f) for f in block_matching.PASSES[noise_class(lag1)])
+        cls = noise_class(lag1)
+        free = 2 * block_matching.row_count(n_slices) if block_matching.NETWORK_FREE_SHARE[cls] else 0
+        return sum(block_matching.row_count(n_slices, f) for f in block_matching.PASSES[cls]) + free
     return sum(len(_starts(n_slices, min(f.block, n_slices), f.step)) for f in PASSES)
 
 
@@ -300,7 +302,10 @@ def apply_wiener(
     - ``kind`` = 'matched' (the default's): the block-matched Wiener estimate of ``noisy`` with it as the pilot
       (:mod:`.block_matching`), the noise variance being the residual's spectrum for its block times its factor;
       for white noise (``lag1`` at most ``inference.WHITE_LAG1``) two passes of ``block_matching.PASSES``, the
-      second with the first's estimate as its pilot and the same residual's spectrum;
+      second with the first's estimate as its pilot and the same residual's spectrum, then averaged with the
+      network-free estimate of ``block_matching.network_free`` (weight ``block_matching.NETWORK_FREE_SHARE``) at
+      the noise level read inside the body (``noise_estimates.body_sigma``); where that level cannot be read
+      (0), without it, the entry saying so (``network_free_reason``);
       where the in-plane noise is strongly correlated (``lag1`` above :data:`MATCHED_MAX_LAG1`), 'filters' instead,
       the entry then saying so (``requested`` and ``reason``);
     - ``kind`` = 'filters': the mean of itself and the Wiener estimates of every filter of :data:`PASSES`, the
@@ -308,7 +313,8 @@ def apply_wiener(
       ``lag1``.
 
     Returns the report's ``wiener`` entry: the kind, the noise class, the filters' constants, the share of the
-    estimates in the output, and the residual's RMS in the volume's units (the square root of the spectrum's mean
+    estimates in the output ('matched': also the network-free estimate's share and, where it was read, its noise
+    level in the volume's units), and the residual's RMS in the volume's units (the square root of the spectrum's mean
     for 8-voxel blocks, before any factor)."""
     cls = noise_class(lag1)
     rms = float(np.sqrt(residual_spectrum(noisy, denoised, 8).mean()))
@@ -324,9 +330,25 @@ def apply_wiener(
     kind = ran
     if kind == "matched":
         from . import block_matching  # it builds on this module
+        from .noise_estimates import body_sigma
 
         passes = block_matching.PASSES[cls]
         block_matching.passes_into(noisy, denoised, passes, step, is_cancelled)
+        mix = block_matching.NETWORK_FREE_SHARE[cls]
+        free: dict = {"network_free_share": 0.0}
+        if mix:
+            sigma = body_sigma(noisy)
+            free = {"network_free_share": mix if sigma > 0 else 0.0, "network_free_sigma": sigma}
+            done = sum(block_matching.row_count(noisy.shape[0], f) for f in passes)
+            shifted = None if step is None else (lambda row: step(done + row))
+            if sigma > 0:
+                estimate = block_matching.network_free(noisy, sigma, shifted, is_cancelled)
+                for k in range(noisy.shape[0]):  # slice by slice: no third volume
+                    denoised[k] += np.float32(mix) * (estimate[k] - denoised[k])
+            else:
+                free["network_free_reason"] = "no noise level could be read inside the body"
+                for row in range(2 * block_matching.row_count(noisy.shape[0])) if shifted is not None else ():
+                    shifted(row)  # the progress the estimate would have made
         return {
             "applied": True,
             "kind": kind,
@@ -343,6 +365,7 @@ def apply_wiener(
                 for f in passes
             ],
             "share": 1.0,
+            **free,
             "residual_rms": rms,
         }
     if kind != "filters":
