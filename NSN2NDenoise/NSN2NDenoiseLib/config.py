@@ -194,7 +194,8 @@ class InferenceConfig:
     wiener: str = "matched"
     """The Wiener stage (docs/METHOD.md section 5), with the network's output as the pilot and a noise level read
     from the removed residual: 'matched' (the default) groups similar blocks of the input and filters each group
-    (BM3D/BM4D's second step), except where the in-plane noise is strongly correlated (lag-1 above
+    (BM3D/BM4D's second step; where the noise is white, twice, then averaged with a network-free estimate of
+    BM4D's kind, ``block_matching.network_free``), except where the in-plane noise is strongly correlated (lag-1 above
     ``wiener.MATCHED_MAX_LAG1``), where it runs 'filters'; 'filters' is the cheaper mean of the network's output
     and a sliding-window DCT Wiener filter (no block matching; the fast preset's); 'off' returns the network's
     output (RESULTS.md, "Adopted: block matching in the Wiener stage")."""
