@@ -180,8 +180,8 @@ OPTIONS: tuple[Option, ...] = (
         "use the network's output as the pilot of a Wiener filter of the input, its noise level read from the removed "
         "residual: matched (the default: similar blocks grouped and filtered together, as in BM4D, in two passes where "
         "the noise is white, then averaged with an estimate that uses no network at a noise level read inside the "
-        "body; the DCT filter instead where the in-plane noise is strongly correlated, lag-1 above 0.75), filters (a sliding-window DCT "
-        "filter, cheaper; the fast preset's) or off (the network's output as it is).",
+        "body; the DCT filter instead where the in-plane noise is strongly correlated, lag-1 above 0.75), filters "
+        "(a sliding-window DCT filter, cheaper; the fast preset's) or off (the network's output as it is).",
         choices=WIENER_CHOICES,
         advanced=True,
     ),
