@@ -175,8 +175,17 @@ def test_the_network_free_estimate_is_the_hard_threshold_then_one_wiener_pass_at
     assert steps == list(range(2 * bm.row_count(shape[0])))
     assert np.mean((got - clean) ** 2) < 0.2 * np.mean((noisy - clean) ** 2)
     assert bm.HARD_THRESHOLD == 2.7 and bm.NETWORK_FREE_SHARE == {"white": 0.3, "correlated": 0.0}
-    with pytest.raises(CancelledError):
-        bm.network_free(noisy, 12.0, is_cancelled=lambda: True)
+    rows = bm.row_count(shape[0])
+    for after in (1, rows + 1):  # checks that pass: cancelled in the first pass, then in the second
+        calls, steps = [], []
+
+        def cancelled(after=after, calls=calls):
+            calls.append(1)
+            return len(calls) > after
+
+        with pytest.raises(CancelledError):
+            bm.network_free(noisy, 12.0, steps.append, cancelled)
+        assert steps == list(range(after)), after
 
 
 def test_no_noise_keeps_the_input_and_infinite_noise_gives_zero():

@@ -191,7 +191,10 @@ def test_the_body_noise_level_reads_rician_noise_inside_the_body_past_a_dark_bac
     assert estimate_sigma(noisy) < 9.0  # the whole-volume wavelet estimate reads low (the background)
     assert body_sigma(noisy + 1000.0) == pytest.approx(got, rel=1e-3)  # an offset changes nothing
     assert body_sigma(2.0 * noisy) == pytest.approx(2.0 * got, rel=1e-4)  # in the volume's units
-    assert body_sigma(noisy[:, :-1, 1:]) == pytest.approx(got, rel=0.03)  # odd extents: the last voxel left out
+    assert body_sigma(noisy[:, :-1, 1:]) == pytest.approx(got, rel=0.03)
+    odd = noisy[:23, :51, :]  # odd extents: the last slice, row and column are left out, whatever the others
+    assert body_sigma(odd) == body_sigma(np.ascontiguousarray(odd[:22, :50, :64]))
+    assert body_sigma(noisy[:2]) == pytest.approx(10.0, rel=0.15)  # two slices are enough for 2 x 2 x 2 cubes
     assert body_sigma(noisy.astype(np.int16)) == pytest.approx(got, rel=0.03)
 
 
@@ -199,7 +202,7 @@ def test_the_body_noise_level_of_a_long_volume_reads_evenly_spaced_even_slabs():
     assert _body_slabs(BODY_SLICES) == [(0, BODY_SLICES)] and _body_slabs(7) == [(0, 7)]
     slabs = _body_slabs(600)
     assert len(slabs) == BODY_SLICES // BODY_SLAB == 6 and BODY_SLAB == 8
-    assert slabs[0] == (0, 8) and slabs[-1] == (592, 600)
+    assert slabs == [(0, 8), (118, 126), (236, 244), (354, 362), (474, 482), (592, 600)]  # 118.4 apart, even
     assert all(b - a == BODY_SLAB and a % 2 == 0 for a, b in slabs)
     gaps = np.diff([a for a, _ in slabs])
     assert gaps.max() - gaps.min() <= 2
@@ -221,3 +224,35 @@ def test_the_body_noise_level_is_zero_where_it_cannot_be_read_and_finite_on_a_co
     rng = np.random.default_rng(0)
     white = rng.normal(0, 3.0, (8, 20, 20)).astype(np.float32)  # no body brighter than a background: all of it
     assert body_sigma(white) == pytest.approx(3.0, rel=0.15)
+
+
+def test_the_body_noise_level_is_the_median_haar_detail_over_the_flat_body_cube_by_cube():
+    """A reference that visits every 2 x 2 x 2 cube in turn: body (Otsu's threshold of the in-plane smoothed input,
+    read on every other row and column), flattest half by the smoothed gradient, checkerboard sums."""
+    import SimpleITK as sitk
+
+    _, noisy = _head_with_bone(n_k=8, size=24, seed=5)
+    v = noisy.astype(np.float64)
+    low = ndimage.gaussian_filter(noisy, (0, 2, 2))
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetNumberOfHistogramBins(256)
+    otsu.Execute(sitk.GetImageFromArray(np.ascontiguousarray(low[:, ::2, ::2])))
+    body = low > otsu.GetThreshold()
+    grad = ndimage.gaussian_gradient_magnitude(noisy, (0.5, 2, 2))
+    flat = body & (grad <= np.quantile(grad[body], 0.5))
+    details = []
+    for k in range(0, 8, 2):
+        for j in range(0, 24, 2):
+            for i in range(0, 24, 2):
+                if flat[k, j, i]:
+                    cube = v[k : k + 2, j : j + 2, i : i + 2]
+                    signs = np.array([[[1, -1], [-1, 1]], [[-1, 1], [1, -1]]])
+                    details.append(abs((cube * signs).sum()) / np.sqrt(8.0))
+    assert len(details) > 50
+    assert body_sigma(noisy) == pytest.approx(1.4826 * np.median(details), rel=1e-5)
+
+
+def test_the_body_noise_level_of_a_volume_too_small_for_a_flat_cube_reads_every_cube():
+    rng = np.random.default_rng(1)
+    readings = [body_sigma(rng.normal(100.0, 5.0, (2, 2, 4)).astype(np.float32)) for _ in range(20)]
+    assert all(np.isfinite(r) and r > 0 for r in readings)
