@@ -255,6 +255,19 @@ def test_steps_are_the_block_rows_and_cancel_stops_before_a_row():
         wiener.apply_wiener(noisy, clean.copy(), (0.0, 0.0), "filters", is_cancelled=lambda: True)
     with pytest.raises(CancelledError, match="Denoising was cancelled"):
         wiener.apply_wiener(noisy, clean.copy(), (0.0, 0.0), "matched", is_cancelled=lambda: True)
+    calls, steps = [], []
+    with pytest.raises(CancelledError):  # cancelled in the block-matched passes, before the network-free estimate
+        wiener.apply_wiener(
+            noisy, clean.copy(), (0.0, 0.0), "matched", steps.append, lambda: calls.append(1) or len(calls) > 2
+        )
+    assert steps == [0, 1]
+    passes = wiener.row_count(20, "matched", (0.3, 0.3)) * 2  # the two passes' block rows, then the estimate's
+    calls, steps = [], []
+    with pytest.raises(CancelledError):  # cancelled in the network-free estimate
+        wiener.apply_wiener(
+            noisy, clean.copy(), (0.0, 0.0), "matched", steps.append, lambda: calls.append(1) or len(calls) > passes + 1
+        )
+    assert steps == list(range(passes + 1))
 
 
 def test_an_integer_input_gives_what_its_float_copy_gives():
@@ -374,6 +387,10 @@ def test_apply_wiener_matched_on_white_noise_is_two_passes_with_the_networks_4_v
         "network_free_sigma": sigma,
         "residual_rms": pytest.approx(float(np.sqrt(wiener.residual_spectrum(noisy, pilot, 8).mean()))),
     }
+    small = pilot / 100  # a noise level below one unit is a noise level: the estimate still runs
+    tiny = wiener.apply_wiener(noisy / 100, small, (0.02, -0.05), "matched")
+    assert tiny["network_free_share"] == 0.3 and tiny["network_free_sigma"] == pytest.approx(sigma / 100, rel=1e-3)
+    np.testing.assert_allclose(small, out / 100, atol=2e-3)
 
 
 def test_apply_wiener_on_white_noise_leaves_the_network_free_estimate_out_where_no_noise_level_can_be_read():
@@ -389,6 +406,8 @@ def test_apply_wiener_on_white_noise_leaves_the_network_free_estimate_out_where_
     assert info["network_free_share"] == 0.0 and info["network_free_sigma"] == 0.0
     assert info["network_free_reason"] == "no noise level could be read inside the body"
     assert steps == list(range(wiener.row_count(7, "matched", (0.0, 0.0)))) and len(steps) == 4 * 2
+    quiet = pilot.copy()
+    assert wiener.apply_wiener(noisy, quiet, (0.0, 0.0), "matched") == info and np.array_equal(quiet, out)  # no step
 
 
 def test_block_matching_gives_way_to_the_dct_filter_where_the_in_plane_noise_is_strongly_correlated():
