@@ -39,7 +39,7 @@ def test_the_error_split_recovers_the_noise_and_texture_kept():
     ) == pytest.approx(texture_gap.split_error(estimate[:6], clean[:6], (clean + noise)[:6], region[:6]), rel=0.05)
 
 
-def test_bm_like_is_the_engines_network_free_estimate_and_the_whole_volume_hard_threshold_then_a_wiener_pass(
+def test_bm_like_is_the_engines_network_free_estimate_and_ht_pilots_hard_threshold_then_a_wiener_pass(
     noisy_case,
 ):
     from benchmarks import ht_pilot
@@ -48,7 +48,7 @@ def test_bm_like_is_the_engines_network_free_estimate_and_the_whole_volume_hard_
 
     clean, noisy, _ = noisy_case
     v = np.full((4, 4, 4), 100.0, np.float32)
-    first = ht_pilot.hard_threshold(noisy, noisy, v, 2.7).astype(np.float32)  # holds the whole volume
+    first = ht_pilot.hard_threshold(noisy, noisy, v, 2.7).astype(np.float32)  # the benchmark's own entry point
     bm.matched_into(noisy, first, v)
     got = texture_gap.bm_like(noisy, 10.0)
     np.testing.assert_allclose(got, first, atol=2e-3)

@@ -48,45 +48,13 @@ def hard_threshold(noisy: np.ndarray, pilot: np.ndarray, noise_variance: np.ndar
     """The hard-thresholded estimate of ``noisy`` (K, J, I) on the engine's block-matched groups of ``pilot``:
     every group's 3D DCT and Haar coefficients of the input are kept where their magnitude exceeds ``lam`` times the
     square root of ``noise_variance`` (the block's shape, units squared) and set to 0 elsewhere, and the groups are
-    added back with the weight 1 / (coefficients kept). Holds the whole volume: a benchmark's tool."""
-    import torch
-
+    added back with the weight 1 / (coefficients kept): the engine's ``block_matching.matched_into`` with ``hard``,
+    on a float32 copy of ``pilot``."""
     from NSN2NDenoiseLib import block_matching as bm
-    from NSN2NDenoiseLib.wiener import _padding, _starts, block_shape, dct_matrix
 
-    f = bm.MATCHED
-    n_k, n_j, n_i = noisy.shape
-    bk, bj, bi = block_shape(noisy.shape, f.block)
-    s = f.search[1]
-    dct3 = torch.kron(dct_matrix(bk), torch.kron(dct_matrix(bj), dct_matrix(bi)))
-    thr = lam * torch.as_tensor(np.sqrt(np.asarray(noise_variance, dtype=np.float32)).reshape(-1))
-    pj, pi = _padding(n_j, bj, f.step), _padding(n_i, bi, f.step)
-    hp, wp = n_j + sum(pj), n_i + sum(pi)
-    h, w = hp + 2 * s, wp + 2 * s
-    pad = ((0, 0), (pj[0] + s, pj[1] + s), (pi[0] + s, pi[1] + s))
-    xs = torch.from_numpy(np.pad(noisy.astype(np.float32), pad, mode="reflect")).reshape(-1)
-    ps = torch.from_numpy(np.pad(pilot.astype(np.float32), pad, mode="reflect"))
-    rows, cols = (hp - bj) // f.step + 1, (wp - bi) // f.step + 1
-    ref_plane = ((s + torch.arange(rows) * f.step)[:, None] * w + s + torch.arange(cols) * f.step).reshape(-1)
-    uk, uj, ui = torch.meshgrid(torch.arange(bk), torch.arange(bj), torch.arange(bi), indexing="ij")
-    within = (uk * h * w + uj * w + ui).reshape(-1)
-    num = torch.zeros(xs.numel())
-    den = torch.zeros(xs.numel())
-    for k0 in _starts(n_k, bk, f.step):
-        origins = bm._match(ps, k0, n_k - bk, (bk, bj, bi), (hp, wp), f, ref_plane)
-        haar = bm.haar_matrix(origins.shape[1])
-        for c0 in range(0, origins.shape[0], bm.REF_CHUNK):
-            o = origins[c0 : c0 + bm.REF_CHUNK]
-            n, m = o.shape
-            idx = (o[:, :, None] + within).reshape(-1)
-            xc = torch.matmul(haar, xs[idx].reshape(n, m, -1) @ dct3.T)
-            keep = (xc.abs() > thr).float()
-            weight = 1.0 / keep.sum(dim=(1, 2)).clamp_min(1.0)
-            y = (torch.matmul(haar.T, keep * xc) @ dct3) * weight[:, None, None]
-            num.index_add_(0, idx, y.reshape(-1))
-            den.index_add_(0, idx, weight[:, None].expand(n, m * within.numel()).reshape(-1))
-    est = (num / den.clamp_min(1e-20)).reshape(n_k, h, w)
-    return est[:, s + pj[0] : s + pj[0] + n_j, s + pi[0] : s + pi[0] + n_i].numpy()
+    out = np.array(pilot, dtype=np.float32)  # matched on, and overwritten behind the block rows still to come
+    bm.matched_into(noisy, out, noise_variance, hard=lam)
+    return out
 
 
 def flat_region(clean: np.ndarray, mask: np.ndarray, share: float = FLAT_SHARE) -> np.ndarray:
