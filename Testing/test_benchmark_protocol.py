@@ -4,6 +4,7 @@ the stored seeds, and the Colin27 loader reads only its allowed slices, in RAS a
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -134,7 +135,19 @@ def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them
     monkeypatch.setitem(block_matching.PASSES, "white", block_matching.MATCHED_WHITE[:1])
     assert protocol.run_params("nsn2n", {}) != default
     monkeypatch.setitem(block_matching.PASSES, "white", block_matching.MATCHED_WHITE)
-    assert default["network_free"] == {"share": {"white": 0.3, "correlated": 0.0}, "hard_threshold": 2.7}
+    assert default["network_free"] == {
+        "share": {"white": 0.3, "correlated": 0.0},
+        "hard_threshold": 2.7,
+        "filters": [dataclasses.asdict(f) for f in block_matching.NETWORK_FREE],
+    }
+    first = (block_matching.MATCHED, block_matching.MATCHED)
+    adopted = block_matching.NETWORK_FREE
+    monkeypatch.setattr(block_matching, "NETWORK_FREE", first)  # the first estimate's rows: keyed as they were
+    shares = {"white": 0.3, "correlated": 0.0}
+    assert protocol.run_params("nsn2n", {})["network_free"] == {"share": shares, "hard_threshold": 2.7}
+    monkeypatch.setattr(block_matching, "NETWORK_FREE", (block_matching.MATCHED, adopted[1]))
+    assert protocol.run_params("nsn2n", {}) != default
+    monkeypatch.setattr(block_matching, "NETWORK_FREE", adopted)
     assert "network_free" not in filters and "network_free" not in protocol.run_params("nsn2n_nowiener", {})
     monkeypatch.setattr(block_matching, "HARD_THRESHOLD", 3.0)
     assert protocol.run_params("nsn2n", {}) != default

@@ -39,7 +39,7 @@ def test_the_error_split_recovers_the_noise_and_texture_kept():
     ) == pytest.approx(texture_gap.split_error(estimate[:6], clean[:6], (clean + noise)[:6], region[:6]), rel=0.05)
 
 
-def test_bm_like_is_the_engines_network_free_estimate_and_ht_pilots_hard_threshold_then_a_wiener_pass(
+def test_bm_like_is_the_first_network_free_estimate_ht_pilots_hard_threshold_then_a_wiener_pass(
     noisy_case,
 ):
     from benchmarks import ht_pilot
@@ -52,7 +52,7 @@ def test_bm_like_is_the_engines_network_free_estimate_and_ht_pilots_hard_thresho
     bm.matched_into(noisy, first, v)
     got = texture_gap.bm_like(noisy, 10.0)
     np.testing.assert_allclose(got, first, atol=2e-3)
-    assert np.array_equal(got, bm.network_free(noisy, 10.0))
+    assert not np.allclose(got, bm.network_free(noisy, 10.0), atol=1e-2)  # the engine's estimate has moved on
     assert texture_gap.body_sigma(noisy) == body_sigma(noisy)
 
 

@@ -141,7 +141,14 @@ def test_the_streamed_filter_is_the_block_by_block_reference(shape, f):
 
 
 @pytest.mark.parametrize(
-    "shape, f", [((9, 14, 13), SMALL), ((5, 12, 12), SMALL), ((10, 13, 12), bm.MATCHED), ((3, 11, 9), SMALL)]
+    "shape, f",
+    [
+        ((9, 14, 13), SMALL),
+        ((5, 12, 12), SMALL),
+        ((10, 13, 12), bm.MATCHED),
+        ((3, 11, 9), SMALL),
+        ((12, 13, 14), bm.MatchedFilter(block=4, step=3, group=8, search=(4, 4), factor=1.0, window=2.0)),
+    ],
 )
 def test_the_streamed_hard_threshold_is_the_block_by_block_reference_matched_on_the_input(shape, f):
     clean, rng = smooth_volume(shape, 2)
@@ -164,18 +171,20 @@ def test_the_network_free_estimate_is_the_hard_threshold_then_one_wiener_pass_at
     shape = (10, 16, 14)
     clean, rng = smooth_volume(shape, 3)
     noisy = clean + rng.normal(0, 12, shape).astype(np.float32)
-    v = np.full((4, 4, 4), 12.0**2, np.float32)
+    hard, second = bm.NETWORK_FREE
     expected = noisy.copy()
-    bm.matched_into(noisy, expected, v, hard=bm.HARD_THRESHOLD)
+    bm.matched_into(noisy, expected, np.full((4, 4, 4), 12.0**2, np.float32), hard=bm.HARD_THRESHOLD, f=hard)
     pilot = expected.copy()
-    bm.matched_into(noisy, expected, v)
+    bm.matched_into(noisy, expected, np.full((5, 5, 5), 12.0**2, np.float32), f=second)
     steps = []
     got = bm.network_free(noisy.astype(np.float64), 12.0, steps.append)
     assert got.dtype == np.float32 and np.array_equal(got, expected) and not np.allclose(got, pilot, atol=1e-2)
-    assert steps == list(range(2 * bm.row_count(shape[0])))
+    rows = bm.row_count(shape[0], hard)
+    assert rows == 3 and bm.row_count(shape[0], second) == 3  # K = 10: blocks of 4 at 0, 3, 6; of 5 at 0, 3, 5
+    assert steps == list(range(bm.network_free_rows(shape[0]))) and bm.network_free_rows(shape[0]) == 6
+    assert bm.network_free_rows(8) == bm.row_count(8, hard) + bm.row_count(8, second) == 3 + 2  # 0, 3, 4; 0, 3
     assert np.mean((got - clean) ** 2) < 0.2 * np.mean((noisy - clean) ** 2)
     assert bm.HARD_THRESHOLD == 2.7 and bm.NETWORK_FREE_SHARE == {"white": 0.3, "correlated": 0.0}
-    rows = bm.row_count(shape[0])
     for after in (1, rows + 1):  # checks that pass: cancelled in the first pass, then in the second
         calls, steps = [], []
 
@@ -186,6 +195,14 @@ def test_the_network_free_estimate_is_the_hard_threshold_then_one_wiener_pass_at
         with pytest.raises(CancelledError):
             bm.network_free(noisy, 12.0, steps.append, cancelled)
         assert steps == list(range(after)), after
+
+
+def test_the_network_free_filters_are_bm4ds_choices_chosen_on_the_tuning_set():
+    """4-voxel blocks to threshold, 5-voxel blocks for the Wiener pass, BM4D's Kaiser window and search window."""
+    assert bm.NETWORK_FREE == (
+        bm.MatchedFilter(block=4, step=3, group=16, search=(7, 7), factor=1.0, window=2.0),
+        bm.MatchedFilter(block=5, step=3, group=16, search=(7, 7), factor=1.0, window=2.0),
+    )
 
 
 def test_no_noise_keeps_the_input_and_infinite_noise_gives_zero():

@@ -211,7 +211,8 @@ def test_apply_wiener_reports_every_block_row_of_its_stage_as_a_step():
     assert one == block_matching.row_count(14) == 5
     cases = [
         ("filters", (0.0, 0.0), len(wiener._starts(14, 8, 3))),
-        ("matched", (0.0, 0.0), 4 * one),  # white noise: two passes, then the network-free estimate's two
+        # white noise: two passes, then the network-free estimate's: 4-voxel blocks, then 5-voxel ones (0, 3, 6, 9)
+        ("matched", (0.0, 0.0), 3 * one + 4),
         ("matched", (0.3, 0.3), block_matching.row_count(14)),  # correlated: one
     ]
     for kind, lag1, rows in cases:
@@ -385,6 +386,10 @@ def test_apply_wiener_matched_on_white_noise_is_two_passes_with_the_networks_4_v
         "share": 1.0,
         "network_free_share": 0.3,
         "network_free_sigma": sigma,
+        "network_free_filters": [
+            {"block": [4, 4, 4], "step": 3, "factor": 1.0, "group": 16, "search": [7, 7], "window": 2.0},
+            {"block": [5, 5, 5], "step": 3, "factor": 1.0, "group": 16, "search": [7, 7], "window": 2.0},
+        ],
         "residual_rms": pytest.approx(float(np.sqrt(wiener.residual_spectrum(noisy, pilot, 8).mean()))),
     }
     small = pilot / 100  # a noise level below one unit is a noise level: the estimate still runs

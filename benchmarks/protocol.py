@@ -607,6 +607,9 @@ def run_params(method: str, chosen: dict) -> dict:
                 "share": dict(block_matching.NETWORK_FREE_SHARE),
                 "hard_threshold": block_matching.HARD_THRESHOLD,
             }
+            if block_matching.NETWORK_FREE != (block_matching.MATCHED, block_matching.MATCHED):
+                # its filters, once they were no longer the first estimate's (keyed as it was before)
+                params["network_free"]["filters"] = [dataclasses.asdict(f) for f in block_matching.NETWORK_FREE]
     if method == "supervised_w32":
         params["config"]["network"]["width"] = 32
     if method in ("nsn2n_nbfuse", "nsn2n_nbfuse_all"):
@@ -1023,7 +1026,7 @@ def neighbour_fusion_table(root: Path = RESULTS_DIR) -> str:
 
 def write_tables(root: Path = RESULTS_DIR) -> Path:
     """Rebuild ``<root>/SUMMARY.md`` from the stored result files alone."""
-    from . import ht_pilot, texture_gap, white_stage, wiener_grid
+    from . import ht_pilot, network_free_grid, texture_gap, white_stage, wiener_grid
 
     parts = [
         "# Protocol results (issue 11)",
@@ -1070,6 +1073,11 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         "(`python -m benchmarks.texture_gap`; with the body noise level, mix 0.3 adopted on white noise)",
         "",
         texture_gap.table(root),
+        "",
+        "## The network-free estimate made more like BM4D's: its filters and its weight (`python -m "
+        "benchmarks.network_free_grid`; BM4D's windows adopted, `ht-window+w5-search7`)",
+        "",
+        network_free_grid.table(root),
         "",
         "## The Wiener stage on the reporting set (`nsn2n`, `nsn2n_filters` against `nsn2n_nowiener`, the same "
         "training)",

@@ -1,11 +1,12 @@
 """What the network-free estimate adds to the white-noise Wiener stage at a real MRI size: time and memory.
 
 On the scale family's 256x256x200 MRI (:func:`benchmarks.scale.build_mri_volume`, Rician 5 %, K,J,I = 200, 256,
-256), the stage ``wiener.apply_wiener(..., 'matched')`` runs twice in one process on the same pilot, first with
+256), the stage ``wiener.apply_wiener(..., 'matched')`` runs three times in one process on the same pilot: with
 the network-free estimate left out (``block_matching.NETWORK_FREE_SHARE['white'] = 0``: the two passes, the stage
-before it) and then as the engine runs it (the passes, then the estimate averaged in). The pilot stands in for the
-network's output: the input smoothed by a Gaussian of 1 voxel (the stage's cost does not depend on what the pilot
-holds). Each run's seconds and the peak of the memory it allocated beyond the input and the pilot
+before it), with the first estimate (the 4-voxel filter ``block_matching.MATCHED`` in both of its passes), and as
+the engine runs it (the passes, then ``block_matching.NETWORK_FREE``'s estimate averaged in). The pilot stands in
+for the network's output: the input smoothed by a Gaussian of 1 voxel (the stage's cost does not depend on what the
+pilot holds). Each run's seconds and the peak of the memory it allocated beyond the input and the pilot
 (``tracemalloc``, which sees numpy's arrays; torch's slabs are not counted) are recorded with the thread count,
 so that the two can be compared on one machine at one time, whatever else runs beside them.
 
@@ -29,13 +30,15 @@ from .report import portable_command
 from .scale import ROOT, build_mri_volume
 
 
-def measure(noisy: np.ndarray, pilot: np.ndarray, share: float) -> dict:
-    """The stage on a copy of ``pilot`` (K, J, I) with the network-free estimate's white share ``share``: seconds,
-    peak allocated MB, and the report's entry."""
+def measure(noisy: np.ndarray, pilot: np.ndarray, share: float, filters: tuple | None = None) -> dict:
+    """The stage on a copy of ``pilot`` (K, J, I) with the network-free estimate's white share ``share`` and its
+    ``filters`` (``block_matching.NETWORK_FREE``'s form; None: the engine's): seconds, peak allocated MB, and the
+    report's entry."""
     from NSN2NDenoiseLib import block_matching, wiener
 
-    before = block_matching.NETWORK_FREE_SHARE["white"]
+    before = block_matching.NETWORK_FREE_SHARE["white"], block_matching.NETWORK_FREE
     block_matching.NETWORK_FREE_SHARE["white"] = share
+    block_matching.NETWORK_FREE = filters or before[1]
     try:
         out = pilot.copy()
         tracemalloc.start()
@@ -45,7 +48,7 @@ def measure(noisy: np.ndarray, pilot: np.ndarray, share: float) -> dict:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     finally:
-        block_matching.NETWORK_FREE_SHARE["white"] = before
+        block_matching.NETWORK_FREE_SHARE["white"], block_matching.NETWORK_FREE = before
     return {"seconds": seconds, "peak_allocated_mb": peak / 2**20, "entry": entry}
 
 
@@ -61,9 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     noisy = sitk.GetArrayFromImage(sitk.ReadImage(str(build_mri_volume()))).astype(np.float32)
     pilot = ndimage.gaussian_filter(noisy, 1.0)
+    from NSN2NDenoiseLib import block_matching
+
+    share = block_matching.NETWORK_FREE_SHARE["white"]
+    first = (block_matching.MATCHED, block_matching.MATCHED)
     rows = {
         "two passes (before)": measure(noisy, pilot, 0.0),
-        "two passes + network-free (engine)": measure(noisy, pilot, 0.5),
+        "two passes + the first network-free estimate (4-voxel filter)": measure(noisy, pilot, share, first),
+        "two passes + network-free (engine)": measure(noisy, pilot, share),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,10 @@ a dB, and every variant is paired with the engine on the same f), this measures:
 
 - ``engine``: the engine's block-matched passes (``block_matching.PASSES`` for the case's noise class), as
   ``wiener.apply_wiener`` runs them before the network-free estimate is averaged in;
-- ``bm-like``: an estimate that uses no network, of BM4D's kind (the engine's ``block_matching.network_free``): the
-  hard-thresholded estimate (2.7 noise standard deviations) on groups matched on the *input* itself, then one
-  block-matched Wiener pass (``block_matching.MATCHED``) with it as the pilot; the noise variance of every DCT
+- ``bm-like``: an estimate that uses no network, of BM4D's kind (the engine's first ``block_matching.network_free``,
+  which ``network_free_grid`` then made more like BM4D's): the hard-thresholded estimate (2.7 noise standard
+  deviations) on groups matched on the *input* itself, then one block-matched Wiener pass (``block_matching.MATCHED``)
+  with it as the pilot; the noise variance of every DCT
   coefficient is the same, the square of a noise level: ``--sigma wavelet`` (the default), the one BM4D as users
   run it gets (scikit-image's wavelet estimate on the input); ``--sigma pairs``, the engine's own, from neighbouring
   slices (the run report's ``noise_sigma``); ``--sigma body``, the finest 3D Haar detail of the input in the
@@ -60,10 +61,11 @@ TEXTURE_BOX = 5
 
 def bm_like(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """The network-free estimate of BM4D's kind (module docstring) of ``noisy`` (K, J, I) with noise level ``sigma``
-    (the volume's units); float32: the engine's ``block_matching.network_free``."""
-    from NSN2NDenoiseLib import block_matching as bm
+    (the volume's units); float32: the engine's first ``block_matching.network_free``, the 4-voxel filter in both
+    passes (``network_free_grid``'s 'first'; the engine's estimate now uses BM4D's windows, ``network_free_grid``)."""
+    from . import network_free_grid
 
-    return bm.network_free(np.asarray(noisy, dtype=np.float32), sigma)
+    return network_free_grid.estimate(np.asarray(noisy, dtype=np.float32), sigma, network_free_grid.variants()["first"])
 
 
 def split_error(estimate: np.ndarray, clean: np.ndarray, noisy: np.ndarray, region: np.ndarray) -> dict:

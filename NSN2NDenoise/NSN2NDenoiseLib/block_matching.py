@@ -66,6 +66,14 @@ PASSES = {"white": MATCHED_WHITE, "correlated": (MATCHED,)}
 """The block-matched passes the stage runs, in order, by the noise class of :func:`.wiener.noise_class`."""
 HARD_THRESHOLD = 2.7
 """The network-free estimate's hard threshold, in noise standard deviations (BM4D's)."""
+NETWORK_FREE = (
+    MatchedFilter(block=4, step=3, group=16, search=(7, 7), factor=1.0, window=2.0),
+    MatchedFilter(block=5, step=3, group=16, search=(7, 7), factor=1.0, window=2.0),
+)
+"""The network-free estimate's filters, in order: the hard-threshold pass (4-voxel blocks), then the Wiener pass
+(5-voxel blocks), both with BM4D's Kaiser window (parameter 2) and searching 7 voxels along every axis (BM4D's
+window); their factor is unused (the noise variance is the noise level squared). Chosen on the tuning set over the
+engine's 4-voxel filter (RESULTS.md, "Adopted: a network-free estimate closer to BM4D's")."""
 NETWORK_FREE_SHARE = {"white": 0.3, "correlated": 0.0}
 """The network-free estimate's weight in the stage's output, by noise class: where the noise is white the output is
 0.7 x the passes' estimate + 0.3 x it (RESULTS.md, "Adopted: averaging with an estimate of BM4D's kind"; 0.5 won
@@ -223,6 +231,11 @@ def passes_into(
         offset += row_count(noisy.shape[0], f)
 
 
+def network_free_rows(n_slices: int) -> int:
+    """Block rows of :func:`network_free` along a slice axis of ``n_slices`` (its progress steps: both passes)."""
+    return sum(row_count(n_slices, f) for f in NETWORK_FREE)
+
+
 def network_free(
     noisy: np.ndarray,
     sigma: float,
@@ -231,16 +244,21 @@ def network_free(
 ) -> np.ndarray:
     """An estimate of ``noisy`` (K, J, I, its own units) that uses no network, of BM4D's kind, for white noise of
     standard deviation ``sigma`` (same units): the hard-thresholded estimate (:data:`HARD_THRESHOLD`) on groups matched
-    on the input itself, then one pass of :data:`MATCHED` with it as the pilot, the noise variance of every DCT
-    coefficient being ``sigma`` squared. A new float32 volume (one more than the stage holds otherwise); ``step``
-    counts the block rows of both passes in turn (2 x :func:`row_count`)."""
+    on the input itself, then one Wiener pass with it as the pilot (:data:`NETWORK_FREE`, in that order), the noise
+    variance of every DCT coefficient being ``sigma`` squared. A new float32 volume (one more than the stage holds
+    otherwise); ``step`` counts the block rows of both passes in turn (:func:`network_free_rows`)."""
+    hard, wiener_pass = NETWORK_FREE
     out = np.array(noisy, dtype=np.float32)  # a copy: matched on while the first pass overwrites it behind itself
-    v = np.full(block_shape(noisy.shape, MATCHED.block), sigma**2, dtype=np.float32)
-    rows = row_count(noisy.shape[0], MATCHED)
-    matched_into(noisy, out, v, step, is_cancelled, hard=HARD_THRESHOLD)
+    rows = row_count(noisy.shape[0], hard)
+    matched_into(noisy, out, _white(noisy.shape, hard, sigma), step, is_cancelled, hard=HARD_THRESHOLD, f=hard)
     shifted = None if step is None else (lambda row: step(rows + row))
-    matched_into(noisy, out, v, shifted, is_cancelled)
+    matched_into(noisy, out, _white(noisy.shape, wiener_pass, sigma), shifted, is_cancelled, f=wiener_pass)
     return out
+
+
+def _white(shape: tuple[int, ...], f: MatchedFilter, sigma: float) -> np.ndarray:
+    """The noise variance ``sigma`` squared for every DCT coefficient of ``f``'s blocks in a volume of ``shape``."""
+    return np.full(block_shape(shape, f.block), sigma**2, dtype=np.float32)
 
 
 def kaiser(n: int, beta: float) -> torch.Tensor:

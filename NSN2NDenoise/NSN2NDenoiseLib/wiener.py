@@ -283,9 +283,22 @@ def row_count(n_slices: int, kind: str, lag1: tuple[float, float] | None = None)
         from . import block_matching  # it builds on this module
 
         cls = noise_class(lag1)
-        free = 2 * block_matching.row_count(n_slices) if block_matching.NETWORK_FREE_SHARE[cls] else 0
+        free = block_matching.network_free_rows(n_slices) if block_matching.NETWORK_FREE_SHARE[cls] else 0
         return sum(block_matching.row_count(n_slices, f) for f in block_matching.PASSES[cls]) + free
     return sum(len(_starts(n_slices, min(f.block, n_slices), f.step)) for f in PASSES)
+
+
+def _matched_entry(shape: tuple[int, ...], f) -> dict:
+    """The report's description of a block-matched filter ``f`` (``block_matching.MatchedFilter``) on a volume of
+    ``shape``: its block in voxels (slice axis first), step, factor, group, search and window."""
+    return {
+        "block": list(block_shape(shape, f.block)),
+        "step": f.step,
+        "factor": f.factor,
+        "group": f.group,
+        "search": list(f.search),
+        "window": f.window,
+    }
 
 
 def apply_wiener(
@@ -338,7 +351,11 @@ def apply_wiener(
         free: dict = {"network_free_share": 0.0}
         if mix:
             sigma = body_sigma(noisy)
-            free = {"network_free_share": mix if sigma > 0 else 0.0, "network_free_sigma": sigma}
+            free = {
+                "network_free_share": mix if sigma > 0 else 0.0,
+                "network_free_sigma": sigma,
+                "network_free_filters": [_matched_entry(noisy.shape, f) for f in block_matching.NETWORK_FREE],
+            }
             done = sum(block_matching.row_count(noisy.shape[0], f) for f in passes)
             shifted = None if step is None else (lambda row: step(done + row))
             if sigma > 0:
@@ -347,23 +364,13 @@ def apply_wiener(
                     denoised[k] += np.float32(mix) * (estimate[k] - denoised[k])
             else:
                 free["network_free_reason"] = "no noise level could be read inside the body"
-                for row in range(2 * block_matching.row_count(noisy.shape[0])) if shifted is not None else ():
+                for row in range(block_matching.network_free_rows(noisy.shape[0])) if shifted is not None else ():
                     shifted(row)  # the progress the estimate would have made
         return {
             "applied": True,
             "kind": kind,
             "noise_class": cls,
-            "filters": [
-                {
-                    "block": list(block_shape(noisy.shape, f.block)),
-                    "step": f.step,
-                    "factor": f.factor,
-                    "group": f.group,
-                    "search": list(f.search),
-                    "window": f.window,
-                }
-                for f in passes
-            ],
+            "filters": [_matched_entry(noisy.shape, f) for f in passes],
             "share": 1.0,
             **free,
             "residual_rms": rms,
