@@ -136,14 +136,14 @@ def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them
     assert protocol.run_params("nsn2n", {}) != default
     monkeypatch.setitem(block_matching.PASSES, "white", block_matching.MATCHED_WHITE)
     assert default["network_free"] == {
-        "share": {"white": 0.3, "correlated": 0.0},
+        "share": {"white": 0.5, "correlated": 0.0},
         "hard_threshold": 2.7,
         "filters": [dataclasses.asdict(f) for f in block_matching.NETWORK_FREE],
     }
     first = (block_matching.MATCHED, block_matching.MATCHED)
     adopted = block_matching.NETWORK_FREE
     monkeypatch.setattr(block_matching, "NETWORK_FREE", first)  # the first estimate's rows: keyed as they were
-    shares = {"white": 0.3, "correlated": 0.0}
+    shares = {"white": 0.5, "correlated": 0.0}
     assert protocol.run_params("nsn2n", {})["network_free"] == {"share": shares, "hard_threshold": 2.7}
     monkeypatch.setattr(block_matching, "NETWORK_FREE", (block_matching.MATCHED, adopted[1]))
     assert protocol.run_params("nsn2n", {}) != default
@@ -154,7 +154,7 @@ def test_rows_with_the_wiener_stage_are_keyed_by_its_filters_so_a_change_of_them
     monkeypatch.setattr(block_matching, "HARD_THRESHOLD", 2.7)
     monkeypatch.setitem(block_matching.NETWORK_FREE_SHARE, "white", 0.0)  # the stage before the mix: keyed as it was
     assert "network_free" not in protocol.run_params("nsn2n", {})
-    monkeypatch.setitem(block_matching.NETWORK_FREE_SHARE, "white", 0.3)
+    monkeypatch.setitem(block_matching.NETWORK_FREE_SHARE, "white", 0.5)
     assert protocol.run_params("nsn2n", {}) == default
 
 

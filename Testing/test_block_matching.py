@@ -184,7 +184,7 @@ def test_the_network_free_estimate_is_the_hard_threshold_then_one_wiener_pass_at
     assert steps == list(range(bm.network_free_rows(shape[0]))) and bm.network_free_rows(shape[0]) == 6
     assert bm.network_free_rows(8) == bm.row_count(8, hard) + bm.row_count(8, second) == 3 + 2  # 0, 3, 4; 0, 3
     assert np.mean((got - clean) ** 2) < 0.2 * np.mean((noisy - clean) ** 2)
-    assert bm.HARD_THRESHOLD == 2.7 and bm.NETWORK_FREE_SHARE == {"white": 0.3, "correlated": 0.0}
+    assert bm.HARD_THRESHOLD == 2.7 and bm.NETWORK_FREE_SHARE == {"white": 0.5, "correlated": 0.0}
     for after in (1, rows + 1):  # checks that pass: cancelled in the first pass, then in the second
         calls, steps = [], []
 

@@ -357,7 +357,7 @@ def test_apply_wiener_matched_on_correlated_noise_is_one_pass_with_the_4_voxel_s
 
 def test_apply_wiener_matched_on_white_noise_is_two_passes_with_the_networks_4_voxel_spectrum_then_network_free():
     """The second pass takes the first's estimate as its pilot, and its noise is still the network's residual's; the
-    result is averaged with the network-free estimate (weight 0.3) at the noise level read inside the body."""
+    result is averaged with the network-free estimate (weight 0.5) at the noise level read inside the body."""
     from NSN2NDenoiseLib.block_matching import MatchedFilter, matched_into, network_free
     from NSN2NDenoiseLib.noise_estimates import body_sigma
 
@@ -372,7 +372,7 @@ def test_apply_wiener_matched_on_white_noise_is_two_passes_with_the_networks_4_v
     twice = expected.copy()
     sigma = body_sigma(noisy)
     assert sigma == pytest.approx(15.0, rel=0.1)  # the input's noise
-    expected += np.float32(0.3) * (network_free(noisy, sigma) - expected)
+    expected += np.float32(0.5) * (network_free(noisy, sigma) - expected)
     assert np.array_equal(out, expected) and not np.allclose(out, once, atol=1e-2)
     assert not np.allclose(out, twice, atol=1e-2)
     passes = [
@@ -384,7 +384,7 @@ def test_apply_wiener_matched_on_white_noise_is_two_passes_with_the_networks_4_v
         "noise_class": "white",
         "filters": passes,
         "share": 1.0,
-        "network_free_share": 0.3,
+        "network_free_share": 0.5,
         "network_free_sigma": sigma,
         "network_free_filters": [
             {"block": [4, 4, 4], "step": 3, "factor": 1.0, "group": 16, "search": [7, 7], "window": 2.0},
@@ -394,8 +394,8 @@ def test_apply_wiener_matched_on_white_noise_is_two_passes_with_the_networks_4_v
     }
     small = pilot / 100  # a noise level below one unit is a noise level: the estimate still runs
     tiny = wiener.apply_wiener(noisy / 100, small, (0.02, -0.05), "matched")
-    assert tiny["network_free_share"] == 0.3 and tiny["network_free_sigma"] == pytest.approx(sigma / 100, rel=1e-3)
-    np.testing.assert_allclose(small, out / 100, atol=2e-3)
+    assert tiny["network_free_share"] == 0.5 and tiny["network_free_sigma"] == pytest.approx(sigma / 100, rel=1e-3)
+    np.testing.assert_allclose(small, out / 100, atol=5e-3)  # float32 sums: a few hard-threshold decisions flip
 
 
 def test_apply_wiener_on_white_noise_leaves_the_network_free_estimate_out_where_no_noise_level_can_be_read():

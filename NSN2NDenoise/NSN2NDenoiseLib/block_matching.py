@@ -73,12 +73,13 @@ NETWORK_FREE = (
 """The network-free estimate's filters, in order: the hard-threshold pass (4-voxel blocks), then the Wiener pass
 (5-voxel blocks), both with BM4D's Kaiser window (parameter 2) and searching 7 voxels along every axis (BM4D's
 window); their factor is unused (the noise variance is the noise level squared). Chosen on the tuning set over the
-engine's 4-voxel filter (RESULTS.md, "Adopted: a network-free estimate closer to BM4D's")."""
-NETWORK_FREE_SHARE = {"white": 0.3, "correlated": 0.0}
+engine's 4-voxel filter (RESULTS.md, "Adopted: a network-free estimate closer to BM4D's"): the first estimate used :data:`MATCHED` in both
+passes."""
+NETWORK_FREE_SHARE = {"white": 0.5, "correlated": 0.0}
 """The network-free estimate's weight in the stage's output, by noise class: where the noise is white the output is
-0.7 x the passes' estimate + 0.3 x it (RESULTS.md, "Adopted: averaging with an estimate of BM4D's kind"; 0.5 won
-more on the tuning set and lost 0.02 dB on the reporting set's MNI152 at 5 %); its hard threshold cannot be set for
-noise correlated in-plane."""
+the mean of the passes' estimate and it (RESULTS.md, "Adopted: a network-free estimate closer to BM4D's"; with the
+first estimate, 0.5 had lost 0.02 dB on the reporting set's MNI152 at 5 % and 0.3 was the weight); its hard
+threshold cannot be set for noise correlated in-plane."""
 
 
 def haar_matrix(m: int) -> torch.Tensor:

@@ -58,7 +58,7 @@ class RunReport:
     'correlated'), filters (each pass or filter its block in voxels, slice axis first, step in voxels, and factor on
     the residual's spectrum; for block matching also group, search and window), share (the filters' estimates'
     weight in the output) and residual_rms (input units); for block matching network_free_share (the network-free
-    estimate's weight in the output: 0.3 on white noise, else 0), on white noise network_free_sigma (the noise level
+    estimate's weight in the output: 0.5 on white noise, else 0), on white noise network_free_sigma (the noise level
     it was given, input units), network_free_filters (its hard-threshold pass, then its Wiener pass, described as
     filters are) and, where no noise level could be read, network_free_reason; where another kind ran than the
     one asked for (the DCT filter for block matching, where the in-plane noise is strongly correlated) requested and
