@@ -24,13 +24,13 @@ INFERENCE_S_PER_VOXEL_BF16 = 1.5e-7
 measured at 100 and 600 slices, TTA 1 and 8)."""
 INFERENCE_S_PER_VOXEL_FP32 = 2.85e-7
 """The same in float32 (no native bf16): 1.9x the bf16 time ("Real sizes", inference options)."""
-WIENER_S_PER_VOXEL = {"filters": 4.8e-7, "matched": 1.6e-6, "matched_white": 6.9e-6}
+WIENER_S_PER_VOXEL = {"filters": 4.8e-7, "matched": 1.6e-6, "matched_white": 1.8e-5}
 """Seconds per voxel of the Wiener stage by ``inference.wiener`` (on the CPU whatever the network's device), with
 2 threads: 37.2 s for the DCT filter on a 512x512x300 CT (benchmarks/results/scale_300_wiener), 125.6 s for block
 matching's one pass there (benchmarks/results/scale_300_matched), and 'matched_white', its two passes on white
 noise and the network-free estimate averaged in: the two passes took 47.9 s on a 256x256x200 MRI
-(benchmarks/results/scale_mri_twopass; one pass 19.4 s), and the estimate makes the stage 1.85x as long
-(benchmarks/results/scale_mri_mix/stage.json, both measured in one process). The noise is
+(benchmarks/results/scale_mri_twopass; one pass 19.4 s), and the estimate with BM4D's windows makes the stage 4.86x
+as long (benchmarks/results/scale_mri_mix/stage.json, measured in one process; the first estimate, 1.87x). The noise is
 known only once the run has measured it: 'matched' is counted as the one pass even where strongly correlated noise
 makes it run the cheaper DCT filter, and as the two passes wherever :func:`.inference.expected_axis_count` counts
 three axes (near-isotropic voxels: MRI)."""
@@ -40,8 +40,8 @@ measurement (no GPU was available to measure it)."""
 HOST_BYTES_PER_VOXEL = 4 + 2
 """Host memory per voxel beyond the caller's input: the float32 output and two one-byte maps."""
 NETWORK_FREE_BYTES_PER_VOXEL = 4
-"""Host memory per voxel that the white-noise stage adds: the network-free estimate, a float32 volume (50 MB more
-at 256x256x200, benchmarks/results/scale_mri_mix/stage.json); counted where 'matched_white' is."""
+"""Host memory per voxel that the white-noise stage adds: the network-free estimate, a float32 volume (50 MB, 61 MB
+allocated at 256x256x200 with its filters' arrays, benchmarks/results/scale_mri_mix/stage.json); counted where 'matched_white' is."""
 HOST_BYTES_FIXED = 850 * 2**20
 """Host memory that does not grow with the volume: Python, torch, SimpleITK, the network, slabs (measured peak
 2110 MB at 512x512x600 with an int16 input of 300 MB)."""
