@@ -40,8 +40,9 @@ measurement (no GPU was available to measure it)."""
 HOST_BYTES_PER_VOXEL = 4 + 2
 """Host memory per voxel beyond the caller's input: the float32 output and two one-byte maps."""
 NETWORK_FREE_BYTES_PER_VOXEL = 4
-"""Host memory per voxel that the white-noise stage adds: the network-free estimate, a float32 volume (50 MB, 61 MB
-allocated at 256x256x200 with its filters' arrays, benchmarks/results/scale_mri_mix/stage.json); counted where 'matched_white' is."""
+"""Host memory per voxel that the white-noise stage adds: the network-free estimate, a float32 volume (50 MB; 61 MB
+allocated at 256x256x200 with its filters' arrays, benchmarks/results/scale_mri_mix/stage.json); counted where
+'matched_white' is."""
 HOST_BYTES_FIXED = 850 * 2**20
 """Host memory that does not grow with the volume: Python, torch, SimpleITK, the network, slabs (measured peak
 2110 MB at 512x512x600 with an int16 input of 300 MB)."""
