@@ -1070,7 +1070,8 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         white_stage.table(root),
         "",
         "## The white-noise SSIM gap: the two passes' output averaged with a network-free estimate of BM4D's kind "
-        "(`python -m benchmarks.texture_gap`; with the body noise level, mix 0.3 adopted on white noise)",
+        "(`python -m benchmarks.texture_gap`; with the body noise level, mix 0.3 adopted on white noise, then the "
+        "estimate and its weight superseded by the grid below)",
         "",
         texture_gap.table(root),
         "",
