@@ -198,7 +198,7 @@ def test_the_network_free_estimate_is_the_hard_threshold_then_one_wiener_pass_at
 
 
 def test_the_network_free_filters_are_bm4ds_choices_chosen_on_the_tuning_set():
-    """4-voxel blocks to threshold, 5-voxel blocks for the Wiener pass, BM4D's Kaiser window and search window."""
+    """4-voxel blocks to threshold, 5-voxel blocks for the Wiener pass, BM4D's Kaiser window, a search of 7 voxels."""
     assert bm.NETWORK_FREE == (
         bm.MatchedFilter(block=4, step=3, group=16, search=(7, 7), factor=1.0, window=2.0),
         bm.MatchedFilter(block=5, step=3, group=16, search=(7, 7), factor=1.0, window=2.0),

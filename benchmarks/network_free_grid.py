@@ -51,11 +51,11 @@ ADOPTED = "ht-window+w5-search7"
 
 
 def variants() -> dict[str, tuple]:
-    """Name -> (the hard-threshold pass's filter, the Wiener pass's filter), the engine's first. ``w5``: the Wiener
-    pass with 5-voxel blocks and BM4D's Kaiser window (parameter 2); ``g32``: with groups of 32 (BM4D's Wiener
-    step); ``ht-window``: the window in the hard-threshold pass too; ``search7``: both passes search 7 voxels along
-    every axis (BM4D's window) instead of 3 along K and 5 along J and I (``search7`` alone: with the engine's 4-voxel
-    filter in both passes); ``search3x7``: 3 voxels along K and 7 along J and I."""
+    """Name -> (the hard-threshold pass's filter, the Wiener pass's filter), the engine's first. ``w5``: the Wiener pass
+    with 5-voxel blocks and BM4D's Kaiser window (parameter 2); ``g32``: with groups of 32 (BM4D's Wiener step);
+    ``ht-window``: the window in the hard-threshold pass too; ``search7``: both passes search 7 voxels along every axis
+    (BM4D's profile names a search window of 7 per axis) instead of 3 along K and 5 along J and I (``search7`` alone:
+    with the engine's 4-voxel filter in both passes); ``search3x7``: 3 voxels along K and 7 along J and I."""
     from NSN2NDenoiseLib import block_matching as bm
 
     four = bm.MATCHED

@@ -71,10 +71,11 @@ NETWORK_FREE = (
     MatchedFilter(block=5, step=3, group=16, search=(7, 7), factor=1.0, window=2.0),
 )
 """The network-free estimate's filters, in order: the hard-threshold pass (4-voxel blocks), then the Wiener pass
-(5-voxel blocks), both with BM4D's Kaiser window (parameter 2) and searching 7 voxels along every axis (BM4D's
-window); their factor is unused (the noise variance is the noise level squared). Chosen on the tuning set over the
-first estimate, which used :data:`MATCHED` in both passes (RESULTS.md, "Adopted: a network-free estimate closer to
-BM4D's"). The wide search makes the stage about 4.9x the passes' time on white noise (2.6x the first estimate's)."""
+(5-voxel blocks), both with BM4D's Kaiser window (parameter 2) and searching 7 voxels either way along every axis
+(BM4D's profile names a search window of 7 per axis); their factor is unused (the noise variance is the noise level
+squared). Chosen on the tuning set over the first estimate, which used :data:`MATCHED` in both passes (RESULTS.md,
+"Adopted: a network-free estimate closer to BM4D's"). The wide search makes the stage about 4.9x the passes' time on
+white noise (2.6x the first estimate's)."""
 NETWORK_FREE_SHARE = {"white": 0.5, "correlated": 0.0}
 """The network-free estimate's weight in the stage's output, by noise class: where the noise is white the output is
 the mean of the passes' estimate and it (RESULTS.md, "Adopted: a network-free estimate closer to BM4D's"; with the
