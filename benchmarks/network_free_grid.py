@@ -77,14 +77,8 @@ def estimate(noisy: np.ndarray, sigma: float, filters: tuple) -> np.ndarray:
     """The network-free estimate of ``noisy`` (K, J, I) with noise level ``sigma`` (its units) and ``filters`` =
     (hard-threshold filter, Wiener filter), as ``block_matching.network_free`` runs it with its own; float32."""
     from NSN2NDenoiseLib import block_matching as bm
-    from NSN2NDenoiseLib.wiener import block_shape
 
-    ht, wf = filters
-    out = np.array(noisy, dtype=np.float32)  # matched on while the first pass overwrites it behind itself
-    variance = {f.block: np.full(block_shape(noisy.shape, f.block), sigma**2, np.float32) for f in filters}
-    bm.matched_into(noisy, out, variance[ht.block], hard=bm.HARD_THRESHOLD, f=ht)
-    bm.matched_into(noisy, out, variance[wf.block], f=wf)
-    return out
+    return bm.network_free(noisy, sigma, filters=filters)
 
 
 def run(cases: list[str], seeds: tuple[int, ...], names: list[str], out: Path = OUT) -> dict:

@@ -243,13 +243,15 @@ def network_free(
     sigma: float,
     step: Callable[[int], None] | None = None,
     is_cancelled: Callable[[], bool] | None = None,
+    filters: tuple[MatchedFilter, MatchedFilter] | None = None,
 ) -> np.ndarray:
     """An estimate of ``noisy`` (K, J, I, its own units) that uses no network, of BM4D's kind, for white noise of
     standard deviation ``sigma`` (same units): the hard-thresholded estimate (:data:`HARD_THRESHOLD`) on groups matched
     on the input itself, then one Wiener pass with it as the pilot (:data:`NETWORK_FREE`, in that order), the noise
     variance of every DCT coefficient being ``sigma`` squared. A new float32 volume (one more than the stage holds
-    otherwise); ``step`` counts the block rows of both passes in turn (:func:`network_free_rows`)."""
-    hard, wiener_pass = NETWORK_FREE
+    otherwise); ``step`` counts the block rows of both passes in turn (:func:`network_free_rows`). ``filters``
+    replaces :data:`NETWORK_FREE` (the benchmarks' variants)."""
+    hard, wiener_pass = filters or NETWORK_FREE
     out = np.array(noisy, dtype=np.float32)  # a copy: matched on while the first pass overwrites it behind itself
     rows = row_count(noisy.shape[0], hard)
     matched_into(noisy, out, _white(noisy.shape, hard, sigma), step, is_cancelled, hard=HARD_THRESHOLD, f=hard)
