@@ -1,6 +1,8 @@
 """The block-matched Wiener filter (NSN2NDenoiseLib/block_matching.py): the group transform, the streamed filter
 against a block-by-block reference, progress, cancellation, and what it does to noise."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.fft
@@ -203,6 +205,26 @@ def test_the_network_free_filters_are_bm4ds_choices_chosen_on_the_tuning_set():
         bm.MatchedFilter(block=4, step=3, group=16, search=(7, 7), factor=1.0, window=2.0),
         bm.MatchedFilter(block=5, step=3, group=16, search=(7, 7), factor=1.0, window=2.0),
     )
+
+
+def test_the_network_free_estimate_takes_a_variance_per_dct_coefficient_by_block_size():
+    """Correlated noise: each pass's noise variance is the array given for its block size, not a level squared."""
+    shape = (9, 16, 14)
+    clean, rng = smooth_volume(shape, 5)
+    noisy = clean + rng.normal(0, 12, shape).astype(np.float32)
+    filters = tuple(replace(f, search=(3, 5), step=4) for f in bm.NETWORK_FREE)  # a benchmark's variant
+    v4 = np.linspace(50.0, 300.0, 64, dtype=np.float32).reshape(4, 4, 4)  # low frequencies noisier
+    v5 = np.linspace(60.0, 250.0, 125, dtype=np.float32).reshape(5, 5, 5)
+    expected = noisy.copy()
+    bm.matched_into(noisy, expected, v4, hard=bm.HARD_THRESHOLD, f=filters[0])
+    bm.matched_into(noisy, expected, v5, f=filters[1])
+    steps = []
+    got = bm.network_free(noisy, {4: v4, 5: v5}, steps.append, filters=filters)
+    assert np.array_equal(got, expected)
+    assert steps == list(range(3 + 2))  # K = 9, step 4: blocks of 4 at 0, 4 and 5, of 5 at 0 and 4
+    flat = bm.network_free(noisy, {4: np.full((4, 4, 4), 144.0), 5: np.full((5, 5, 5), 144.0)}, filters=filters)
+    assert np.array_equal(flat, bm.network_free(noisy, 12.0, filters=filters))  # a level is that, flat
+    assert not np.allclose(got, flat, atol=1e-2)
 
 
 def test_no_noise_keeps_the_input_and_infinite_noise_gives_zero():

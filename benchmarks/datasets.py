@@ -19,6 +19,11 @@ CT_BRAIN_BOX = ((28, 47), (32, 127), (72, 183))
 skull (96 x 112 pixels: brain with a little skull base and falx)."""
 CT_TUNE_SLICES = (0, 27)
 """Tuning-set CT: slices 0-27 of the development slab (disjoint from the brain crop's 28-47)."""
+CT_TUNE_BRAIN_BOX = ((12, 27), (56, 99), (96, 167))
+"""The brain inside the skull in the tuning slices (frontal lobes), inclusive (K, J, I) ranges of the development
+slab, inside the tuning slices 0-27 (16 x 44 x 72 voxels): the tuning set's brain-only crop (``cttunebrain_*``), the
+soft-tissue anatomy beside the tuning slices' skull base (added 2026-12-01 for the Wiener stage's choices on low-dose
+CT, ``benchmarks.correlated_free``)."""
 MRI_SLICES = 48
 MNI_REPORT_CENTER = 80
 """MNI152 reporting slab: slices 56-103 (mid-brain, ventricles and cortex)."""
@@ -43,6 +48,7 @@ VOLUMES = {
     "ct": "head CT slices 0-47",
     "ctbrain": "head CT brain-only crop (slices 28-47, in-plane inside the skull)",
     "cttune": "head CT slices 0-27",
+    "cttunebrain": "head CT brain-only crop of the tuning slices (slices 12-27, in-plane inside the skull)",
     "mri": "MNI152 T1 slices 56-103",
     "mnitune": "MNI152 T1 slices 110-157",
     "colin": "Colin27 T1 axial slices 20-67",
@@ -65,7 +71,11 @@ _CT_NOISES = ("ld_2.5e5", "ld_1e5", "ld_2e4", "gauss30", "inplane30", "inplane30
 _MRI_NOISES = ("rician5", "rician10", "gauss5")
 
 DATASETS = {
-    **{f"{v}_{n}": f"{VOLUMES[v]}, {_NOISES[n]}" for v in ("ct", "ctbrain", "cttune") for n in _CT_NOISES},
+    **{
+        f"{v}_{n}": f"{VOLUMES[v]}, {_NOISES[n]}"
+        for v in ("ct", "ctbrain", "cttune", "cttunebrain")
+        for n in _CT_NOISES
+    },
     **{f"{v}_{n}": f"{VOLUMES[v]}, {_NOISES[n]}" for v in ("mri", "mnitune", "colin") for n in _MRI_NOISES},
     "example4d": "nibabel example4d EPI: real noise, scored against the second repetition (no clean reference)",
 }
@@ -111,6 +121,14 @@ def _ct_region(volume: str) -> tuple[slice, slice, slice, str]:
             slice(i0, i1 + 1),
             f"; brain crop K {k0}-{k1}, J {j0}-{j1}, I {i0}-{i1}",
         )
+    if volume == "cttunebrain":
+        (k0, k1), (j0, j1), (i0, i1) = CT_TUNE_BRAIN_BOX
+        return (
+            slice(k0, k1 + 1),
+            slice(j0, j1 + 1),
+            slice(i0, i1 + 1),
+            f"; tuning brain crop K {k0}-{k1}, J {j0}-{j1}, I {i0}-{i1}",
+        )
     if volume == "cttune":
         k0, k1 = CT_TUNE_SLICES
         return slice(k0, k1 + 1), slice(None), slice(None), f"; tuning slices K {k0}-{k1}"
@@ -129,7 +147,7 @@ def build(name: str, quick: bool, seed: int = 0, n_jobs: int | None = None) -> D
     size = QUICK_INPLANE if quick else None
     desc = DATASETS[name]
     volume, _, kind = name.partition("_")
-    if volume in ("ct", "ctbrain", "cttune"):
+    if volume in ("ct", "ctbrain", "cttune", "cttunebrain"):
         vol = data.load_cranium(*CT_SLICES)
         ks, js, is_, region = _ct_region(volume)
         if kind.startswith("ld_"):

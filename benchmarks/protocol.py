@@ -48,6 +48,8 @@ TUNING_CASES = (
     "cttune_inplane30narrow",
     "cttune_gauss30",
     "cttune_inplane30mid",
+    "cttunebrain_ld_1e5",
+    "cttunebrain_ld_2e4",
 )
 REPORTING_CASES = (
     "ct_ld_2.5e5",
@@ -1026,7 +1028,7 @@ def neighbour_fusion_table(root: Path = RESULTS_DIR) -> str:
 
 def write_tables(root: Path = RESULTS_DIR) -> Path:
     """Rebuild ``<root>/SUMMARY.md`` from the stored result files alone."""
-    from . import ht_pilot, network_free_grid, texture_gap, white_stage, wiener_grid
+    from . import correlated_free, ht_pilot, network_free_grid, texture_gap, white_stage, wiener_grid
 
     parts = [
         "# Protocol results (issue 11)",
@@ -1079,6 +1081,12 @@ def write_tables(root: Path = RESULTS_DIR) -> Path:
         "benchmarks.network_free_grid`; BM4D's windows adopted, `ht-window+w5-search7`)",
         "",
         network_free_grid.table(root),
+        "",
+        "## The network-free estimate on low-dose CT (correlated noise), its noise the network's residual's spectrum "
+        "x a factor (`python -m benchmarks.correlated_free`; not adopted: the tuning set's choice lost on the "
+        "reporting set's brain crop)",
+        "",
+        correlated_free.table(root),
         "",
         "## The Wiener stage on the reporting set (`nsn2n`, `nsn2n_filters` against `nsn2n_nowiener`, the same "
         "training)",

@@ -24,7 +24,7 @@ it never holds a second volume.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,8 +79,10 @@ white noise (2.6x the first estimate's)."""
 NETWORK_FREE_SHARE = {"white": 0.5, "correlated": 0.0}
 """The network-free estimate's weight in the stage's output, by noise class: where the noise is white the output is
 the mean of the passes' estimate and it (RESULTS.md, "Adopted: a network-free estimate closer to BM4D's"; with the
-first estimate, 0.5 had lost 0.02 dB on the reporting set's MNI152 at 5 % and 0.3 was the weight); its hard
-threshold cannot be set for noise correlated in-plane."""
+first estimate, 0.5 had lost 0.02 dB on the reporting set's MNI152 at 5 % and 0.3 was the weight). Where the noise
+is correlated in-plane no single level fits every coefficient; with the network's residual's spectrum as its noise
+the estimate's best weight and factor on the tuning set lost on the reporting set's brain crop (RESULTS.md,
+"Measured and not adopted: the network-free estimate on low-dose CT")."""
 
 
 def haar_matrix(m: int) -> torch.Tensor:
@@ -240,23 +242,28 @@ def network_free_rows(n_slices: int) -> int:
 
 def network_free(
     noisy: np.ndarray,
-    sigma: float,
+    noise: float | Mapping[int, np.ndarray],
     step: Callable[[int], None] | None = None,
     is_cancelled: Callable[[], bool] | None = None,
     filters: tuple[MatchedFilter, MatchedFilter] | None = None,
 ) -> np.ndarray:
-    """An estimate of ``noisy`` (K, J, I, its own units) that uses no network, of BM4D's kind, for white noise of
-    standard deviation ``sigma`` (same units): the hard-thresholded estimate (:data:`HARD_THRESHOLD`) on groups matched
-    on the input itself, then one Wiener pass with it as the pilot (:data:`NETWORK_FREE`, in that order), the noise
-    variance of every DCT coefficient being ``sigma`` squared. A new float32 volume (one more than the stage holds
-    otherwise); ``step`` counts the block rows of both passes in turn (:func:`network_free_rows`). ``filters``
-    replaces :data:`NETWORK_FREE` (the benchmarks' variants)."""
+    """An estimate of ``noisy`` (K, J, I, its own units) that uses no network, of BM4D's kind: the hard-thresholded
+    estimate (:data:`HARD_THRESHOLD`) on groups matched on the input itself, then one Wiener pass with it as the pilot
+    (:data:`NETWORK_FREE`, in that order). ``noise`` is the standard deviation of white noise (same units: the noise
+    variance of every DCT coefficient is its square) or, by block size in voxels, the noise variance of each DCT
+    coefficient of a block of that size (:func:`.wiener.block_shape`, units squared; the benchmarks' correlated-noise
+    variants). A new float32 volume (one more than the stage holds otherwise); ``step`` counts the block rows of both
+    passes in turn (:func:`network_free_rows`). ``filters`` replaces :data:`NETWORK_FREE` (the benchmarks' variants)."""
     hard, wiener_pass = filters or NETWORK_FREE
+
+    def variance(f: MatchedFilter) -> np.ndarray:
+        return np.asarray(noise[f.block]) if isinstance(noise, Mapping) else _white(noisy.shape, f, noise)
+
     out = np.array(noisy, dtype=np.float32)  # a copy: matched on while the first pass overwrites it behind itself
     rows = row_count(noisy.shape[0], hard)
-    matched_into(noisy, out, _white(noisy.shape, hard, sigma), step, is_cancelled, hard=HARD_THRESHOLD, f=hard)
+    matched_into(noisy, out, variance(hard), step, is_cancelled, hard=HARD_THRESHOLD, f=hard)
     shifted = None if step is None else (lambda row: step(rows + row))
-    matched_into(noisy, out, _white(noisy.shape, wiener_pass, sigma), shifted, is_cancelled, f=wiener_pass)
+    matched_into(noisy, out, variance(wiener_pass), shifted, is_cancelled, f=wiener_pass)
     return out
 
 
