@@ -583,6 +583,18 @@ def test_an_experiment_entry_is_stored_with_its_command_time_and_machine_and_wri
     assert len(entry["when"]) == len("2026-11-30 14:00")
 
 
+def test_a_stored_command_names_the_benchmark_module_that_ran(monkeypatch):
+    """``python -m benchmarks.correlated_free --set tuning`` runs with argv[0] the module's file: the stored command
+    names that module, not the protocol's."""
+    here = Path(protocol.__file__).parent
+    monkeypatch.setattr(sys, "argv", [str(here / "correlated_free.py"), "--set", "tuning", "--variants", "wide x2"])
+    assert protocol._command() == "python -m benchmarks.correlated_free --set tuning --variants 'wide x2'"
+    monkeypatch.setattr(sys, "argv", [str(here / "protocol.py"), "run", "--set", "reporting"])
+    assert protocol._command() == "python -m benchmarks.protocol run --set reporting"
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest", "-q"])  # not a benchmark: the protocol's name
+    assert protocol._command() == "python -m benchmarks.protocol -q"
+
+
 def test_the_gate_table_orders_cases_by_their_noise_correlation_and_pairs_matching_with_the_filter(tmp_path):
     def entry(case, seed, lag, matched, filters):
         return {

@@ -209,7 +209,7 @@ def test_the_network_free_filters_are_bm4ds_choices_chosen_on_the_tuning_set():
 
 def test_the_network_free_estimate_takes_a_variance_per_dct_coefficient_by_block_size():
     """Correlated noise: each pass's noise variance is the array given for its block size, not a level squared."""
-    shape = (9, 16, 14)
+    shape = (12, 16, 14)
     clean, rng = smooth_volume(shape, 5)
     noisy = clean + rng.normal(0, 12, shape).astype(np.float32)
     filters = tuple(replace(f, search=(3, 5), step=4) for f in bm.NETWORK_FREE)  # a benchmark's variant
@@ -221,7 +221,8 @@ def test_the_network_free_estimate_takes_a_variance_per_dct_coefficient_by_block
     steps = []
     got = bm.network_free(noisy, {4: v4, 5: v5}, steps.append, filters=filters)
     assert np.array_equal(got, expected)
-    assert steps == list(range(3 + 2))  # K = 9, step 4: blocks of 4 at 0, 4 and 5, of 5 at 0 and 4
+    # K = 12, step 4: blocks of 4 at 0, 4 and 8, of 5 at 0, 4 and 7 (the engine's 4-voxel filter, step 3: 4 rows)
+    assert steps == list(range(3 + 3)) and bm.row_count(12) == 4
     flat = bm.network_free(noisy, {4: np.full((4, 4, 4), 144.0), 5: np.full((5, 5, 5), 144.0)}, filters=filters)
     assert np.array_equal(flat, bm.network_free(noisy, 12.0, filters=filters))  # a level is that, flat
     assert not np.allclose(got, flat, atol=1e-2)

@@ -670,7 +670,12 @@ def choose(case: str, method: str, ds: datasets.Dataset, seed: int, force: bool,
 
 
 def _command() -> str:
-    return portable_command("python -m benchmarks.protocol " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    """The command line that is running, as ``python -m benchmarks.<module> <arguments>``: the module is the script
+    that ``python -m`` ran where it is one of the benchmarks (an experiment that stores its entries through
+    ``wiener_grid._record``), else this one."""
+    script = Path(sys.argv[0])
+    module = script.stem if script.parent.name == "benchmarks" and script.suffix == ".py" else "protocol"
+    return portable_command(f"python -m benchmarks.{module} " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
 
 
 def _build(case: str, seed: int) -> datasets.Dataset:
