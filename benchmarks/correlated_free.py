@@ -23,7 +23,6 @@ axis first, in the volume's units.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import replace
@@ -96,16 +95,15 @@ def _case(case: str, seed: int) -> wiener_grid._Case:
         return c
     if region != BRAIN or not base.startswith("cttune_") or c.info["slice_axis"] != 0:
         raise ValueError(f"{case}: only '<tuning CT case>/{BRAIN}' names a region")
-    box = tuple(slice(lo, hi + 1) for lo, hi in datasets.CT_TUNE_BRAIN_BOX)
+    ks, js, is_, text = datasets.box_region(datasets.CT_TUNE_BRAIN_BOX, BRAIN)
+    box = (ks, js, is_)
     clean = np.ascontiguousarray(c.ds.clean[box])
     ds = replace(
         c.ds,
         clean=clean,
         noisy=np.ascontiguousarray(c.ds.noisy[box]),
         mask=metrics.head_mask(clean, "ct"),
-        crop=c.ds.crop
-        + "; brain "
-        + ", ".join(f"{a} {lo}-{hi}" for a, (lo, hi) in zip("KJI", datasets.CT_TUNE_BRAIN_BOX, strict=True)),
+        crop=c.ds.crop + text,
     )
     return wiener_grid._Case(ds, c.info, np.ascontiguousarray(c.noisy[box]), np.ascontiguousarray(c.pilot[box]))
 
@@ -175,26 +173,10 @@ def table(root: Path = protocol.RESULTS_DIR) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", choices=("tuning", "reporting"), default="tuning")
-    parser.add_argument("--cases", help="comma-separated; default: the set's low-dose CT cases")
-    parser.add_argument("--seeds", help="comma-separated; default: the set's")
-    parser.add_argument("--variants", help="comma-separated names of variants(); default: all")
-    parser.add_argument("--out", help=f"result file name under {protocol.RESULTS_DIR.name}/ (default {OUT.name})")
-    args = parser.parse_args(argv)
-    default = TUNING_CASES if args.set == "tuning" else REPORTING_CASES
-    cases = args.cases.split(",") if args.cases else list(default)
-    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else tuple(protocol.SETS[args.set]["seeds"])
-    names = args.variants.split(",") if args.variants else list(variants())
-    unknown = [n for n in names if n not in variants()]
-    if unknown:
-        parser.error(f"unknown variants {unknown}: choose from {list(variants())}")
-    out = OUT if not args.out else protocol.RESULTS_DIR / args.out
-    if not out.name.startswith(OUT.stem) or out.suffix != ".json":
-        parser.error(f"--out must be named {OUT.stem}<anything>.json")
-    run(cases, seeds, names, out)
-    print(table())
-    return 0
+    cases = {"tuning": TUNING_CASES, "reporting": REPORTING_CASES}
+    return wiener_grid.variant_grid_main(
+        argv, __doc__.splitlines()[0], OUT, cases, list(variants()), run, table, "the set's low-dose CT cases"
+    )
 
 
 if __name__ == "__main__":

@@ -111,24 +111,19 @@ def _crop_ct(vol: data.Volume, size: int | None) -> tuple[np.ndarray, str]:
     return cropped, text
 
 
+def box_region(box: tuple[tuple[int, int], ...], label: str) -> tuple[slice, slice, slice, str]:
+    """(K, J, I) slices of an inclusive (K, J, I) ``box`` and its description, '; <label> K a-b, J c-d, I e-f'."""
+    (k0, k1), (j0, j1), (i0, i1) = box
+    text = f"; {label} K {k0}-{k1}, J {j0}-{j1}, I {i0}-{i1}"
+    return slice(k0, k1 + 1), slice(j0, j1 + 1), slice(i0, i1 + 1), text
+
+
 def _ct_region(volume: str) -> tuple[slice, slice, slice, str]:
     """(K, J, I) slices of the 0-47 development slab that a CT volume prefix keeps, and their description."""
     if volume == "ctbrain":
-        (k0, k1), (j0, j1), (i0, i1) = CT_BRAIN_BOX
-        return (
-            slice(k0, k1 + 1),
-            slice(j0, j1 + 1),
-            slice(i0, i1 + 1),
-            f"; brain crop K {k0}-{k1}, J {j0}-{j1}, I {i0}-{i1}",
-        )
+        return box_region(CT_BRAIN_BOX, "brain crop")
     if volume == "cttunebrain":
-        (k0, k1), (j0, j1), (i0, i1) = CT_TUNE_BRAIN_BOX
-        return (
-            slice(k0, k1 + 1),
-            slice(j0, j1 + 1),
-            slice(i0, i1 + 1),
-            f"; tuning brain crop K {k0}-{k1}, J {j0}-{j1}, I {i0}-{i1}",
-        )
+        return box_region(CT_TUNE_BRAIN_BOX, "tuning brain crop")
     if volume == "cttune":
         k0, k1 = CT_TUNE_SLICES
         return slice(k0, k1 + 1), slice(None), slice(None), f"; tuning slices K {k0}-{k1}"

@@ -26,7 +26,6 @@ variant is paired on one network output). Arrays are (K, J, I) with the slice ax
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import replace
@@ -169,26 +168,10 @@ def table(root: Path = protocol.RESULTS_DIR) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", choices=("tuning", "reporting"), default="tuning")
-    parser.add_argument("--cases", help="comma-separated; default: the set's white cases")
-    parser.add_argument("--seeds", help="comma-separated; default: the set's")
-    parser.add_argument("--variants", help="comma-separated names of variants(); default: all")
-    parser.add_argument("--out", help=f"result file name under {protocol.RESULTS_DIR.name}/ (default {OUT.name})")
-    args = parser.parse_args(argv)
-    default = TUNING_CASES if args.set == "tuning" else REPORTING_CASES
-    cases = args.cases.split(",") if args.cases else list(default)
-    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else tuple(protocol.SETS[args.set]["seeds"])
-    names = args.variants.split(",") if args.variants else list(variants())
-    unknown = [n for n in names if n not in variants()]
-    if unknown:
-        parser.error(f"unknown variants {unknown}: choose from {list(variants())}")
-    out = OUT if not args.out else protocol.RESULTS_DIR / args.out
-    if not out.name.startswith(OUT.stem) or out.suffix != ".json":
-        parser.error(f"--out must be named {OUT.stem}<anything>.json")
-    run(cases, seeds, names, out)
-    print(table())
-    return 0
+    cases = {"tuning": TUNING_CASES, "reporting": REPORTING_CASES}
+    return wiener_grid.variant_grid_main(
+        argv, __doc__.splitlines()[0], OUT, cases, list(variants()), run, table, "the set's white cases"
+    )
 
 
 if __name__ == "__main__":

@@ -116,6 +116,41 @@ def _record(stored: dict, out: Path, key: str, entry: dict, message: str) -> Non
     out.write_text(json.dumps(stored, indent=1, default=float))
 
 
+def variant_grid_main(
+    argv: list[str] | None,
+    description: str,
+    out: Path,
+    cases: dict[str, tuple[str, ...]],
+    names: list[str],
+    run,
+    table,
+    cases_help: str,
+) -> int:
+    """The command line of a grid of named variants over cases and seeds (``network_free_grid``, ``correlated_free``):
+    ``--set`` (its default ``cases[set]`` and the protocol's seeds), ``--cases``, ``--seeds``, ``--variants`` (of
+    ``names``) and ``--out`` (a file under the protocol's results named like ``out``); runs ``run(cases, seeds, names,
+    out)`` and prints ``table()``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--set", choices=("tuning", "reporting"), default="tuning")
+    parser.add_argument("--cases", help=f"comma-separated; default: {cases_help}")
+    parser.add_argument("--seeds", help="comma-separated; default: the set's")
+    parser.add_argument("--variants", help="comma-separated names of variants(); default: all")
+    parser.add_argument("--out", help=f"result file name under {protocol.RESULTS_DIR.name}/ (default {out.name})")
+    args = parser.parse_args(argv)
+    chosen = args.cases.split(",") if args.cases else list(cases[args.set])
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else tuple(protocol.SETS[args.set]["seeds"])
+    wanted = args.variants.split(",") if args.variants else list(names)
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        parser.error(f"unknown variants {unknown}: choose from {list(names)}")
+    path = out if not args.out else protocol.RESULTS_DIR / args.out
+    if not path.name.startswith(out.stem) or path.suffix != ".json":
+        parser.error(f"--out must be named {out.stem}<anything>.json")
+    run(chosen, seeds, wanted, path)
+    print(table())
+    return 0
+
+
 def cache_path(case: str, seed: int, row: str = "nsn2n") -> Path:
     """Where the network's output (before the Wiener stage) of the protocol's ``row`` on ``case`` at ``seed`` is
     cached, its info beside it (``.json``); the default's output has no row in its name."""
