@@ -91,19 +91,20 @@ class LossConfig:
     """
 
     lambda_rc: float = 0.0
-    """Weight of the paper's regional consistency term (the re-implementations use 0.5). Off by default: it lowered
-    PSNR and tripled the cost of an iteration (benchmarks/RESULTS.md, "Ablation")."""
+    """Weight of the paper's regional consistency term (the re-implementations use 0.5). Off by default: with it a
+    training step needs three forward passes instead of one (docs/METHOD.md section 3)."""
     lambda_ic: float = 0.0
     """Weight of the paper's inter-slice continuity term (the re-implementations use 1.0); off by default, as
     lambda_rc."""
     lambda_self: float = 0.5
     """Weight of the self term M(K, (f(x_i) - x_i)^2), K = strongly unmatched pixels (``weights.keep_factor``):
     where no neighbour matches, the network is taught to keep its input rather than smooth it away (bone, moving
-    edges). Without it: -2 dB and bone worse than the noisy input on the development CT (RESULTS.md, "Ablation")."""
+    edges; docs/METHOD.md section 3)."""
     target_warmup: float = 0.2
     """Share of the iterations over which the target moves linearly from the 3-slice mean to the cubic
-    interpolation. The noisier interpolation alone left the network at its identity start for the first ~300
-    iterations on low-noise CT (RESULTS.md, "Presets"); the mean gets it moving at once."""
+    interpolation. The noisier interpolation alone left the network near its identity start on low-noise CT
+    (``fast``'s 400 iterations: 34.12 dB against the noisy 33.78 at I0 = 2.5e5; RESULTS.md, "What changed for the
+    fourth default"); the mean gets it moving at once."""
 
     def validate(self) -> None:
         s = "loss"

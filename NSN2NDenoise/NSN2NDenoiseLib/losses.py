@@ -2,8 +2,8 @@
 
 Every tensor is (B, 1, H, W) in normalised units; weights are in [0, 1] with the same shape. A pixel of weight 0
 contributes neither value nor gradient to a weighted term. Every term is a mean over all pixels of the batch, so
-that each pixel weighs the same in every term (benchmarks/RESULTS.md, "Ablation": +0.5 dB against dividing by the
-summed weights).
+that each pixel weighs the same in every term (benchmarks/RESULTS.md, "Ablation": with the 3-slice target, 33.68
+against 33.53 dB for dividing by the summed weights, row ``nsn2n_nd_normall``).
 """
 
 from __future__ import annotations
