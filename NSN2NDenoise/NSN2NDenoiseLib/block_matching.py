@@ -306,11 +306,11 @@ def _match(
     h, w = ps.shape[1], ps.shape[2]
     ref = ps[kr : kr + bk, s : s + hp, s : s + wp]
     dks = [dk for dk in range(-sk, sk + 1) if 0 <= kr + dk <= k_last]
-    nref = ((hp - bj) // f.step + 1) * ((wp - bi) // f.step + 1)
     # One preallocated table and one difference buffer: a list of thousands of small distance rows, each made beside
     # a block-sized temporary, fragmented the heap (4.6 GB resident for one slab row of a 256x256 plane with the
-    # network-free estimate's search of 7 along every axis, against 0.3 GB this way, and 7x the time).
-    dist = torch.empty((len(dks) * (2 * s + 1) ** 2, nref), dtype=torch.float32)  # (n shifts, nref)
+    # network-free estimate's search of 7 along every axis, against 0.34 GB this way; benchmarks/RESULTS.md, "Real
+    # sizes").
+    dist = torch.empty((len(dks) * (2 * s + 1) ** 2, ref_plane.numel()), dtype=torch.float32)  # (n shifts, nref)
     diff = torch.empty_like(ref)
     shifts = []
     for dk in dks:
