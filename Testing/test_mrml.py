@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -211,6 +213,28 @@ def test_removing_the_input_node_cancels_the_run(scene):
     assert isinstance(job.error, CancelledError) and "removed" in str(job.error)
     assert job.output_node is None
     assert scene.GetNumberOfNodes() == before_count
+
+
+def test_a_job_dropped_before_it_finished_is_freed_and_stops_observing_the_scene(scene):
+    # The scene's observer must not keep the job (and its result) alive once nothing else refers to it.
+    node = add_volume(scene, np.full((6, 32, 32), 5, dtype=np.int16))  # constant: the worker fails at once
+    job = mrml.MRMLDenoiser(scene).start(node, config=plumbing_config())
+    assert scene.HasObserver(scene.NodeRemovedEvent)
+    assert jobs.wait(job.job, 60) == jobs.FAILED  # the worker ended; the MRML job was never polled
+    freed = weakref.ref(job)
+    del job
+    gc.collect()
+    assert freed() is None, "the scene's NodeRemovedEvent observer keeps a dropped job alive"
+    assert not scene.HasObserver(scene.NodeRemovedEvent)
+    scene.RemoveNode(node)  # no observer left to call
+
+
+def test_a_finished_job_stops_observing_the_scene(scene):
+    node = add_volume(scene, np.full((6, 32, 32), 5, dtype=np.int16))
+    job = mrml.MRMLDenoiser(scene).start(node, config=plumbing_config())
+    assert job.wait(60) == jobs.FAILED
+    assert not scene.HasObserver(scene.NodeRemovedEvent)
+    assert job.poll() == jobs.FAILED
 
 
 def test_interrupting_a_blocking_wait_cancels_the_run(scene):

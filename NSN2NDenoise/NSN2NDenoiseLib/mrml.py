@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -524,6 +525,25 @@ def read_report(node) -> dict[str, Any] | None:
     return json.loads(text) if text else None
 
 
+def _observe_node_removals(scene, job: MRMLDenoiseJob) -> weakref.finalize:
+    """Call ``job._on_node_removed`` on the scene's NodeRemovedEvent without the scene keeping ``job`` alive.
+
+    A bound method given to ``AddObserver`` is held by the scene's C++ side, where Python's garbage collector cannot
+    see it: job -> scene -> observer -> job would then be a cycle that is never freed, so a job dropped before it
+    finished would stay in memory, with its result, as long as the scene (for ``slicer.mrmlScene``, the session).
+    The observer holds the job weakly instead. Returns the call that removes the observer: it runs once, when the
+    job finishes (:meth:`MRMLDenoiseJob.poll`) or when the job is freed, whichever comes first.
+    """
+    method = weakref.WeakMethod(job._on_node_removed)
+
+    def on_node_removed(caller=None, event=None) -> None:
+        bound = method()
+        if bound is not None:
+            bound()
+
+    return weakref.finalize(job, scene.RemoveObserver, scene.AddObserver(scene.NodeRemovedEvent, on_node_removed))
+
+
 class MRMLDenoiseJob:
     """A :class:`~.jobs.DenoiseJob` tied to its input and output nodes; applies its result to the scene.
 
@@ -559,7 +579,7 @@ class MRMLDenoiseJob:
         self._apply_error: NSN2NError | None = None
         self._cancelled_here = False
         self._input_removed = False
-        self._observer = scene.AddObserver(scene.NodeRemovedEvent, self._on_node_removed)
+        self._stop_observing = _observe_node_removals(scene, self)
 
     def _on_node_removed(self, caller=None, event=None) -> None:
         if not self._input_removed and not self.scene.IsNodePresent(self.input_node):
@@ -594,9 +614,7 @@ class MRMLDenoiseJob:
                 state = self._apply_step()
         if state in FINISHED_STATES:
             self._fills = []
-            if self._observer is not None:
-                self.scene.RemoveObserver(self._observer)
-                self._observer = None
+            self._stop_observing()
         self._state = state
         return state
 
