@@ -307,9 +307,8 @@ def _match(
     ref = ps[kr : kr + bk, s : s + hp, s : s + wp]
     dks = [dk for dk in range(-sk, sk + 1) if 0 <= kr + dk <= k_last]
     # One preallocated table and one difference buffer: a list of thousands of small distance rows, each made beside
-    # a block-sized temporary, fragmented the heap (4.6 GB resident for one slab row of a 256x256 plane with the
-    # network-free estimate's search of 7 along every axis, against 0.34 GB this way; benchmarks/RESULTS.md, "Real
-    # sizes").
+    # a block-sized temporary, fragmented the heap: a 256x256x200 MRI run with the network-free estimate's search of 7
+    # along every axis peaked at 3539 MB, and at 1177 MB this way (benchmarks/RESULTS.md, "Real sizes").
     dist = torch.empty((len(dks) * (2 * s + 1) ** 2, ref_plane.numel()), dtype=torch.float32)  # (n shifts, nref)
     diff = torch.empty_like(ref)
     shifts = []

@@ -24,13 +24,16 @@ INFERENCE_S_PER_VOXEL_BF16 = 1.5e-7
 measured at 100 and 600 slices, TTA 1 and 8)."""
 INFERENCE_S_PER_VOXEL_FP32 = 2.85e-7
 """The same in float32 (no native bf16): 1.9x the bf16 time ("Real sizes", inference options)."""
-WIENER_S_PER_VOXEL = {"filters": 4.8e-7, "matched": 1.6e-6, "matched_white": 1.8e-5}
+WIENER_S_PER_VOXEL = {"filters": 4.8e-7, "matched": 1.4e-6, "matched_white": 1.5e-5}
 """Seconds per voxel of the Wiener stage by ``inference.wiener`` (on the CPU whatever the network's device), with
-2 threads: 37.2 s for the DCT filter on a 512x512x300 CT (benchmarks/results/scale_300_wiener), 125.6 s for block
-matching's one pass there (benchmarks/results/scale_300_matched), and 'matched_white', its two passes on white
-noise and the network-free estimate averaged in: the two passes took 47.9 s on a 256x256x200 MRI
-(benchmarks/results/scale_mri_twopass; one pass 19.4 s), and the estimate with BM4D's windows makes the stage 4.86x
-as long (benchmarks/results/scale_mri_mix/stage.json, measured in one process; the first estimate, 1.87x). The noise is
+2 threads: 37.2 s for the DCT filter on a 512x512x300 CT (benchmarks/results/scale_300_wiener); 'matched', block
+matching's one pass there, 125.6 s (benchmarks/results/scale_300_matched, 1.6e-6 s per voxel) times 0.88; and
+'matched_white', its two passes on white noise and the network-free estimate averaged in: the two passes took 47.9 s
+on a 256x256x200 MRI (benchmarks/results/scale_mri_twopass; one pass 19.4 s), the estimate with BM4D's windows
+makes the stage 4.86x as long (benchmarks/results/scale_mri_mix/stage.json, measured in one process; the first
+estimate, 1.87x), 1.8e-5 s per voxel, times 0.85. The factors 0.88 and 0.85 are what block matching's preallocated
+distance table took off the two passes and the whole white-noise stage, timed in one process against the previous
+matching (benchmarks/results/matching_cost/matching.json); the other figures were measured before it. The noise is
 known only once the run has measured it: 'matched' is counted as the one pass even where strongly correlated noise
 makes it run the cheaper DCT filter, and as the two passes wherever :func:`.inference.expected_axis_count` counts
 three axes (near-isotropic voxels: MRI)."""
