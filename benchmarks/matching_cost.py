@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from . import metrics
 from .report import portable_command
-from .scale import ROOT, build_mri_volume
-from .stage_cost import measure
+from .scale import ROOT
+from .stage_cost import measure, mri_case
 
 
 def _match_as_rows(ps, kr, k_last, b, plane, f, ref_plane):
@@ -73,17 +73,13 @@ def timed(noisy: np.ndarray, pilot: np.ndarray, share: float, rows: bool) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    import SimpleITK as sitk
-    from scipy import ndimage
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "matching_cost"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    noisy = sitk.GetArrayFromImage(sitk.ReadImage(str(build_mri_volume()))).astype(np.float32)
-    pilot = ndimage.gaussian_filter(noisy, 1.0)
+    noisy, pilot = mri_case()
     from NSN2NDenoiseLib import block_matching
 
     share = block_matching.NETWORK_FREE_SHARE["white"]

@@ -52,18 +52,25 @@ def measure(noisy: np.ndarray, pilot: np.ndarray, share: float, filters: tuple |
     return {"seconds": seconds, "peak_allocated_mb": peak / 2**20, "entry": entry}
 
 
-def main(argv: list[str] | None = None) -> int:
+def mri_case() -> tuple[np.ndarray, np.ndarray]:
+    """The scale family's 256x256x200 MRI (K, J, I, float32) and the pilot standing in for the network's output
+    (the input smoothed by a Gaussian of 1 voxel)."""
     import SimpleITK as sitk
-    import torch
     from scipy import ndimage
+
+    noisy = sitk.GetArrayFromImage(sitk.ReadImage(str(build_mri_volume()))).astype(np.float32)
+    return noisy, ndimage.gaussian_filter(noisy, 1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale_mri_mix"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    noisy = sitk.GetArrayFromImage(sitk.ReadImage(str(build_mri_volume()))).astype(np.float32)
-    pilot = ndimage.gaussian_filter(noisy, 1.0)
+    noisy, pilot = mri_case()
     from NSN2NDenoiseLib import block_matching
 
     share = block_matching.NETWORK_FREE_SHARE["white"]
